@@ -1,0 +1,1 @@
+"""Wetterfrosch: the Jena climate pipeline, one module per DVC stage."""

@@ -1,0 +1,29 @@
+"""Paths and params shared by all stages.
+
+Every stage runs from the repository root (DVC's working directory), reads
+`params.yaml` and writes to the paths below; `dvc.yaml` declares the same
+paths as deps and outs (tests/test_dvc_yaml.py keeps the two in step).
+"""
+
+from pathlib import Path
+
+import yaml
+
+PARAMS_FILE = Path("params.yaml")
+
+RAW_CSV = Path("data/raw/jena_climate_2009_2016.csv")
+HOURLY_TABLE = Path("data/prepared/hourly.parquet")
+PREPARE_REPORT = Path("metrics/prepare.json")
+WINDOWS_DIR = Path("data/windows")
+
+
+def load_params(path: Path = PARAMS_FILE) -> dict:
+    """Read params.yaml; a missing file or section is an error that names it."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            params = yaml.safe_load(handle)
+    except FileNotFoundError:
+        raise SystemExit(f"{path}: not found; run the stages from the repository root") from None
+    if not isinstance(params, dict):
+        raise SystemExit(f"{path}: expected a mapping of params, got {type(params).__name__}")
+    return params

@@ -1,0 +1,46 @@
+"""The Jena climate CSV: its columns, units and quirks, in one place.
+
+The Max Planck Institute's weather station in Jena logs 14 measurements every
+10 minutes. Every stage, the synthetic generator and the forecast client read
+the column names from here.
+"""
+
+DATE_COLUMN = "Date Time"
+DATE_FORMAT = "%d.%m.%Y %H:%M:%S"  # e.g. 01.01.2009 00:10:00
+
+# The 14 measurements, in the CSV's column order.
+MEASUREMENTS = [
+    "p (mbar)",
+    "T (degC)",
+    "Tpot (K)",
+    "Tdew (degC)",
+    "rh (%)",
+    "VPmax (mbar)",
+    "VPact (mbar)",
+    "VPdef (mbar)",
+    "sh (g/kg)",
+    "H2OC (mmol/mol)",
+    "rho (g/m**3)",
+    "wv (m/s)",
+    "max. wv (m/s)",
+    "wd (deg)",
+]
+COLUMNS = [DATE_COLUMN, *MEASUREMENTS]
+
+TEMPERATURE = "T (degC)"
+PRESSURE = "p (mbar)"
+WIND_SPEED = "wv (m/s)"
+MAX_WIND_SPEED = "max. wv (m/s)"
+WIND_DIRECTION = "wd (deg)"
+
+# The logger writes this where a wind sensor failed.
+SENTINEL = -9999.0
+SENTINEL_COLUMNS = [WIND_SPEED, MAX_WIND_SPEED]
+
+READING_INTERVAL_MINUTES = 10
+CSV_NAME = "jena_climate_2009_2016.csv"
+
+
+def column_index(name: str) -> int:
+    """Position of a measurement in the model's `history` input."""
+    return MEASUREMENTS.index(name)

@@ -1,0 +1,196 @@
+"""Parsing of the text-format configuration files TensorFlow Serving reads.
+
+* ``--model_config_file``: a ``tensorflow.serving.ModelServerConfig`` (proto
+  from the tensorflow-serving-api package).
+* ``--batching_parameters_file``: ``tensorflow.serving.BatchingParameters``
+  and ``--monitoring_config_file``: ``tensorflow.serving.MonitoringConfig``.
+  The pip package does not ship these two protos, so this module declares
+  compatible messages at run time (same field names and numbers) and parses
+  the files with protobuf's own text-format parser.
+* ``--grpc_channel_arguments``: ``key=value`` pairs separated by commas.
+"""
+
+import dataclasses
+import os
+
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format
+from google.protobuf import wrappers_pb2  # noqa: F401  (registers wrappers.proto in the pool)
+from tensorflow_serving.config import model_server_config_pb2
+
+
+class ConfigError(Exception):
+    """A configuration file that cannot be read or parsed."""
+
+
+def _read_text(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read()
+    except OSError as error:
+        raise ConfigError(f"Could not read file '{path}': {error.strerror}") from error
+
+
+def _parse_into(text: str, message, path: str):
+    try:
+        text_format.Parse(text, message)
+    except text_format.ParseError as error:
+        raise ConfigError(f"Invalid protobuf file: '{path}': {error}") from error
+    return message
+
+
+def parse_model_server_config(path: str) -> model_server_config_pb2.ModelServerConfig:
+    """Reads and validates a ModelServerConfig text file."""
+    config = _parse_into(_read_text(path), model_server_config_pb2.ModelServerConfig(), path)
+    validate_model_server_config(config)
+    return config
+
+
+def validate_model_server_config(config) -> None:
+    """Rejects configs this server cannot serve, with TF Serving's wording."""
+    if config.WhichOneof("config") != "model_config_list":
+        raise ConfigError("ModelServer does not yet support custom model config.")
+    names = set()
+    for model in config.model_config_list.config:
+        if not model.name:
+            raise ConfigError("Model name must not be empty")
+        if model.name in names:
+            raise ConfigError(f"Illegal to list model {model.name} multiple times in config list")
+        names.add(model.name)
+        if not model.base_path:
+            raise ConfigError(f"Model {model.name} has no base_path")
+        if model.model_platform not in ("", "tensorflow"):
+            raise ConfigError(f"Model {model.name} requested unsupported platform {model.model_platform}")
+
+
+def single_model_config(model_name: str, model_base_path: str):
+    """The config TF Serving builds from --model_name/--model_base_path."""
+    config = model_server_config_pb2.ModelServerConfig()
+    model = config.model_config_list.config.add()
+    model.name = model_name
+    model.base_path = os.path.abspath(model_base_path)
+    model.model_platform = "tensorflow"
+    return config
+
+
+def _build_message_classes():
+    """Declares BatchingParameters and MonitoringConfig like TF Serving's protos."""
+    file_proto = descriptor_pb2.FileDescriptorProto(
+        name="wetterfrosch_serving/tf_serving_configs.proto",
+        package="tensorflow.serving",
+        syntax="proto3",
+        dependency=["google/protobuf/wrappers.proto"],
+    )
+    field = descriptor_pb2.FieldDescriptorProto
+    optional, repeated = field.LABEL_OPTIONAL, field.LABEL_REPEATED
+
+    def add_message(name, fields):
+        message = file_proto.message_type.add(name=name)
+        for number, (field_name, kind, type_name, label) in enumerate(fields, start=1):
+            if field_name is None:
+                continue
+            spec = message.field.add(name=field_name, number=number, label=label, type=kind)
+            if type_name:
+                spec.type_name = type_name
+
+    int64_value = ".google.protobuf.Int64Value"
+    message_kind = field.TYPE_MESSAGE
+    add_message("BatchingParameters", [
+        ("max_batch_size", message_kind, int64_value, optional),
+        ("batch_timeout_micros", message_kind, int64_value, optional),
+        ("max_enqueued_batches", message_kind, int64_value, optional),
+        ("num_batch_threads", message_kind, int64_value, optional),
+        ("thread_pool_name", message_kind, ".google.protobuf.StringValue", optional),
+        ("allowed_batch_sizes", field.TYPE_INT64, None, repeated),
+        ("pad_variable_length_inputs", field.TYPE_BOOL, None, optional),
+        ("enable_large_batch_splitting", message_kind, ".google.protobuf.BoolValue", optional),
+        ("max_execution_batch_size", message_kind, int64_value, optional),
+        ("batch_padding_policy", message_kind, ".google.protobuf.StringValue", optional),
+    ])
+    add_message("PrometheusConfig", [
+        ("enable", field.TYPE_BOOL, None, optional),
+        ("path", field.TYPE_STRING, None, optional),
+    ])
+    add_message("MonitoringConfig", [
+        ("prometheus_config", message_kind, ".tensorflow.serving.PrometheusConfig", optional),
+    ])
+    pool = descriptor_pool.Default()
+    try:
+        file_descriptor = pool.Add(file_proto) and pool.FindFileByName(file_proto.name)
+    except TypeError:  # already added by an earlier import in this process
+        file_descriptor = pool.FindFileByName(file_proto.name)
+    return (
+        message_factory.GetMessageClass(file_descriptor.message_types_by_name["BatchingParameters"]),
+        message_factory.GetMessageClass(file_descriptor.message_types_by_name["MonitoringConfig"]),
+    )
+
+
+BatchingParametersProto, MonitoringConfigProto = _build_message_classes()
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchingParameters:
+    """Batching settings with TF Serving's defaults for absent fields."""
+
+    max_batch_size: int = 1000
+    batch_timeout_micros: int = 0
+    max_enqueued_batches: int = 10
+    num_batch_threads: int = os.cpu_count() or 1
+    allowed_batch_sizes: tuple = ()
+
+
+def parse_batching_parameters(path: str | None) -> BatchingParameters:
+    """Reads --batching_parameters_file; no file means the defaults."""
+    if not path:
+        return BatchingParameters()
+    proto = _parse_into(_read_text(path), BatchingParametersProto(), path)
+    defaults = BatchingParameters()
+
+    def wrapped(name):
+        return getattr(proto, name).value if proto.HasField(name) else getattr(defaults, name)
+
+    parameters = BatchingParameters(
+        max_batch_size=wrapped("max_batch_size"),
+        batch_timeout_micros=wrapped("batch_timeout_micros"),
+        max_enqueued_batches=wrapped("max_enqueued_batches"),
+        num_batch_threads=wrapped("num_batch_threads"),
+        allowed_batch_sizes=tuple(proto.allowed_batch_sizes),
+    )
+    if parameters.max_batch_size <= 0:
+        raise ConfigError("max_batch_size must be positive")
+    if parameters.num_batch_threads <= 0:
+        raise ConfigError("num_batch_threads must be positive")
+    if parameters.allowed_batch_sizes and parameters.allowed_batch_sizes[-1] != parameters.max_batch_size:
+        raise ConfigError("The last entry in allowed_batch_sizes must equal max_batch_size")
+    return parameters
+
+
+@dataclasses.dataclass(frozen=True)
+class MonitoringConfig:
+    prometheus_enabled: bool = False
+    prometheus_path: str = "/monitoring/prometheus/metrics"
+
+
+def parse_monitoring_config(path: str | None) -> MonitoringConfig:
+    """Reads --monitoring_config_file; no file means monitoring is off."""
+    if not path:
+        return MonitoringConfig()
+    proto = _parse_into(_read_text(path), MonitoringConfigProto(), path)
+    prometheus = proto.prometheus_config
+    return MonitoringConfig(
+        prometheus_enabled=prometheus.enable,
+        prometheus_path=prometheus.path or MonitoringConfig.prometheus_path,
+    )
+
+
+def parse_grpc_channel_arguments(text: str) -> list[tuple[str, int | str]]:
+    """``a=1,b=x`` -> [("a", 1), ("b", "x")]; integers are passed as ints."""
+    arguments = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, separator, value = item.partition("=")
+        if not separator or not key:
+            raise ConfigError(f"Malformed --grpc_channel_arguments entry '{item}': expected key=value")
+        try:
+            arguments.append((key, int(value)))
+        except ValueError:
+            arguments.append((key, value))
+    return arguments

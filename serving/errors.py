@@ -1,0 +1,73 @@
+"""Status errors with TensorFlow Serving's canonical codes.
+
+Every failure the manager, servables and batcher report is a ``ServingError``
+carrying a gRPC status code and a message worded like TensorFlow Serving's.
+The gRPC front end passes both through; the REST front end maps the code to
+the HTTP status TensorFlow Serving uses (``http_status_for``).
+"""
+
+import grpc
+
+_HTTP_STATUS_BY_CODE = {
+    grpc.StatusCode.OK: 200,
+    grpc.StatusCode.CANCELLED: 499,
+    grpc.StatusCode.UNKNOWN: 500,
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.ALREADY_EXISTS: 409,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.FAILED_PRECONDITION: 400,
+    grpc.StatusCode.ABORTED: 409,
+    grpc.StatusCode.OUT_OF_RANGE: 400,
+    grpc.StatusCode.UNIMPLEMENTED: 501,
+    grpc.StatusCode.INTERNAL: 500,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DATA_LOSS: 500,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+}
+
+
+class ServingError(Exception):
+    """A failed request or load: a gRPC status code plus a message."""
+
+    def __init__(self, code: grpc.StatusCode, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+    @property
+    def code_name(self) -> str:
+        """The code as TensorFlow spells it in status protos, e.g. NOT_FOUND."""
+        return self.code.name
+
+
+def invalid_argument(message: str) -> ServingError:
+    return ServingError(grpc.StatusCode.INVALID_ARGUMENT, message)
+
+
+def not_found(message: str) -> ServingError:
+    return ServingError(grpc.StatusCode.NOT_FOUND, message)
+
+
+def failed_precondition(message: str) -> ServingError:
+    return ServingError(grpc.StatusCode.FAILED_PRECONDITION, message)
+
+
+def unavailable(message: str) -> ServingError:
+    return ServingError(grpc.StatusCode.UNAVAILABLE, message)
+
+
+def internal(message: str) -> ServingError:
+    return ServingError(grpc.StatusCode.INTERNAL, message)
+
+
+def http_status_for(code: grpc.StatusCode) -> int:
+    """The HTTP status TensorFlow Serving's REST API answers for a gRPC code."""
+    return _HTTP_STATUS_BY_CODE.get(code, 500)
+
+
+def error_code_number(code: grpc.StatusCode) -> int:
+    """The numeric canonical code (tensorflow.error.Code) for a gRPC code."""
+    return code.value[0]
