@@ -18,6 +18,7 @@ import time
 import urllib.parse
 import urllib.request
 import zipfile
+import zlib
 from pathlib import Path
 
 import requests
@@ -99,7 +100,7 @@ def extract_csv(archive: Path, destination: Path) -> None:
                 raise DownloadError(f"{archive}: expected one CSV inside the zip, found {members or 'none'}")
             with bundle.open(members[0]) as source, open(destination, "wb") as out:
                 shutil.copyfileobj(source, out, CHUNK_BYTES)
-    except zipfile.BadZipFile as error:
+    except (zipfile.BadZipFile, zlib.error, EOFError) as error:
         raise DownloadError(f"{archive}: not a valid zip file ({error})") from error
 
 
