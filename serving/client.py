@@ -79,13 +79,19 @@ class GrpcForecaster:
         self.stub = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
         self.model_name, self.timeout = model_name, timeout
 
-    def lookback_hours(self, version=None, label=None) -> int:
+    def signature(self, version=None, label=None):
+        """The served `serving_default` SignatureDef, from GetModelMetadata."""
         request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
         model_spec(request, self.model_name, version, label)
         response = self.stub.GetModelMetadata(request, timeout=self.timeout)
         signatures = get_model_metadata_pb2.SignatureDefMap()
         response.metadata["signature_def"].Unpack(signatures)
-        return signatures.signature_def[SIGNATURE].inputs[HISTORY].tensor_shape.dim[1].size
+        if SIGNATURE not in signatures.signature_def:
+            raise ForecastError(f"model {self.model_name} has no {SIGNATURE} signature")
+        return signatures.signature_def[SIGNATURE]
+
+    def lookback_hours(self, version=None, label=None) -> int:
+        return self.signature(version, label).inputs[HISTORY].tensor_shape.dim[1].size
 
     def predict(self, history, timestamps, version=None, label=None) -> Forecast:
         """history [batch, lookback, 14] float32 and timestamps [batch, lookback] int64 -> forecasts."""

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline import schema
+from pipeline import schema, synthetic
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,14 +33,13 @@ def make_readings(start="2020-01-01 00:10", periods=6 * 48, seed=0) -> pd.DataFr
 
 
 def to_csv_text(readings: pd.DataFrame) -> str:
-    """The readings in the Jena file's exact text format."""
-    header = ",".join(f'"{name}"' for name in schema.COLUMNS)
-    stamps = readings[schema.DATE_COLUMN].dt.strftime(schema.DATE_FORMAT)
-    rows = [
-        ",".join([stamp, *(f"{value:.2f}" for value in values)])
-        for stamp, values in zip(stamps, readings[schema.MEASUREMENTS].to_numpy())
-    ]
-    return "\n".join([header, *rows]) + "\n"
+    """The readings in the Jena file's exact text format (the synthetic writer's)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as scratch:
+        path = Path(scratch) / schema.CSV_NAME
+        synthetic.write_jena_csv(readings, path)
+        return path.read_text()
 
 
 @pytest.fixture
