@@ -11,8 +11,11 @@ needs nothing else:
 
 1. `JenaFeatures` derives the model features (wind vector, time of day and of
    year) with the very function the window stage used, on `keras.ops`, and
-   standardises them with the training split's mean and std. The statistics
-   are constants in the layer's config, so they travel inside the file.
+   standardises them with the training split's mean and std (except the
+   sin/cos time features, already in [-1, 1]: a training split shorter than
+   a year would otherwise put the other seasons many "stds" away). The
+   statistics are constants in the layer's config, so they travel inside the
+   file.
 2. A stack of GRU or LSTM layers reads the standardised sequence.
 3. A Dense unit and `TemperatureHead` give degrees Celsius: with `residual`,
    the last observed temperature plus the predicted change (scaled by the
@@ -31,6 +34,7 @@ from pipeline.features import derive_features
 PACKAGE = "wetterfrosch"
 TEMPERATURE_INDEX = schema.column_index(schema.TEMPERATURE)
 RECURRENT_CELLS = {"gru": keras.layers.GRU, "lstm": keras.layers.LSTM}
+CYCLIC_FEATURES = {"day_sin", "day_cos", "year_sin", "year_cos"}
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -94,6 +98,14 @@ class TemperatureHead(keras.layers.Layer):
         return {**super().get_config(), "mean": self.mean, "std": self.std, "residual": self.residual}
 
 
+def standardisation(normalization: dict) -> tuple[list[float], list[float]]:
+    """Mean and std per feature from normalization.json; the cyclic time features keep 0 and 1."""
+    cyclic = [name in CYCLIC_FEATURES for name in normalization["feature_names"]]
+    mean = [0.0 if keep else value for keep, value in zip(cyclic, normalization["mean"])]
+    std = [1.0 if keep else value for keep, value in zip(cyclic, normalization["std"])]
+    return mean, std
+
+
 def build_model(normalization: dict, model_params: dict) -> keras.Model:
     """A fresh, uncompiled forecaster for the window stage's `normalization.json`.
 
@@ -110,9 +122,10 @@ def build_model(normalization: dict, model_params: dict) -> keras.Model:
     history = keras.Input(shape=(lookback, len(schema.MEASUREMENTS)), dtype="float32", name="history")
     timestamps = keras.Input(shape=(lookback,), dtype="int64", name="timestamps")
 
+    mean, std = standardisation(normalization)
     x = JenaFeatures(
-        normalization["mean"],
-        normalization["std"],
+        mean,
+        std,
         normalization["time_features"],
         normalization["wind_vector"],
         name="features",
@@ -127,8 +140,7 @@ def build_model(normalization: dict, model_params: dict) -> keras.Model:
         )(x)
     output = keras.layers.Dense(1, name="head")(x)
 
-    names = normalization["feature_names"]
-    target = names.index(schema.TEMPERATURE)
+    target = normalization["feature_names"].index(schema.TEMPERATURE)
     temperature = TemperatureHead(
         normalization["mean"][target],
         normalization["std"][target],

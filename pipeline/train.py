@@ -3,7 +3,7 @@
 In:  data/windows/ (the series, the start indices per split and the
      normalisation statistics) and params `seed`, `epochs`, `model.*`
      (cell, layers, units, dropout, recurrent_dropout, residual) and `train.*`
-     (optimizer, learning_rate, batch_size, loss, patience).
+     (optimizer, learning_rate, batch_size, loss_function, patience).
 Out: models/model.keras, the model with the best validation MAE (the
      normalisation statistics inside), and dvclive/: per-epoch loss and MAE on
      the training and validation splits (`dvclive/plots/metrics/{train,eval}/`)
@@ -65,11 +65,11 @@ def make_dataset(windows: Windows, starts: np.ndarray, batch_size: int, shuffle_
 
 
 def compile_model(model: keras.Model, train_params: dict) -> keras.Model:
-    """Attach the optimizer (`train.optimizer`, `train.learning_rate`), loss and the MAE metric."""
+    """Attach the optimizer (`train.optimizer`, `train.learning_rate`), the loss and the MAE metric."""
     optimizer = keras.optimizers.get(
         {"class_name": train_params["optimizer"], "config": {"learning_rate": train_params["learning_rate"]}}
     )
-    model.compile(optimizer=optimizer, loss=train_params["loss"], metrics=["mae"])
+    model.compile(optimizer=optimizer, loss=train_params["loss_function"], metrics=["mae"])
     return model
 
 
@@ -91,6 +91,7 @@ def train(windows: Windows, params: dict, callbacks=(), verbose: int | str = "au
         validation_data=validation,
         epochs=params["epochs"],
         callbacks=[early_stopping, *callbacks],
+        shuffle=False,  # the training dataset shuffles itself, with the seed
         verbose=verbose,
     )
     return model, history

@@ -114,10 +114,8 @@ def _build_message_classes():
         ("prometheus_config", message_kind, ".tensorflow.serving.PrometheusConfig", optional),
     ])
     pool = descriptor_pool.Default()
-    try:
-        file_descriptor = pool.Add(file_proto) and pool.FindFileByName(file_proto.name)
-    except TypeError:  # already added by an earlier import in this process
-        file_descriptor = pool.FindFileByName(file_proto.name)
+    pool.Add(file_proto)
+    file_descriptor = pool.FindFileByName(file_proto.name)
     return (
         message_factory.GetMessageClass(file_descriptor.message_types_by_name["BatchingParameters"]),
         message_factory.GetMessageClass(file_descriptor.message_types_by_name["MonitoringConfig"]),

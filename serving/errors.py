@@ -68,6 +68,14 @@ def http_status_for(code: grpc.StatusCode) -> int:
     return _HTTP_STATUS_BY_CODE.get(code, 500)
 
 
+def status_code_from_number(number: int) -> grpc.StatusCode:
+    """The gRPC code for a canonical error number (TensorFlow uses the same)."""
+    for code in grpc.StatusCode:
+        if code.value[0] == number:
+            return code
+    return grpc.StatusCode.UNKNOWN
+
+
 def error_code_number(code: grpc.StatusCode) -> int:
     """The numeric canonical code (tensorflow.error.Code) for a gRPC code."""
     return code.value[0]

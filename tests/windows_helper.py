@@ -17,7 +17,7 @@ def hourly_table(days: int, seed: int = 0, start: str = "2009-01-01") -> pd.Data
     rng = np.random.default_rng(seed)
     hours = days * 24
     time = pd.date_range(start, periods=hours, freq="h")
-    day_of_year = time.dayofyear.to_numpy()
+    day_of_year = time.day_of_year.to_numpy()
     hour = time.hour.to_numpy()
     anomaly = np.zeros(hours)
     shocks = rng.normal(0, 0.5, hours)

@@ -1,0 +1,178 @@
+"""Stage 6, export: the trained model as a TensorFlow Serving SavedModel, published if blessed.
+
+In:  models/model.keras, data/windows/ (test-split windows for the warm-up
+     requests), metrics/evaluate.json (metrics and blessing), the raw CSV
+     (hashed for the model card) and params `seed` and `serving.*`
+     (`model_name`, `base_path`, `keep_versions`, `config_file`).
+Out: models/export/, a SavedModel whose `serving_default` signature takes
+       `history`     float32 [batch, lookback_hours, 14], raw hourly
+                     measurements in the CSV's units and column order,
+       `timestamps`  int64 [batch, lookback_hours], unix seconds of each row,
+     and returns `temperature_degC` float32 [batch], with
+       assets.extra/tf_serving_warmup_requests  PredictionLog records of real
+                     test-split requests, replayed by the server before it serves,
+       assets.extra/model_card.json  params, data source and hash, metrics, git
+                     commit, creation time and the model's fingerprint;
+     if the model is blessed, that SavedModel as the next numbered version in
+     `<serving.base_path>/<serving.model_name>/` (see pipeline.publish); and
+     models/publication.json, what the publication did and why.
+
+dvc.yaml declares models/publication.json with `cache: false`, which keeps
+this stage out of DVC's run-cache: DVC never restores the outputs without
+running the command, so a new model is never left unpublished.
+"""
+
+import datetime
+import hashlib
+import json
+import subprocess
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
+
+from pipeline import schema
+from pipeline.atomic import atomic_directory, write_json
+from pipeline.config import RAW_CSV, WINDOWS_DIR, load_params
+from pipeline.evaluate import METRICS_PATH
+from pipeline.publish import MODEL_CARD, fingerprint, labelled_versions, model_directory, publish
+from pipeline.train import MODEL_PATH  # importing pipeline.train imports pipeline.model: its layers load
+from pipeline.window import Windows, load_windows
+
+EXPORT_DIR = Path("models/export")
+PUBLICATION_RECORD = Path("models/publication.json")
+SIGNATURE = "serving_default"
+OUTPUT = "temperature_degC"
+WARMUP_FILE = Path("assets.extra/tf_serving_warmup_requests")
+WARMUP_BATCH_SIZES = (1, 8, 32)
+
+
+def serving_function(model: keras.Model, lookback: int) -> tf.types.experimental.PolymorphicFunction:
+    """The `serving_default` signature: raw history and timestamps in, degrees Celsius out."""
+
+    @tf.function(input_signature=[
+        tf.TensorSpec([None, lookback, len(schema.MEASUREMENTS)], tf.float32, name="history"),
+        tf.TensorSpec([None, lookback], tf.int64, name="timestamps"),
+    ])
+    def serve(history, timestamps):
+        return {OUTPUT: model({"history": history, "timestamps": timestamps}, training=False)}
+
+    return serve
+
+
+def save_servable(model: keras.Model, lookback: int, directory: Path) -> None:
+    """Write the SavedModel. In a fresh process the same weights give the same bytes (but for
+    fingerprint.pb's random id), so re-exporting a model reproduces its fingerprint."""
+    servable = tf.Module()
+    servable.model = model
+    servable.serve = serving_function(model, lookback)
+    tf.saved_model.save(servable, str(directory), signatures={SIGNATURE: servable.serve})
+
+
+def warmup_requests(windows: Windows, model_name: str, batch_sizes=WARMUP_BATCH_SIZES) -> list:
+    """One Predict request per batch size, from test-split windows spread over the whole split."""
+    test_starts = windows.starts["test"]
+    logs = []
+    for batch_size in batch_sizes:
+        picks = np.linspace(0, len(test_starts) - 1, batch_size).round().astype(np.int64)
+        history, timestamps = windows.history(test_starts[picks])
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = model_name
+        request.model_spec.signature_name = SIGNATURE
+        request.inputs["history"].CopyFrom(tf.make_tensor_proto(np.asarray(history, np.float32)))
+        request.inputs["timestamps"].CopyFrom(tf.make_tensor_proto(np.asarray(timestamps, np.int64)))
+        logs.append(prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request)))
+    return logs
+
+
+def write_warmup_requests(path: Path, logs: list) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for log in logs:
+            writer.write(log.SerializeToString())
+
+
+def file_md5(path: Path) -> str:
+    """MD5 of a file, as DVC records it in dvc.lock."""
+    digest = hashlib.md5()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def git_state() -> dict:
+    """The commit checked out and whether tracked files differ from it (as during `dvc exp run -S`)."""
+    def git(*args):
+        return subprocess.run(["git", *args], capture_output=True, text=True, check=True).stdout.strip()
+
+    try:
+        return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+    except (OSError, subprocess.CalledProcessError):
+        return {"commit": None, "dirty": None}
+
+
+def model_card(params: dict, metrics: dict, raw_csv: Path, lookback: int) -> dict:
+    """What a served version is and where it came from (the fingerprint is added once exported)."""
+    data = params["data"]
+    origin = data["url"] if data["source"] == "jena" else f"synthetic {data['synthetic_start']} to {data['synthetic_end']}"
+    return {
+        "model_name": params["serving"]["model_name"],
+        "signature": {
+            "name": SIGNATURE,
+            "inputs": {"history": ["float32", [None, lookback, len(schema.MEASUREMENTS)], schema.MEASUREMENTS],
+                       "timestamps": ["int64", [None, lookback], "unix seconds"]},
+            "outputs": {OUTPUT: ["float32", [None], schema.TEMPERATURE]},
+        },
+        "data": {"source": data["source"], "origin": origin, "file": str(raw_csv), "md5": file_md5(raw_csv)},
+        "params": params,
+        "metrics": metrics,
+        "git": git_state(),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def write_export(model: keras.Model, windows: Windows, card: dict, directory: Path = EXPORT_DIR) -> dict:
+    """SavedModel, warm-up requests and model card into `directory`, atomically; returns the card."""
+    with atomic_directory(directory) as temporary:
+        save_servable(model, windows.lookback, temporary)
+        write_warmup_requests(temporary / WARMUP_FILE, warmup_requests(windows, card["model_name"]))
+        card = {**card, "fingerprint": fingerprint(temporary)}
+        write_json(temporary / MODEL_CARD, card)
+    return card
+
+
+def publication(saved_model: Path, metrics: dict, serving: dict) -> dict:
+    """Publish a blessed export into the watched directory; say what happened, or why nothing did."""
+    record = {"fingerprint": fingerprint(saved_model), "test_mae_degC": metrics["test_mae_degC"]}
+    if not metrics["blessed"]:
+        return {**record, "published": False, "version": None, "path": None,
+                "reason": f"not blessed: {metrics['blessing_reason']}"}
+    protected = labelled_versions(Path(serving["config_file"]), serving["model_name"])
+    result = publish(saved_model, model_directory(serving), serving["keep_versions"], protected)
+    reason = (f"published as version {result.version}" if result.created
+              else f"identical to version {result.version}, already the newest; no new version")
+    return {**record, **result.as_dict(), "published": True, "reason": reason}
+
+
+def main() -> None:
+    params = load_params()
+    for needed, stage in ((MODEL_PATH, "train"), (METRICS_PATH, "evaluate")):
+        if not needed.exists():
+            raise SystemExit(f"export: {needed} not found; run `dvc repro {stage}` first")
+    metrics = json.loads(METRICS_PATH.read_text(encoding="utf-8"))
+    keras.utils.set_random_seed(params["seed"])  # the model's seed-generator state is exported too
+    model = keras.saving.load_model(MODEL_PATH)
+    windows = load_windows(WINDOWS_DIR)
+
+    card = write_export(model, windows, model_card(params, metrics, RAW_CSV, windows.lookback), EXPORT_DIR)
+    record = publication(EXPORT_DIR, metrics, params["serving"])
+    write_json(PUBLICATION_RECORD, record)
+    print(f"export: {EXPORT_DIR}/ fingerprint {card['fingerprint'][:12]}, test MAE {metrics['test_mae_degC']:.3f} C; "
+          f"{record['reason']}" + (f" ({record['path']})" if record["published"] else ""))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,162 @@
+"""Publish an exported SavedModel as the next numbered version that TensorFlow Serving watches.
+
+In:  an exported SavedModel directory (models/export/, with its model card in
+     assets.extra/model_card.json), the watched model directory
+     `<serving.base_path>/<serving.model_name>/`, how many versions to keep
+     (`serving.keep_versions`) and the version labels of the server's model
+     config (`serving.config_file`, text-format ModelServerConfig).
+Out: at most one new version directory `<model directory>/<N>/`, older
+     versions beyond the newest `keep_versions` removed, and a `Publication`
+     saying what happened.
+
+TensorFlow Serving loads a numeric directory the moment it appears, so a
+version is copied under a hidden, non-numeric name in the same directory and
+renamed to its number in one step; a numeric directory is never written into.
+Versions are retired the same way: renamed to a hidden name, then deleted.
+Every step that reads or changes the numbering runs under a lock file in the
+model directory, so parallel publications get distinct, consecutive numbers.
+
+A model whose fingerprint (a hash of the SavedModel's content, see
+`fingerprint`) equals the newest version's is already served: no new version.
+The newest version's model card also answers `published_mae`, the number the
+evaluate stage's blessing compares against.
+"""
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from filelock import FileLock
+from google.protobuf import text_format
+from tensorflow_serving.config import model_server_config_pb2
+
+MODEL_CARD = Path("assets.extra/model_card.json")
+# TensorFlow writes a random id into fingerprint.pb; the model card holds the
+# fingerprint and the creation time. Neither is part of the model's content.
+NOT_CONTENT = {Path("fingerprint.pb"), MODEL_CARD}
+LOCK_NAME = ".publish.lock"
+STAGING_PREFIX = ".staging-"
+RETIRING_PREFIX = ".retiring-"
+
+
+@dataclass(frozen=True)
+class Publication:
+    """What a publication did: the version serving the model, and what changed."""
+
+    version: int
+    path: str
+    fingerprint: str
+    created: bool
+    retired: list[int]
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def model_directory(serving: dict) -> Path:
+    """The directory TensorFlow Serving watches: `<base_path>/<model_name>` (base_path may be absolute)."""
+    return Path(serving["base_path"]) / serving["model_name"]
+
+
+def version_numbers(directory: Path) -> list[int]:
+    """The versions in a model directory, ascending: its children named by digits only."""
+    if not Path(directory).is_dir():
+        return []
+    return sorted(int(entry.name) for entry in os.scandir(directory)
+                  if entry.is_dir() and entry.name.isascii() and entry.name.isdigit())
+
+
+def fingerprint(saved_model: Path) -> str:
+    """SHA-256 over the relative paths and bytes of a SavedModel's files, except NOT_CONTENT.
+
+    The export is deterministic, so exporting the same weights twice gives the same fingerprint.
+    """
+    saved_model = Path(saved_model)
+    digest = hashlib.sha256()
+    for path in sorted(path for path in saved_model.rglob("*") if path.is_file()):
+        relative = path.relative_to(saved_model)
+        if relative in NOT_CONTENT:
+            continue
+        digest.update(relative.as_posix().encode() + b"\0")
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
+
+
+def read_model_card(saved_model: Path) -> dict:
+    path = Path(saved_model) / MODEL_CARD
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (FileNotFoundError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path}: no readable model card ({error})") from None
+
+
+def published_mae(directory: Path) -> float | None:
+    """Test MAE (degC) of the newest published version, from its model card; None if none is published."""
+    versions = version_numbers(directory)
+    if not versions:
+        return None
+    card = read_model_card(Path(directory) / str(versions[-1]))
+    try:
+        return float(card["metrics"]["test_mae_degC"])
+    except (KeyError, TypeError, ValueError):
+        raise ValueError(f"{directory}/{versions[-1]}/{MODEL_CARD}: no numeric metrics.test_mae_degC") from None
+
+
+def labelled_versions(config_file: Path, model_name: str) -> set[int]:
+    """The versions that version labels point at for `model_name` in a text-format ModelServerConfig."""
+    config = model_server_config_pb2.ModelServerConfig()
+    try:
+        text_format.Parse(Path(config_file).read_text(encoding="utf-8"), config)
+    except text_format.ParseError as error:
+        raise ValueError(f"{config_file}: not a valid ModelServerConfig ({error})") from None
+    return {version
+            for model in config.model_config_list.config if model.name == model_name
+            for version in model.version_labels.values()}
+
+
+def versions_to_retire(versions: list[int], keep_versions: int, protected: set[int]) -> list[int]:
+    """All but the newest `keep_versions` versions, except the protected (labelled) ones."""
+    if keep_versions < 1:
+        raise ValueError(f"serving.keep_versions must be at least 1, got {keep_versions}")
+    older = sorted(versions)[:-keep_versions]
+    return [version for version in older if version not in protected]
+
+
+def retire(directory: Path, version: int) -> None:
+    """Remove a version: one rename takes it out of the server's sight, then it is deleted."""
+    hidden = Path(tempfile.mkdtemp(dir=directory, prefix=f"{RETIRING_PREFIX}{version}-"))
+    os.replace(directory / str(version), hidden / str(version))
+    shutil.rmtree(hidden)
+
+
+def publish(saved_model: Path, directory: Path, keep_versions: int, protected: set[int] = frozenset()) -> Publication:
+    """Make `saved_model` the newest version in `directory` unless it already is; apply retention.
+
+    The copy is staged under a hidden name before the lock is taken; numbering,
+    the rename into place and retention happen under the lock.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    new_fingerprint = fingerprint(saved_model)
+    staging = Path(tempfile.mkdtemp(dir=directory, prefix=STAGING_PREFIX))
+    try:
+        staged = staging / "model"
+        shutil.copytree(saved_model, staged)
+        with FileLock(directory / LOCK_NAME):
+            versions = version_numbers(directory)
+            if versions and fingerprint(directory / str(versions[-1])) == new_fingerprint:
+                version, created = versions[-1], False
+            else:
+                version, created = (versions[-1] + 1 if versions else 1), True
+                os.rename(staged, directory / str(version))
+                versions.append(version)
+            retired = versions_to_retire(versions, keep_versions, set(protected))
+            for old in retired:
+                retire(directory, old)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return Publication(version, str(directory / str(version)), new_fingerprint, created, retired)

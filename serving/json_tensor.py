@@ -1,0 +1,452 @@
+"""TensorFlow Serving's REST JSON rules: request JSON -> arrays/Examples, results -> JSON.
+
+Follows the behaviour of TF Serving's ``json_tensor`` (read from its source
+and tests, re-implemented here):
+
+* Predict requests carry ``instances`` (row format: a list with one entry per
+  example, plain values for a single input or objects keyed by input name) or
+  ``inputs`` (columnar: one value, or an object of values, for the whole
+  batch). Values are converted with the signature's dtypes; strings may be
+  ``{"b64": "..."}``. The shape of a value comes from its first elements and
+  every other element must agree.
+* Classify/Regress requests carry ``examples`` (and an optional ``context``)
+  as objects of features.
+* Floats are written the way TF Serving writes them (six significant digits
+  when that round-trips, else full precision; whole numbers get ``.0``;
+  ``NaN``/``Infinity``/``-Infinity`` for non-finite values). Output tensors
+  whose name ends in ``_bytes`` are written as ``{"b64": ...}``.
+
+Error messages use TF Serving's wording, so clients matching on them work.
+"""
+
+import base64
+import binascii
+import json
+import math
+
+import grpc
+import numpy as np
+from tensorflow.core.example import example_pb2, feature_pb2
+from tensorflow.core.framework import types_pb2
+
+from serving.errors import ServingError, invalid_argument
+
+_FLOAT32_MAX_INT = (1 << 24) - 1
+_FLOAT64_MAX_INT = (1 << 53) - 1
+_INT_RANGES = {
+    types_pb2.DT_INT8: (-(2**31), 2**31 - 1), types_pb2.DT_INT16: (-(2**31), 2**31 - 1),
+    types_pb2.DT_INT32: (-(2**31), 2**31 - 1), types_pb2.DT_UINT8: (-(2**31), 2**31 - 1),
+    types_pb2.DT_INT64: (-(2**63), 2**63 - 1), types_pb2.DT_UINT32: (0, 2**32 - 1),
+    types_pb2.DT_UINT64: (0, 2**64 - 1),
+}
+_NUMPY_TYPES = {
+    types_pb2.DT_FLOAT: np.float32, types_pb2.DT_DOUBLE: np.float64, types_pb2.DT_INT8: np.int8,
+    types_pb2.DT_INT16: np.int16, types_pb2.DT_INT32: np.int32, types_pb2.DT_UINT8: np.uint8,
+    types_pb2.DT_INT64: np.int64, types_pb2.DT_UINT32: np.uint32, types_pb2.DT_UINT64: np.uint64,
+    types_pb2.DT_BOOL: np.bool_,
+}
+_PYTHON_TO_RAPIDJSON_ERRORS = {
+    "Expecting value": "Invalid value.",
+    "Expecting property name enclosed in double quotes": "Missing a name for object member.",
+    "Expecting ':' delimiter": "Missing a colon after a name of object member.",
+    "Extra data": "The document root must not be followed by other values.",
+    "Unterminated string starting at": "Missing a closing quotation mark in string.",
+    "Invalid control character at": "Invalid encoding in string.",
+    "Invalid \\escape": "Invalid escape character in string.",
+}
+
+
+class RawNumber(str):
+    """Number text written verbatim into the JSON output."""
+
+
+def _dtype_string(dtype_enum: int) -> str:
+    return types_pb2.DataType.Name(dtype_enum).removeprefix("DT_").lower()
+
+
+# -------------------------------------------------------------- JSON text
+def to_text(value) -> str:
+    """JSON text; RawNumber values are written as they are (NaN/Infinity too)."""
+    if isinstance(value, RawNumber):
+        return str(value)
+    if isinstance(value, bool) or value is None:
+        return json.dumps(value)
+    if isinstance(value, float):
+        return format_float(value, np.float64)
+    if isinstance(value, (int, str)):
+        return json.dumps(value)
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{json.dumps(key)}:{to_text(item)}" for key, item in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ",".join(to_text(item) for item in value) + "]"
+    raise TypeError(f"cannot write {type(value).__name__} as JSON")
+
+
+def _value_text(value) -> str:
+    """How TF Serving quotes a JSON value in an error message."""
+    if isinstance(value, float):
+        return format_float(value, np.float64)
+    return json.dumps(value, indent=4) if isinstance(value, (dict, list)) else json.dumps(value)
+
+
+def _json_type(value) -> str:
+    if value is None:
+        return "Null"
+    if value is True:
+        return "True"
+    if value is False:
+        return "False"
+    return {dict: "Object", list: "Array", str: "String"}.get(type(value), "Number")
+
+
+def format_float(value, numpy_type) -> str:
+    """TF Serving's WriteDecimal: %g if it round-trips, else max_digits10 digits."""
+    value = float(value)
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "-Infinity" if value < 0 else "Infinity"
+    text = f"{value:g}"
+    if numpy_type(float(text)) != numpy_type(value):
+        text = f"{value:.{9 if numpy_type is np.float32 else 17}g}"
+    if "." not in text and "e" not in text:
+        text += ".0"
+    return text
+
+
+def parse_document(body: bytes) -> dict:
+    """Request bytes -> JSON object, or TF Serving's parse error."""
+    if not body:
+        raise invalid_argument("JSON Parse error: The document is empty")
+    try:
+        document = json.loads(body.decode("utf-8"))
+    except UnicodeDecodeError as error:
+        raise invalid_argument(f"JSON Parse error: Invalid encoding in string. at offset: {error.start}")
+    except json.JSONDecodeError as error:
+        reason = next((text for prefix, text in _PYTHON_TO_RAPIDJSON_ERRORS.items()
+                       if error.msg.startswith(prefix)), None)
+        if reason is None and error.msg.startswith("Expecting ',' delimiter"):
+            opener = body.decode("utf-8", "replace")[:error.pos].rstrip()
+            reason = ("Missing a comma or '}' after an object member."
+                      if opener.rfind("{") > opener.rfind("[") else "Missing a comma or ']' after an array element.")
+        raise invalid_argument(f"JSON Parse error: {reason or 'Invalid value.'} at offset: {error.pos}")
+    except RecursionError:
+        raise invalid_argument("JSON Parse error: Terminate parsing due to Handler error. at offset: 0")
+    if not isinstance(document, dict):
+        raise invalid_argument(f"JSON Value: {_value_text(document)} Is not object")
+    return document
+
+
+def signature_name(document: dict) -> str:
+    name = document.get("signature_name", "")
+    if not isinstance(name, str):
+        raise invalid_argument(f"JSON Value: {_value_text(document)} not formatted correctly. "
+                               "'signature_name' key must be a string value.")
+    return name
+
+
+# ------------------------------------------------------- JSON -> tensors
+def _is_b64(value) -> bool:
+    return isinstance(value, dict) and len(value) == 1 and isinstance(value.get("b64"), str)
+
+
+def _scalar(value, dtype_enum: int):
+    """One leaf value converted for dtype_enum (TF Serving's AddValueToTensor)."""
+    def type_error():
+        return invalid_argument(f"JSON Value: {_value_text(value)} Type: {_json_type(value)} "
+                                f"is not of expected type: {_dtype_string(dtype_enum)}")
+
+    if isinstance(value, dict):
+        if dtype_enum != types_pb2.DT_STRING:
+            raise type_error()
+        if not _is_b64(value):
+            raise invalid_argument(f"JSON Value: {_value_text(value)} not formatted correctly for base64 data")
+        try:
+            return base64.b64decode(value["b64"], validate=True)
+        except (binascii.Error, ValueError):
+            raise invalid_argument("Unable to base64 decode")
+    if dtype_enum == types_pb2.DT_STRING:
+        if not isinstance(value, str):
+            raise type_error()
+        return value.encode("utf-8")
+    if dtype_enum == types_pb2.DT_BOOL:
+        if not isinstance(value, bool):
+            raise type_error()
+        return value
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if dtype_enum in (types_pb2.DT_FLOAT, types_pb2.DT_DOUBLE):
+        if not is_number:
+            raise type_error()
+        single = dtype_enum == types_pb2.DT_FLOAT
+        if math.isfinite(value):
+            lossy = (abs(value) > (_FLOAT32_MAX_INT if single else _FLOAT64_MAX_INT) if isinstance(value, int)
+                     else single and abs(value) > float(np.finfo(np.float32).max))
+            if lossy:
+                raise invalid_argument(f"Cannot convert JSON value: {_value_text(value)} to "
+                                       f"{'float' if single else 'double'} without loss of precision.")
+        return value
+    if dtype_enum in _INT_RANGES:
+        low, high = _INT_RANGES[dtype_enum]
+        if not (is_number and isinstance(value, int) and low <= value <= high):
+            raise type_error()
+        return value
+    raise ServingError(grpc.StatusCode.UNIMPLEMENTED,
+                       f"Conversion of JSON Value: {_value_text(value)} to type: {_dtype_string(dtype_enum)}")
+
+
+def _dense_shape(value) -> list[int]:
+    shape = []
+    while isinstance(value, list):
+        shape.append(len(value))
+        if not value:
+            break
+        value = value[0]
+    return shape
+
+
+def _fill(value, level: int, shape: list[int], dtype_enum: int, flat: list) -> None:
+    """TF Serving's FillTensorProto: every leaf at the same level, every list the same size."""
+    if not isinstance(value, list):
+        if level != len(shape):
+            raise invalid_argument(f"JSON Value: {_value_text(value)} found at incorrect level: {level + 1} "
+                                   f"in the JSON DOM. Expected at level: {len(shape)}")
+        flat.append(_scalar(value, dtype_enum))
+        return
+    if level >= len(shape):
+        raise invalid_argument(f"Encountered list at unexpected level: {level} expected < {len(shape)}")
+    if len(value) != shape[level]:
+        raise invalid_argument(f"Encountered list at unexpected size: {len(value)} at level: {level} "
+                               f"expected size: {shape[level]}")
+    for item in value:
+        _fill(item, level + 1, shape, dtype_enum, flat)
+
+
+def _array(flat: list, shape: list[int], dtype_enum: int) -> np.ndarray:
+    if dtype_enum == types_pb2.DT_STRING:
+        array = np.empty(len(flat), dtype=object)
+        array[:] = flat
+        return array.reshape(shape)
+    return np.array(flat, dtype=_NUMPY_TYPES[dtype_enum]).reshape(shape)
+
+
+def value_to_array(value, dtype_enum: int) -> np.ndarray:
+    shape = _dense_shape(value)
+    flat = []
+    _fill(value, 0, shape, dtype_enum, flat)
+    return _array(flat, shape, dtype_enum)
+
+
+def _status_text(error: ServingError) -> str:
+    return f"{error.code_name}: {error.message}"
+
+
+def _instances_to_arrays(instances: list, input_types: dict) -> dict:
+    if not isinstance(instances[0], dict) and len(input_types) > 1:
+        raise invalid_argument("instances is a plain list, but expecting list of objects as multiple "
+                               "input tensors required as per tensorinfo_map")
+    named = isinstance(instances[0], dict) and not _is_b64(instances[0])
+    names = sorted(input_types)
+    columns = {name: [] for name in names}
+    shapes = {}
+
+    def add(item, name):
+        shape = _dense_shape(item)
+        flat = []
+        _fill(item, 0, shape, input_types[name], flat)
+        if name not in shapes:
+            shapes[name] = shape
+        elif math.prod(shapes[name]) != len(flat):
+            raise invalid_argument(f"Expecting tensor size: {math.prod(shapes[name])} but got: {len(flat)}")
+        elif shapes[name] != shape:
+            raise invalid_argument(f"Expecting shape [{','.join(map(str, shapes[name]))}] but got: "
+                                   f"[{','.join(map(str, shape))}]")
+        columns[name].extend(flat)
+
+    for index, element in enumerate(instances):
+        element_is_object = isinstance(element, dict) and not _is_b64(element)
+        if named:
+            if not element_is_object:
+                raise invalid_argument(f"Expecting object but got list at item {index} of input list")
+            for name, item in element.items():
+                try:
+                    if name not in input_types:
+                        raise invalid_argument(f"JSON object: does not have named input: {name}")
+                    add(item, name)
+                except ServingError as error:
+                    raise invalid_argument(f"Failed to process element: {index} key: {name} of 'instances' "
+                                           f"list. Error: {_status_text(error)}")
+            if set(element) != set(names):
+                raise invalid_argument(f"Failed to process element: {index} of 'instances' list. JSON object: "
+                                       f"{_value_text(element)} must only have keys: {','.join(names)}")
+        else:
+            if element_is_object:
+                raise invalid_argument(f"Expecting value/list but got object at item {index} of input list")
+            try:
+                add(element, names[0])
+            except ServingError as error:
+                raise invalid_argument(f"Failed to process element: {index} of 'instances' list. "
+                                       f"Error: {_status_text(error)}")
+    return {name: _array(columns[name], [len(instances)] + shapes[name], input_types[name])
+            for name in names}
+
+
+def _inputs_to_arrays(inputs, input_types: dict) -> dict:
+    if not isinstance(inputs, dict) or _is_b64(inputs):
+        if len(input_types) > 1:
+            raise invalid_argument("inputs is a plain value/list, but expecting an object as multiple "
+                                   "input tensors required as per tensorinfo_map")
+        name = next(iter(input_types))
+        return {name: value_to_array(inputs, input_types[name])}
+    arrays = {}
+    for name in sorted(input_types):
+        if name not in inputs:
+            raise invalid_argument(f"Missing named input: {name} in 'inputs' object.")
+        arrays[name] = value_to_array(inputs[name], input_types[name])
+    return arrays
+
+
+def predict_inputs(document: dict, signature) -> tuple[dict, bool]:
+    """Predict body -> ({alias: ndarray}, row_format)."""
+    input_types = {alias: info.dtype for alias, info in signature.inputs.items()}
+    if not input_types:
+        raise invalid_argument(f"Failed to get input map for signature: "
+                               f"{document.get('signature_name') or 'DEFAULT'}")
+    has_instances, has_inputs = "instances" in document, "inputs" in document
+    if has_instances and has_inputs:
+        raise invalid_argument(f"JSON Value: {_value_text(document)} Not formatted correctly expecting only "
+                               "one of 'inputs' or 'instances' keys to exist ")
+    if has_instances:
+        instances = document["instances"]
+        if not isinstance(instances, list):
+            raise invalid_argument(f"JSON Value: {_value_text(document)} Excepting 'instances' to be an list/array")
+        if not instances:
+            raise invalid_argument(f"JSON Value: {_value_text(document)} No values in 'instances' array")
+        return _instances_to_arrays(instances, input_types), True
+    if has_inputs:
+        return _inputs_to_arrays(document["inputs"], input_types), False
+    raise invalid_argument("Missing 'inputs' or 'instances' key")
+
+
+def _add_to_feature(value, name: str, feature: feature_pb2.Feature) -> None:
+    kind = feature.WhichOneof("kind")
+
+    def require(wanted):
+        if kind not in (None, wanted):
+            raise invalid_argument(f"Unexpected element type in feature: {name} expecting type: "
+                                   f"{ {'bytes_list': 'bytes', 'float_list': 'float', 'int64_list': 'int64'}[kind] }")
+
+    if value is None or isinstance(value, list) or (isinstance(value, dict) and not _is_b64(value)):
+        raise invalid_argument(f"Feature: {name} has element with unexpected JSON type: {_json_type(value)}")
+    if isinstance(value, bool):
+        require("int64_list")
+        feature.int64_list.value.append(int(value))
+    elif isinstance(value, dict):
+        require("bytes_list")
+        feature.bytes_list.value.append(_scalar(value, types_pb2.DT_STRING))
+    elif isinstance(value, str):
+        require("bytes_list")
+        feature.bytes_list.value.append(value.encode("utf-8"))
+    elif isinstance(value, float):
+        require("float_list")
+        feature.float_list.value.append(_scalar(value, types_pb2.DT_FLOAT))
+    else:
+        require("int64_list")
+        if value >= 2**63:
+            raise invalid_argument(f"Feature: {name} has uint64 element. Only int64 is supported.")
+        feature.int64_list.value.append(value)
+
+
+def _example(value) -> example_pb2.Example:
+    if not isinstance(value, dict):
+        raise invalid_argument(f"Example must be JSON object but got JSON {_json_type(value)}")
+    example = example_pb2.Example()
+    for name, content in value.items():
+        feature = example.features.feature[name]
+        for item in content if isinstance(content, list) else [content]:
+            _add_to_feature(item, name, feature)
+    return example
+
+
+def fill_examples(document: dict, model_input) -> None:
+    """Classify/Regress body -> tensorflow.serving.Input (examples, optional context)."""
+    if "context" in document:
+        target = model_input.example_list_with_context
+        target.context.CopyFrom(_example(document["context"]))
+    else:
+        target = model_input.example_list
+    examples = document.get("examples")
+    if "examples" not in document:
+        raise invalid_argument(f"JSON Value: {_value_text(document)} When method is classify, key 'examples' "
+                               "is expected and was not found")
+    if not isinstance(examples, list):
+        raise invalid_argument(f"JSON Value: {_value_text(document)} Expecting 'examples' value to be an list/array")
+    if not examples:
+        raise invalid_argument(f"JSON Value: {_value_text(document)} 'examples' value is an empty array")
+    for example in examples:
+        target.examples.add().CopyFrom(_example(example))
+
+
+# ------------------------------------------------------- tensors -> JSON
+def _writer_for(array: np.ndarray, name: str):
+    if array.dtype == object or array.dtype.kind in ("S", "U"):
+        as_b64 = name.endswith("_bytes")
+
+        def write_string(value):
+            data = value if isinstance(value, bytes) else str(value).encode("utf-8")
+            return {"b64": base64.b64encode(data).decode("ascii")} if as_b64 else data.decode("utf-8", "replace")
+
+        return write_string
+    if array.dtype in (np.float32, np.float64):
+        numpy_type = array.dtype.type
+        return lambda value: RawNumber(format_float(value, numpy_type))
+    if array.dtype.kind in ("i", "u", "b"):
+        return lambda value: value.item()
+    raise invalid_argument(f"Failed to write JSON value for tensor type: {array.dtype}")
+
+
+def _nest(array: np.ndarray, write):
+    if array.ndim == 0:
+        return write(array[()])
+    if array.ndim == 1:
+        return [write(value) for value in array]
+    return [_nest(item, write) for item in array]
+
+
+def predict_outputs(outputs: dict, row_format: bool) -> str:
+    """Output tensors -> response JSON text in the request's format."""
+    if not outputs:
+        raise invalid_argument("Cannot convert empty tensor map to JSON")
+    arrays = {name: np.asarray(value) for name, value in outputs.items()}
+    if not row_format:
+        values = {name: _nest(array, _writer_for(array, name)) for name, array in arrays.items()}
+        return to_text({"outputs": values if len(values) > 1 else next(iter(values.values()))})
+    batch_size = 0
+    for name, array in arrays.items():
+        if array.ndim == 0:
+            raise invalid_argument(f"Tensor name: {name} has no shape information ")
+        if array.shape[0] < 1:
+            raise invalid_argument(f"Tensor name: {name} has invalid batch size: {array.shape[0]}")
+        if batch_size and array.shape[0] != batch_size:
+            raise invalid_argument(f"Tensor name: {name} has inconsistent batch size: {array.shape[0]} "
+                                   f"expecting: {batch_size}")
+        batch_size = array.shape[0]
+    values = {name: _nest(array, _writer_for(array, name)) for name, array in arrays.items()}
+    if len(values) == 1:
+        return to_text({"predictions": next(iter(values.values()))})
+    return to_text({"predictions": [{name: column[index] for name, column in values.items()}
+                                    for index in range(batch_size)]})
+
+
+def classification_result(result) -> str:
+    if not result.classifications:
+        raise invalid_argument("Cannot convert empty ClassificationResults to JSON")
+    return to_text({"results": [[[entry.label, RawNumber(format_float(entry.score, np.float32))]
+                                 for entry in classifications.classes]
+                                for classifications in result.classifications]})
+
+
+def regression_result(result) -> str:
+    if not result.regressions:
+        raise invalid_argument("Cannot convert empty RegressionResults to JSON")
+    return to_text({"results": [RawNumber(format_float(regression.value, np.float32))
+                                for regression in result.regressions]})

@@ -1,0 +1,178 @@
+"""Baselines, metrics, blessing and the evaluate stage's files, on hand-made series."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from pipeline import evaluate
+from pipeline.evaluate import (
+    bless,
+    calendar,
+    climatology_forecast,
+    climatology_table,
+    evaluation_metrics,
+    mae,
+    mae_by_month,
+    persistence_forecast,
+    prediction_stretch,
+    published_mae,
+    published_record_path,
+    residual_histogram,
+    rmse,
+)
+from pipeline.model import build_model
+from pipeline.train import save_model
+from pipeline.window import save_windows
+from windows_helper import small_windows
+
+EVALUATE_PARAMS = {"margin": 0.05, "tolerance": 0.05, "climatology_window_days": 15, "plot_days": 7}
+MODEL_PARAMS = {"cell": "gru", "layers": 1, "units": 4, "dropout": 0.0, "recurrent_dropout": 0.0, "residual": True}
+
+
+def unix(*stamps) -> np.ndarray:
+    return pd.to_datetime(list(stamps)).as_unit("s").asi8
+
+
+def hours(start: str, end: str) -> np.ndarray:
+    return pd.date_range(start, end, freq="h", inclusive="left").as_unit("s").asi8
+
+
+def test_mae_and_rmse():
+    assert mae([1, 2, 3], np.array([1, 4, 0])) == pytest.approx(5 / 3)
+    assert rmse([1, 2, 3], np.array([1, 4, 0])) == pytest.approx(np.sqrt(13 / 3))
+
+
+def test_calendar_puts_29_february_on_28_february():
+    when = calendar(unix("2009-01-01 00:00", "2012-02-28 05:00", "2012-02-29 12:00", "2012-03-01 00:00",
+                         "2009-03-01 23:00", "2012-12-31 23:00"))
+    assert when["day"].tolist() == [0, 58, 58, 59, 59, 364]
+    assert when["hour"].tolist() == [0, 5, 12, 0, 23, 23]
+    assert when["month"].tolist() == [1, 2, 2, 3, 3, 12]
+
+
+def test_persistence_on_a_constant_plus_trend_is_off_by_trend_times_horizon():
+    lookback, horizon, trend = 5, 3, 0.25
+    temperature = 10 + trend * np.arange(100)
+    starts = np.arange(0, 100 - lookback - horizon + 1)
+    forecast = persistence_forecast(temperature, starts, lookback)
+    observed = temperature[starts + lookback - 1 + horizon]
+    np.testing.assert_allclose(observed - forecast, trend * horizon)
+    assert mae(forecast, observed) == pytest.approx(trend * horizon)
+
+
+def seasonal(timestamps) -> np.ndarray:
+    """A pure yearly and daily cycle, a function of (day of the year, hour) only."""
+    when = calendar(timestamps)
+    return 10 - 8 * np.cos(2 * np.pi * when["day"] / 365) + 3 * np.sin(2 * np.pi * when["hour"] / 24)
+
+
+def test_climatology_of_a_pure_seasonal_series_is_exact():
+    training = hours("2009-01-01", "2013-01-01")  # includes the leap day 2012-02-29
+    table = climatology_table(seasonal(training), training, window_days=1)
+    test = hours("2015-06-01", "2016-06-01")  # and 2016-02-29
+    np.testing.assert_allclose(climatology_forecast(table, test), seasonal(test), atol=1e-9)
+
+
+def test_smoothed_climatology_of_a_smooth_cycle_stays_close():
+    training = hours("2009-01-01", "2011-01-01")
+    table = climatology_table(seasonal(training), training, window_days=15)
+    test = hours("2012-01-01", "2013-01-01")
+    assert np.abs(climatology_forecast(table, test) - seasonal(test)).max() < 0.1
+
+
+def test_climatology_fills_cells_without_training_data_with_the_hour_mean():
+    training = hours("2009-01-01", "2009-07-01")  # no autumn in the training years
+    temperature = seasonal(training)
+    temperature[:48] = np.nan  # and two missing days
+    table = climatology_table(temperature, training, window_days=3)
+    assert not np.isnan(table).any()
+    autumn = unix("2010-10-15 06:00")
+    hour_six = calendar(training)["hour"] == 6
+    assert climatology_forecast(table, autumn)[0] == pytest.approx(np.nanmean(temperature[hour_six]))
+
+
+def test_climatology_window_must_be_odd():
+    with pytest.raises(ValueError, match="odd"):
+        climatology_table(np.zeros(24), hours("2009-01-01", "2009-01-02"), window_days=4)
+
+
+@pytest.mark.parametrize("test_mae,expected", [(1.89, True), (1.90, True), (1.91, False)])
+def test_blessing_needs_the_margin_over_persistence(test_mae, expected):
+    blessed, reason = bless(test_mae, persistence_mae=2.0, published_mae=None, margin=0.05, tolerance=0.1)
+    assert blessed is expected
+    assert ("persistence" in reason) and (("no model is published" in reason) == expected)
+
+
+@pytest.mark.parametrize("test_mae,expected", [(1.5, True), (1.6, True), (1.61, False)])
+def test_blessing_tolerates_at_most_the_tolerance_over_the_published_model(test_mae, expected):
+    blessed, reason = bless(test_mae, persistence_mae=2.0, published_mae=1.5, margin=0.05, tolerance=0.1)
+    assert blessed is expected
+    assert "published model" in reason
+
+
+def test_blessing_checks_persistence_even_when_better_than_published():
+    blessed, reason = bless(1.95, persistence_mae=2.0, published_mae=2.5, margin=0.05, tolerance=0.1)
+    assert not blessed and "persistence" in reason
+
+
+def test_published_mae_is_none_until_a_model_is_published(tmp_path):
+    record = published_record_path({"serving": {"base_path": str(tmp_path), "model_name": "jena"}})
+    assert record == tmp_path / "jena" / "published.json"
+    assert published_mae(record) is None
+    record.parent.mkdir()
+    record.write_text(json.dumps({"version": 3, "test_mae_degC": 2.25}))
+    assert published_mae(record) == 2.25
+    record.write_text("{not json")
+    with pytest.raises(ValueError, match="published.json"):
+        published_mae(record)
+
+
+def test_published_record_defaults_to_the_serving_defaults():
+    assert published_record_path({}) == evaluate.Path("models/serving/jena_temperature/published.json")
+
+
+def test_evaluation_metrics():
+    observed = np.array([10.0, 12.0, 14.0, 16.0])
+    metrics = evaluation_metrics(observed, predicted=observed + 0.5, persistence=observed - 1,
+                                 climatology=observed + 2, published=None, margin=0.05, tolerance=0.1)
+    assert metrics["test_mae_degC"] == pytest.approx(0.5)
+    assert metrics["persistence_rmse_degC"] == pytest.approx(1.0)
+    assert metrics["climatology_mae_degC"] == pytest.approx(2.0)
+    assert metrics["skill_vs_persistence"] == pytest.approx(0.5)
+    assert metrics["blessed"] is True and metrics["published_mae_degC"] is None
+
+
+def test_plot_tables():
+    when = hours("2016-01-31", "2016-02-10")
+    observed = np.arange(len(when), dtype=float)
+    predicted = observed + np.where(calendar(when)["month"] == 1, 1.0, -2.0)
+    stretch = prediction_stretch(when[::-1], observed[::-1], predicted[::-1], observed[::-1], days=2)
+    assert stretch["hours"].tolist() == list(range(48)) and stretch["time"][0] == "2016-01-31 00:00"
+    months = mae_by_month(when, observed, predicted, observed)
+    assert months["month"].tolist() == [1, 2] and months["model_mae_degC"].tolist() == [1.0, 2.0]
+    assert months["samples"].tolist() == [24, len(when) - 24]
+    histogram = residual_histogram(np.array([-0.2, 0.1, 0.3, 1.2]), bin_width=0.5)
+    assert histogram["residual_degC"].tolist() == [-0.25, 0.25, 0.75, 1.25]
+    assert histogram["count"].tolist() == [1, 2, 0, 1]
+
+
+def test_main_writes_metrics_and_plots(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    windows = small_windows(days=90)
+    save_windows({"hourly": windows.hourly, "timestamps": windows.timestamps, "starts": windows.starts,
+                  "normalization": windows.normalization}, tmp_path / "data" / "windows")
+    save_model(build_model(windows.normalization, MODEL_PARAMS), tmp_path / "models" / "model.keras")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"evaluate": EVALUATE_PARAMS}))
+    evaluate.main()
+    metrics = json.loads((tmp_path / "metrics" / "evaluate.json").read_text())
+    assert set(metrics) >= {"test_mae_degC", "test_rmse_degC", "persistence_mae_degC", "persistence_rmse_degC",
+                            "climatology_mae_degC", "climatology_rmse_degC", "skill_vs_persistence",
+                            "blessed", "blessing_reason"}
+    assert metrics["test_samples"] == len(windows.starts["test"])
+    plots = tmp_path / "plots" / "evaluate"
+    assert len(pd.read_csv(plots / "predictions.csv")) == 7 * 24
+    assert pd.read_csv(plots / "residuals.csv")["count"].sum() == len(windows.starts["test"])
+    assert set(pd.read_csv(plots / "mae_by_month.csv").columns) >= {"month", "model_mae_degC"}

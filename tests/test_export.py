@@ -1,0 +1,151 @@
+"""The exported SavedModel: signature, raw-unit parity with Keras, warm-up requests, model card, blessing gate.
+
+One small untrained forecaster (pipeline.model on small synthetic windows) is
+exported once per module; the tests read that export.
+"""
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorflow_serving.apis import prediction_log_pb2
+
+from pipeline import export, schema
+from pipeline.model import build_model
+from pipeline.publish import MODEL_CARD, fingerprint, published_mae, version_numbers
+from windows_helper import small_windows
+
+LOOKBACK = 24
+TINY_MODEL = {"cell": "gru", "layers": 1, "units": 4, "dropout": 0.0, "recurrent_dropout": 0.0, "residual": True}
+METRICS = {"test_mae_degC": 1.9, "persistence_mae_degC": 2.5, "blessed": True, "blessing_reason": "beats persistence"}
+
+
+@pytest.fixture(scope="module")
+def windows():
+    return small_windows(days=60, lookback=LOOKBACK, horizon=6)
+
+
+@pytest.fixture(scope="module")
+def model(windows):
+    keras.utils.set_random_seed(0)
+    return build_model(windows.normalization, TINY_MODEL)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, model, windows) -> Path:
+    directory = tmp_path_factory.mktemp("export") / "export"
+    export.write_export(model, windows, {"model_name": "jena_temperature", "metrics": METRICS}, directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def serving_default(exported):
+    return tf.saved_model.load(str(exported)).signatures["serving_default"]
+
+
+def keras_predictions(model, history, timestamps):
+    return model.predict({"history": np.asarray(history), "timestamps": np.asarray(timestamps)}, verbose=0)
+
+
+def test_saved_model_cli_shows_the_documented_signature(exported):
+    cli = Path(sys.executable).parent / "saved_model_cli"
+    shown = subprocess.run([str(cli), "show", "--all", "--dir", str(exported)],
+                           capture_output=True, text=True, check=True).stdout
+    print(shown)
+    signature = shown.split("signature_def['serving_default']:")[1].split("signature_def[")[0]
+    normalised = " ".join(signature.split())
+    assert f"inputs['history'] tensor_info: dtype: DT_FLOAT shape: (-1, {LOOKBACK}, 14)" in normalised
+    assert f"inputs['timestamps'] tensor_info: dtype: DT_INT64 shape: (-1, {LOOKBACK})" in normalised
+    assert "outputs['temperature_degC'] tensor_info: dtype: DT_FLOAT shape: (-1)" in normalised
+    assert "Method name is: tensorflow/serving/predict" in normalised
+
+
+def test_signature_names_dtypes_and_shapes(serving_default):
+    _, inputs = serving_default.structured_input_signature
+    assert inputs == {
+        "history": tf.TensorSpec([None, LOOKBACK, len(schema.MEASUREMENTS)], tf.float32, name="history"),
+        "timestamps": tf.TensorSpec([None, LOOKBACK], tf.int64, name="timestamps"),
+    }
+    (name, output), = serving_default.structured_outputs.items()
+    assert (name, output.shape.as_list(), output.dtype) == ("temperature_degC", [None], tf.float32)
+
+
+@pytest.mark.parametrize("batch", [1, 7, None])
+def test_predictions_equal_the_keras_models_on_raw_windows(serving_default, model, windows, batch):
+    starts = windows.starts["test"][:batch]
+    history, timestamps = windows.history(starts)
+    served = serving_default(history=tf.constant(history), timestamps=tf.constant(timestamps))["temperature_degC"]
+    assert served.shape == (len(starts),) and served.dtype == tf.float32
+    np.testing.assert_allclose(served.numpy(), keras_predictions(model, history, timestamps), rtol=0, atol=1e-4)
+
+
+def read_warmup(exported) -> list:
+    records = tf.data.TFRecordDataset(str(exported / export.WARMUP_FILE))
+    return [prediction_log_pb2.PredictionLog.FromString(record.numpy()) for record in records]
+
+
+def test_warmup_requests_are_prediction_logs_that_the_signature_accepts(exported, serving_default, model):
+    logs = read_warmup(exported)
+    assert 1 <= len(logs) <= 1000
+    for log in logs:
+        request = log.predict_log.request
+        assert (request.model_spec.name, request.model_spec.signature_name) == ("jena_temperature", "serving_default")
+        inputs = {name: tf.make_ndarray(proto) for name, proto in request.inputs.items()}
+        answer = serving_default(**{name: tf.constant(value) for name, value in inputs.items()})["temperature_degC"]
+        np.testing.assert_allclose(answer.numpy(), keras_predictions(model, **inputs), rtol=0, atol=1e-4)
+    assert [len(tf.make_ndarray(log.predict_log.request.inputs["history"])) for log in logs] == \
+        list(export.WARMUP_BATCH_SIZES)
+
+
+def test_warmup_requests_are_real_test_windows(exported, windows):
+    request = read_warmup(exported)[-1].predict_log.request
+    history = tf.make_ndarray(request.inputs["history"])
+    timestamps = tf.make_ndarray(request.inputs["timestamps"])
+    test_first, _ = windows.normalization["split_bounds"]["test"]
+    assert timestamps.min() >= windows.timestamps[test_first]
+    assert not np.isnan(history).any()
+    np.testing.assert_array_equal(history[0], windows.history(windows.starts["test"][:1])[0][0])
+
+
+def test_model_card_tells_what_and_whence(exported, tmp_path):
+    raw_csv = tmp_path / "raw.csv"
+    raw_csv.write_text("a,b\n1,2\n")
+    params = {"seed": 1, "data": {"source": "synthetic", "synthetic_start": "2009-01-01",
+                                  "synthetic_end": "2009-03-01"}, "serving": {"model_name": "jena_temperature"}}
+    card = export.model_card(params, METRICS, raw_csv, LOOKBACK)
+    assert card["data"] == {"source": "synthetic", "origin": "synthetic 2009-01-01 to 2009-03-01",
+                            "file": str(raw_csv), "md5": hashlib.md5(raw_csv.read_bytes()).hexdigest()}
+    assert card["params"] == params and card["metrics"] == METRICS
+    assert set(card["git"]) == {"commit", "dirty"} and "T" in card["created"]
+    assert card["signature"]["inputs"]["history"][1] == [None, LOOKBACK, 14]
+
+    written = json.loads((exported / MODEL_CARD).read_text())
+    assert written["fingerprint"] == fingerprint(exported)
+    assert written["metrics"] == METRICS
+
+
+def test_only_a_blessed_model_is_published_and_only_once(exported, tmp_path):
+    serving = {"base_path": str(tmp_path / "serving"), "model_name": "jena_temperature", "keep_versions": 3,
+               "config_file": str(Path(__file__).parents[1] / "serving/models.config")}
+    versions = tmp_path / "serving/jena_temperature"
+
+    refused = export.publication(exported, {**METRICS, "blessed": False, "blessing_reason": "too weak"}, serving)
+    assert refused["published"] is False and refused["version"] is None
+    assert refused["reason"] == "not blessed: too weak"
+    assert version_numbers(versions) == []
+
+    first = export.publication(exported, METRICS, serving)
+    assert (first["published"], first["created"], first["version"]) == (True, True, 1)
+    assert first["path"] == str(versions / "1") and first["fingerprint"] == fingerprint(exported)
+    assert published_mae(versions) == METRICS["test_mae_degC"]
+
+    again = export.publication(exported, METRICS, serving)
+    assert (again["published"], again["created"], again["version"]) == (True, False, 1)
+    assert "no new version" in again["reason"]
+    assert version_numbers(versions) == [1]
