@@ -21,11 +21,12 @@ A server the stage started is always stopped, also on failure or Ctrl-C.
 """
 
 import contextlib
-import os
+import json
 import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -36,7 +37,14 @@ from tensorflow.core.framework import types_pb2
 from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc
 
 from pipeline.atomic import write_json
+from pipeline.config import WINDOWS_DIR, load_params
+from pipeline.export import PUBLICATION_RECORD
+from pipeline.evaluate import METRICS_PATH as EVALUATE_METRICS
+from pipeline.publish import model_directory, read_model_card, version_numbers
+from pipeline.window import load_windows
 from serving.client import GrpcForecaster, RestForecaster
+
+SMOKE_METRICS = Path("metrics/smoke.json")
 
 PARITY_TOLERANCE_DEGC = 1e-4
 MAE_TOLERANCE_DEGC = 1e-3
@@ -65,13 +73,19 @@ def server_command(kind: str, grpc_port: int, rest_port: int, model_name: str, b
 
 
 @contextlib.contextmanager
-def started_server(command: list[str], log_path: Path):
-    """Run the server for the block's duration; always stop it, also on errors and Ctrl-C."""
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "w") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
+def started_server(command: list[str]):
+    """Run the server for the block's duration; always stop it, also on errors and Ctrl-C.
+
+    On an error the end of the server's log is printed, since that is where its reason is.
+    """
+    with tempfile.TemporaryFile("w+") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
         try:
             yield process
+        except BaseException:
+            log.seek(0)
+            print(f"smoke: the model server's log ends with:\n{log.read()[-4000:]}", file=sys.stderr)
+            raise
         finally:
             process.terminate()
             try:
@@ -134,3 +148,134 @@ def check_signature(forecaster: GrpcForecaster, version: int, lookback: int) -> 
 
 def percentile_ms(seconds: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(seconds) * 1000, q))
+
+
+def version_to_check(record: dict, directory: Path) -> int:
+    """The version this run published, or (when it published nothing) the newest one served."""
+    if record.get("published"):
+        return int(record["version"])
+    versions = version_numbers(directory)
+    if not versions:
+        raise SmokeFailure(f"nothing to check: no version in {directory} ({record.get('reason', 'not published')})")
+    return versions[-1]
+
+
+def in_process_predictions(saved_model: Path, history: np.ndarray, timestamps: np.ndarray, batch_size: int):
+    """The SavedModel's own answers, computed here: the reference for the served ones."""
+    serve = tf.saved_model.load(str(saved_model)).signatures["serving_default"]
+    return np.concatenate([
+        serve(history=tf.constant(history[i:i + batch_size]), timestamps=tf.constant(timestamps[i:i + batch_size]))
+        ["temperature_degC"].numpy()
+        for i in range(0, len(history), batch_size)
+    ])
+
+
+def served_predictions(forecaster, history, timestamps, version: int, batch_size: int):
+    """Batched Predict requests addressed to `version`; every answer must come from it."""
+    answers = []
+    for i in range(0, len(history), batch_size):
+        forecast = forecaster.predict(history[i:i + batch_size], timestamps[i:i + batch_size], version=version)
+        if forecast.version not in (None, version):
+            raise SmokeFailure(f"asked version {version}, answered by version {forecast.version}")
+        answers.append(forecast.temperatures_degC)
+    return np.concatenate(answers)
+
+
+def single_request_latencies(forecaster, history, timestamps, version: int, count: int) -> list[float]:
+    """Wall time of `count` batch-1 Predict requests."""
+    latencies = []
+    for i in range(count):
+        started = time.perf_counter()
+        forecaster.predict(history[i:i + 1], timestamps[i:i + 1], version=version)
+        latencies.append(time.perf_counter() - started)
+    return latencies
+
+
+def compare(name: str, served: np.ndarray, reference: np.ndarray, tolerance: float) -> float:
+    """Largest absolute difference; above `tolerance` it fails with the first offending sample."""
+    if served.shape != reference.shape:
+        raise SmokeFailure(f"{name}: expected {reference.shape[0]} predictions, got shape {served.shape}")
+    difference = np.abs(served - reference)
+    worst = int(np.argmax(difference))
+    if not difference[worst] <= tolerance:  # also catches NaN
+        raise SmokeFailure(f"{name}: sample {worst}: expected {reference[worst]:.5f} C, "
+                           f"got {served[worst]:.5f} C (tolerance {tolerance} C)")
+    return float(difference[worst])
+
+
+def check_served_model(target: str, rest_target: str | None, model_name: str, version: int, saved_model: Path,
+                       windows, expected_mae: float, smoke: dict, process=None) -> dict:
+    """All checks against a running server; returns the smoke metrics."""
+    forecaster = GrpcForecaster(target, model_name)
+    try:
+        wait_until_available(forecaster.channel, model_name, version, smoke["timeout_seconds"], process)
+        check_signature(forecaster, version, windows.lookback)
+        starts = windows.starts["test"]
+        history, timestamps = windows.history(starts)
+        observed = windows.targets(starts)
+        reference = in_process_predictions(saved_model, history, timestamps, smoke["batch_size"])
+        served = served_predictions(forecaster, history, timestamps, version, smoke["batch_size"])
+        max_difference = compare("gRPC Predict", served, reference, PARITY_TOLERANCE_DEGC)
+        served_mae = float(np.mean(np.abs(served - observed)))
+        if abs(served_mae - expected_mae) > MAE_TOLERANCE_DEGC:
+            raise SmokeFailure(f"test MAE from served answers is {served_mae:.4f} C, "
+                               f"metrics/evaluate.json says {expected_mae:.4f} C")
+        latencies = single_request_latencies(forecaster, history, timestamps, version, SINGLE_REQUESTS)
+        requests_sent = len(latencies) + -(-len(history) // smoke["batch_size"])
+        if rest_target is not None:
+            few = slice(0, 8)
+            rest = RestForecaster(rest_target, model_name).predict(history[few], timestamps[few], version=version)
+            max_difference = max(max_difference, compare("REST :predict", rest.temperatures_degC, reference[few],
+                                                          PARITY_TOLERANCE_DEGC))
+            requests_sent += 1
+    except grpc.RpcError as error:
+        raise SmokeFailure(f"{target}: {error.code().name}: {error.details()}") from None
+    finally:
+        forecaster.close()
+    return {
+        "version": version,
+        "requests_sent": requests_sent,
+        "windows_checked": len(history),
+        "max_abs_difference_degC": max_difference,
+        "served_test_mae_degC": served_mae,
+        "latency_p50_ms": percentile_ms(latencies, 50),
+        "latency_p99_ms": percentile_ms(latencies, 99),
+        "rest_checked": rest_target is not None,
+    }
+
+
+def main() -> None:
+    params = load_params()
+    smoke, serving = params["smoke"], params["serving"]
+    record = json.loads(PUBLICATION_RECORD.read_text(encoding="utf-8"))
+    directory = model_directory(serving)
+    try:
+        version = version_to_check(record, directory)
+        saved_model = directory / str(version)
+        expected_mae = (json.loads(EVALUATE_METRICS.read_text())["test_mae_degC"] if record.get("published")
+                        else read_model_card(saved_model)["metrics"]["test_mae_degC"])
+        windows = load_windows(WINDOWS_DIR)
+        checks = dict(model_name=serving["model_name"], version=version, saved_model=saved_model,
+                      windows=windows, expected_mae=expected_mae, smoke=smoke)
+        kind = smoke["server"]
+        if kind == "external":
+            metrics = check_served_model(smoke["target"], smoke.get("rest_target"), **checks)
+        elif kind in ("embedded", "binary"):
+            grpc_port, rest_port = free_port(), free_port()
+            command = server_command(kind, grpc_port, rest_port, serving["model_name"], directory)
+            with started_server(command) as process:
+                metrics = check_served_model(f"127.0.0.1:{grpc_port}", f"127.0.0.1:{rest_port}", **checks,
+                                             process=process)
+        else:
+            raise SmokeFailure(f"params.yaml: smoke.server must be embedded, binary or external, got {kind!r}")
+    except SmokeFailure as failure:
+        raise SystemExit(f"smoke: FAILED: {failure}") from None
+    metrics["server"] = kind
+    write_json(SMOKE_METRICS, metrics)
+    print(f"smoke: version {version} of {serving['model_name']} served by a {kind} server: "
+          f"{metrics['windows_checked']} test windows match within {metrics['max_abs_difference_degC']:.1e} C, "
+          f"p50 {metrics['latency_p50_ms']:.1f} ms, p99 {metrics['latency_p99_ms']:.1f} ms")
+
+
+if __name__ == "__main__":
+    main()
