@@ -88,10 +88,11 @@ def warmup_requests(windows: Windows, model_name: str, batch_sizes=WARMUP_BATCH_
 
 
 def write_warmup_requests(path: Path, logs: list) -> None:
+    """A TFRecord file of the logs; deterministic serialisation fixes the order of the `inputs` map."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with tf.io.TFRecordWriter(str(path)) as writer:
         for log in logs:
-            writer.write(log.SerializeToString())
+            writer.write(log.SerializeToString(deterministic=True))
 
 
 def file_md5(path: Path) -> str:

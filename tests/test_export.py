@@ -6,6 +6,7 @@ exported once per module; the tests read that export.
 
 import hashlib
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ import pytest
 import tensorflow as tf
 from tensorflow_serving.apis import prediction_log_pb2
 
+from conftest import REPO_ROOT
 from pipeline import export, schema
 from pipeline.model import build_model
 from pipeline.publish import MODEL_CARD, fingerprint, published_mae, version_numbers
@@ -128,6 +130,34 @@ def test_model_card_tells_what_and_whence(exported, tmp_path):
     written = json.loads((exported / MODEL_CARD).read_text())
     assert written["fingerprint"] == fingerprint(exported)
     assert written["metrics"] == METRICS
+
+
+EXPORT_IN_A_NEW_PROCESS = """
+import sys
+from pathlib import Path
+import keras
+from pipeline import export
+from windows_helper import small_windows
+keras.utils.set_random_seed(0)
+model = keras.saving.load_model(sys.argv[1])
+windows = small_windows(days=60, lookback=24, horizon=6)
+print(export.write_export(model, windows, {"model_name": "jena_temperature"}, Path(sys.argv[2]))["fingerprint"])
+"""
+
+
+def test_exporting_the_same_model_again_reproduces_its_fingerprint(model, tmp_path):
+    """What keeps an unchanged model from becoming a new version: each export runs in a new process."""
+    model.save(tmp_path / "model.keras")
+    fingerprints = []
+    for hash_seed in ("1", "2"):
+        environment = dict(os.environ, PYTHONHASHSEED=hash_seed,
+                           PYTHONPATH=os.pathsep.join([str(REPO_ROOT), str(REPO_ROOT / "tests")]))
+        printed = subprocess.run(
+            [sys.executable, "-c", EXPORT_IN_A_NEW_PROCESS, str(tmp_path / "model.keras"), str(tmp_path / hash_seed)],
+            env=environment, capture_output=True, text=True, check=True,
+        ).stdout
+        fingerprints.append(printed.split()[-1])
+    assert fingerprints[0] == fingerprints[1]
 
 
 def test_only_a_blessed_model_is_published_and_only_once(exported, tmp_path):
