@@ -2,9 +2,9 @@
 
 In:  models/model.keras, data/windows/, params `evaluate.*` (`margin`,
      `tolerance`, `climatology_window_days`, `plot_days`) and
-     `serving.base_path` / `serving.model_name`, where the export stage keeps
-     the record of the published model (`published.json`, see
-     `published_record_path`).
+     `serving.base_path` / `serving.model_name`: the directory TensorFlow
+     Serving watches, whose newest version's model card holds the published
+     model's test MAE (see `pipeline.publish.published_mae`).
 Out: metrics/evaluate.json: test MAE and RMSE in degC of the model, of
      persistence (the temperature 24 h later equals the last observed one) and
      of climatology (the training years' mean temperature for that day of the
@@ -21,7 +21,6 @@ is already published, exceeds the published one's test MAE by at most
 `tolerance` degC.
 """
 
-import json
 from pathlib import Path
 
 import keras
@@ -31,13 +30,12 @@ import pandas as pd
 from pipeline.atomic import atomic_path, write_json
 from pipeline.config import WINDOWS_DIR, load_params
 from pipeline.model import TEMPERATURE_INDEX  # importing pipeline.model registers its layers for load_model
+from pipeline.publish import model_directory, published_mae
 from pipeline.train import MODEL_PATH, make_dataset
 from pipeline.window import Windows, load_windows
 
 METRICS_PATH = Path("metrics/evaluate.json")
 PLOTS_DIR = Path("plots/evaluate")
-PUBLISHED_RECORD_NAME = "published.json"
-DEFAULT_SERVING = {"base_path": "models/serving", "model_name": "jena_temperature"}
 
 PREDICT_BATCH_SIZE = 1024
 RESIDUAL_BIN_DEGC = 0.5
@@ -105,40 +103,21 @@ def climatology_forecast(table: np.ndarray, target_timestamps: np.ndarray) -> np
     return table[when["day"], when["hour"]]
 
 
-def bless(test_mae: float, persistence_mae: float, published_mae: float | None,
+def bless(test_mae: float, persistence_mae: float, published: float | None,
           margin: float, tolerance: float) -> tuple[bool, str]:
     """The export gate: (blessed, reason)."""
     required = persistence_mae * (1 - margin)
     if test_mae > required:
         return False, (f"test MAE {test_mae:.3f} C does not beat persistence {persistence_mae:.3f} C "
                        f"by the margin of {margin:.0%} (needs <= {required:.3f} C)")
-    if published_mae is None:
+    if published is None:
         return True, (f"test MAE {test_mae:.3f} C beats persistence {persistence_mae:.3f} C by at least "
                       f"{margin:.0%}; no model is published yet")
-    if test_mae > published_mae + tolerance:
-        return False, (f"test MAE {test_mae:.3f} C is worse than the published model's {published_mae:.3f} C "
+    if test_mae > published + tolerance:
+        return False, (f"test MAE {test_mae:.3f} C is worse than the published model's {published:.3f} C "
                        f"by more than the tolerance of {tolerance:.3f} C")
     return True, (f"test MAE {test_mae:.3f} C beats persistence {persistence_mae:.3f} C by at least "
-                  f"{margin:.0%} and is within {tolerance:.3f} C of the published model's {published_mae:.3f} C")
-
-
-def published_record_path(params: dict) -> Path:
-    """Where the export stage records the published model: beside its numbered versions."""
-    serving = {**DEFAULT_SERVING, **params.get("serving", {})}
-    return Path(serving["base_path"]) / serving["model_name"] / PUBLISHED_RECORD_NAME
-
-
-def published_mae(path: Path) -> float | None:
-    """The published model's test MAE (`test_mae_degC` in the record), or None if nothing is published."""
-    try:
-        record = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path}: not valid JSON ({error})") from None
-    if not isinstance(record, dict) or not isinstance(record.get("test_mae_degC"), (int, float)):
-        raise ValueError(f"{path}: expected a JSON object with a numeric test_mae_degC")
-    return float(record["test_mae_degC"])
+                  f"{margin:.0%} and is within {tolerance:.3f} C of the published model's {published:.3f} C")
 
 
 def evaluation_metrics(observed, predicted, persistence, climatology, published: float | None,
@@ -222,15 +201,17 @@ def write_csv(path: Path, table: pd.DataFrame) -> None:
 def main() -> None:
     params = load_params()
     settings = params["evaluate"]
-    record = published_record_path(params)
     try:
-        published = published_mae(record)
+        published = published_mae(model_directory(params["serving"]))
     except ValueError as error:
         raise SystemExit(f"evaluate: {error}") from None
     if not MODEL_PATH.exists():
         raise SystemExit(f"evaluate: {MODEL_PATH} not found; run `dvc repro train` first")
     model = keras.saving.load_model(MODEL_PATH)
-    windows = load_windows(WINDOWS_DIR)
+    try:
+        windows = load_windows(WINDOWS_DIR)
+    except FileNotFoundError as error:
+        raise SystemExit(f"evaluate: {error.filename} not found; run `dvc repro window` first") from None
 
     result = forecasts(model, windows, settings["climatology_window_days"])
     metrics = evaluation_metrics(

@@ -18,8 +18,6 @@ from pipeline.evaluate import (
     mae_by_month,
     persistence_forecast,
     prediction_stretch,
-    published_mae,
-    published_record_path,
     residual_histogram,
     rmse,
 )
@@ -101,37 +99,21 @@ def test_climatology_window_must_be_odd():
 
 @pytest.mark.parametrize("test_mae,expected", [(1.89, True), (1.90, True), (1.91, False)])
 def test_blessing_needs_the_margin_over_persistence(test_mae, expected):
-    blessed, reason = bless(test_mae, persistence_mae=2.0, published_mae=None, margin=0.05, tolerance=0.1)
+    blessed, reason = bless(test_mae, persistence_mae=2.0, published=None, margin=0.05, tolerance=0.1)
     assert blessed is expected
     assert ("persistence" in reason) and (("no model is published" in reason) == expected)
 
 
 @pytest.mark.parametrize("test_mae,expected", [(1.5, True), (1.6, True), (1.61, False)])
 def test_blessing_tolerates_at_most_the_tolerance_over_the_published_model(test_mae, expected):
-    blessed, reason = bless(test_mae, persistence_mae=2.0, published_mae=1.5, margin=0.05, tolerance=0.1)
+    blessed, reason = bless(test_mae, persistence_mae=2.0, published=1.5, margin=0.05, tolerance=0.1)
     assert blessed is expected
     assert "published model" in reason
 
 
 def test_blessing_checks_persistence_even_when_better_than_published():
-    blessed, reason = bless(1.95, persistence_mae=2.0, published_mae=2.5, margin=0.05, tolerance=0.1)
+    blessed, reason = bless(1.95, persistence_mae=2.0, published=2.5, margin=0.05, tolerance=0.1)
     assert not blessed and "persistence" in reason
-
-
-def test_published_mae_is_none_until_a_model_is_published(tmp_path):
-    record = published_record_path({"serving": {"base_path": str(tmp_path), "model_name": "jena"}})
-    assert record == tmp_path / "jena" / "published.json"
-    assert published_mae(record) is None
-    record.parent.mkdir()
-    record.write_text(json.dumps({"version": 3, "test_mae_degC": 2.25}))
-    assert published_mae(record) == 2.25
-    record.write_text("{not json")
-    with pytest.raises(ValueError, match="published.json"):
-        published_mae(record)
-
-
-def test_published_record_defaults_to_the_serving_defaults():
-    assert published_record_path({}) == evaluate.Path("models/serving/jena_temperature/published.json")
 
 
 def test_evaluation_metrics():
@@ -165,9 +147,15 @@ def test_main_writes_metrics_and_plots(tmp_path, monkeypatch):
     save_windows({"hourly": windows.hourly, "timestamps": windows.timestamps, "starts": windows.starts,
                   "normalization": windows.normalization}, tmp_path / "data" / "windows")
     save_model(build_model(windows.normalization, MODEL_PARAMS), tmp_path / "models" / "model.keras")
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"evaluate": EVALUATE_PARAMS}))
+    serving = {"base_path": "served", "model_name": "jena"}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"evaluate": EVALUATE_PARAMS, "serving": serving}))
+    card = tmp_path / "served" / "jena" / "3" / "assets.extra" / "model_card.json"
+    card.parent.mkdir(parents=True)
+    card.write_text(json.dumps({"metrics": {"test_mae_degC": 0.25}}))  # what the export stage publishes
     evaluate.main()
     metrics = json.loads((tmp_path / "metrics" / "evaluate.json").read_text())
+    assert metrics["published_mae_degC"] == 0.25
+    assert metrics["blessed"] is False  # nothing beats a published 0.25 C
     assert set(metrics) >= {"test_mae_degC", "test_rmse_degC", "persistence_mae_degC", "persistence_rmse_degC",
                             "climatology_mae_degC", "climatology_rmse_degC", "skill_vs_persistence",
                             "blessed", "blessing_reason"}
