@@ -15,6 +15,13 @@ RAW_CSV = Path("data/raw/jena_climate_2009_2016.csv")
 HOURLY_TABLE = Path("data/prepared/hourly.parquet")
 PREPARE_REPORT = Path("metrics/prepare.json")
 WINDOWS_DIR = Path("data/windows")
+MODEL_PATH = Path("models/model.keras")
+DVCLIVE_DIR = Path("dvclive")
+EVALUATE_METRICS = Path("metrics/evaluate.json")
+EVALUATE_PLOTS_DIR = Path("plots/evaluate")
+EXPORT_DIR = Path("models/export")
+PUBLICATION_RECORD = Path("models/publication.json")
+SMOKE_METRICS = Path("metrics/smoke.json")
 
 
 def load_params(path: Path = PARAMS_FILE) -> dict:

@@ -28,14 +28,12 @@ import numpy as np
 import pandas as pd
 
 from pipeline.atomic import atomic_path, write_json
-from pipeline.config import WINDOWS_DIR, load_params
+from pipeline.config import EVALUATE_METRICS, EVALUATE_PLOTS_DIR, MODEL_PATH, WINDOWS_DIR, load_params
 from pipeline.model import TEMPERATURE_INDEX  # importing pipeline.model registers its layers for load_model
 from pipeline.publish import model_directory, published_mae
-from pipeline.train import MODEL_PATH, make_dataset
+from pipeline.train import make_dataset
 from pipeline.window import Windows, load_windows
 
-METRICS_PATH = Path("metrics/evaluate.json")
-PLOTS_DIR = Path("plots/evaluate")
 
 PREDICT_BATCH_SIZE = 1024
 RESIDUAL_BIN_DEGC = 0.5
@@ -219,11 +217,11 @@ def main() -> None:
         published, settings["margin"], settings["tolerance"],
     )
     when, observed = result["target_timestamps"], result["observed"]
-    write_csv(PLOTS_DIR / "predictions.csv",
+    write_csv(EVALUATE_PLOTS_DIR / "predictions.csv",
               prediction_stretch(when, observed, result["predicted"], result["persistence"], settings["plot_days"]))
-    write_csv(PLOTS_DIR / "mae_by_month.csv", mae_by_month(when, observed, result["predicted"], result["persistence"]))
-    write_csv(PLOTS_DIR / "residuals.csv", residual_histogram(result["predicted"] - observed))
-    write_json(METRICS_PATH, metrics)
+    write_csv(EVALUATE_PLOTS_DIR / "mae_by_month.csv", mae_by_month(when, observed, result["predicted"], result["persistence"]))
+    write_csv(EVALUATE_PLOTS_DIR / "residuals.csv", residual_histogram(result["predicted"] - observed))
+    write_json(EVALUATE_METRICS, metrics)
     print(f"evaluate: test MAE {metrics['test_mae_degC']:.3f} C, persistence {metrics['persistence_mae_degC']:.3f} C, "
           f"climatology {metrics['climatology_mae_degC']:.3f} C; "
           f"{'blessed' if metrics['blessed'] else 'NOT blessed'}: {metrics['blessing_reason']}")

@@ -33,16 +33,15 @@ import numpy as np
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 
+import pipeline.model  # noqa: F401  registers the model's layers for load_model
 from pipeline import schema
 from pipeline.atomic import atomic_directory, write_json
-from pipeline.config import RAW_CSV, WINDOWS_DIR, load_params
-from pipeline.evaluate import METRICS_PATH
+from pipeline.config import (
+    EVALUATE_METRICS, EXPORT_DIR, MODEL_PATH, PUBLICATION_RECORD, RAW_CSV, WINDOWS_DIR, load_params,
+)
 from pipeline.publish import MODEL_CARD, fingerprint, labelled_versions, model_directory, publish
-from pipeline.train import MODEL_PATH  # importing pipeline.train imports pipeline.model: its layers load
 from pipeline.window import Windows, load_windows
 
-EXPORT_DIR = Path("models/export")
-PUBLICATION_RECORD = Path("models/publication.json")
 SIGNATURE = "serving_default"
 OUTPUT = "temperature_degC"
 WARMUP_FILE = Path("assets.extra/tf_serving_warmup_requests")
@@ -67,6 +66,9 @@ def save_servable(model: keras.Model, lookback: int, directory: Path) -> None:
     fingerprint.pb's random id), so re-exporting a model reproduces its fingerprint."""
     servable = tf.Module()
     servable.model = model
+    # Keras' dropout seed generators hold their state in variables that tf.Module
+    # does not find on its own; listing every variable makes the graph's captures tracked.
+    servable.model_variables = list(model.variables)
     servable.serve = serving_function(model, lookback)
     tf.saved_model.save(servable, str(directory), signatures={SIGNATURE: servable.serve})
 
@@ -160,10 +162,10 @@ def publication(saved_model: Path, metrics: dict, serving: dict) -> dict:
 
 def main() -> None:
     params = load_params()
-    for needed, stage in ((MODEL_PATH, "train"), (METRICS_PATH, "evaluate")):
+    for needed, stage in ((MODEL_PATH, "train"), (EVALUATE_METRICS, "evaluate")):
         if not needed.exists():
             raise SystemExit(f"export: {needed} not found; run `dvc repro {stage}` first")
-    metrics = json.loads(METRICS_PATH.read_text(encoding="utf-8"))
+    metrics = json.loads(EVALUATE_METRICS.read_text(encoding="utf-8"))
     keras.utils.set_random_seed(params["seed"])  # the model's seed-generator state is exported too
     model = keras.saving.load_model(MODEL_PATH)
     windows = load_windows(WINDOWS_DIR)

@@ -37,14 +37,11 @@ from tensorflow.core.framework import types_pb2
 from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc
 
 from pipeline.atomic import write_json
-from pipeline.config import WINDOWS_DIR, load_params
-from pipeline.export import PUBLICATION_RECORD
-from pipeline.evaluate import METRICS_PATH as EVALUATE_METRICS
+from pipeline.config import EVALUATE_METRICS, PUBLICATION_RECORD, SMOKE_METRICS, WINDOWS_DIR, load_params
 from pipeline.publish import model_directory, read_model_card, version_numbers
 from pipeline.window import load_windows
 from serving.client import GrpcForecaster, RestForecaster
 
-SMOKE_METRICS = Path("metrics/smoke.json")
 
 PARITY_TOLERANCE_DEGC = 1e-4
 MAE_TOLERANCE_DEGC = 1e-3

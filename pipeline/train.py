@@ -26,12 +26,10 @@ from dvclive import Live
 from dvclive.keras import DVCLiveCallback
 
 from pipeline.atomic import atomic_path
-from pipeline.config import WINDOWS_DIR, load_params
+from pipeline.config import DVCLIVE_DIR, MODEL_PATH, WINDOWS_DIR, load_params
 from pipeline.model import TEMPERATURE_INDEX, build_model
 from pipeline.window import Windows, load_windows
 
-MODEL_PATH = Path("models/model.keras")
-DVCLIVE_DIR = Path("dvclive")
 
 
 def seed_everything(seed: int) -> None:

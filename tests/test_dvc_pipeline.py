@@ -15,7 +15,7 @@ def declared_paths(stage: str, key: str) -> list[str]:
 
 
 def test_stages_are_in_pipeline_order():
-    assert list(DVC_YAML["stages"])[:3] == ["download", "prepare", "window"]
+    assert list(DVC_YAML["stages"]) == ["download", "prepare", "window", "train", "evaluate", "export", "smoke"]
 
 
 def test_outputs_match_the_paths_the_code_writes():
@@ -23,6 +23,11 @@ def test_outputs_match_the_paths_the_code_writes():
     assert declared_paths("prepare", "outs") == [str(config.HOURLY_TABLE)]
     assert declared_paths("prepare", "metrics") == [str(config.PREPARE_REPORT)]
     assert declared_paths("window", "outs") == [str(config.WINDOWS_DIR)]
+    assert declared_paths("train", "outs") == [str(config.MODEL_PATH), str(config.DVCLIVE_DIR / "plots")]
+    assert declared_paths("evaluate", "outs") == [str(config.EVALUATE_PLOTS_DIR)]
+    assert declared_paths("evaluate", "metrics") == [str(config.EVALUATE_METRICS)]
+    assert declared_paths("export", "outs") == [str(config.EXPORT_DIR), str(config.PUBLICATION_RECORD)]
+    assert declared_paths("smoke", "metrics") == [str(config.SMOKE_METRICS)]
 
 
 def test_every_stage_depends_on_its_own_code_and_declared_params_exist():
@@ -46,4 +51,4 @@ def test_repro_window_twice_reruns_nothing(pipeline_repo):
     assert hourly.exists() and (pipeline_repo.root / "metrics/prepare.json").exists()
     second = pipeline_repo.dvc("repro", "window")
     assert "Running stage" not in second.stdout, second.stdout
-    assert "up to date" in pipeline_repo.dvc("status").stdout
+    assert "up to date" in pipeline_repo.dvc("status", "window").stdout

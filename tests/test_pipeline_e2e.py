@@ -1,12 +1,17 @@
-"""The export stage under DVC, in a temporary copy of the repository on a small synthetic range.
+"""The whole pipeline under DVC, in a temporary copy of the repository on a small synthetic range.
 
-The issue's four scenarios: a fresh `dvc repro` publishes version 1; `dvc exp
-run -S epochs=...` publishes version 2 and keeps 1; `dvc repro` with nothing
-changed publishes nothing; and a ModelServer watching the directory serves
-the new version without a restart. Also: a stage restored from DVC's
-run-cache never skips a publication.
+A fresh `dvc repro` runs every stage down to the smoke test and publishes
+version 1; a second `dvc repro` runs nothing; `dvc exp run -S epochs=...`
+reruns train and what follows (not the data stages), publishes version 2 and
+keeps 1, and `dvc exp show` lists its metrics; a stage restored from DVC's
+run-cache never skips a publication; an unblessed model is not published; and
+a ModelServer watching the directory serves a new version without a restart.
+The model is tiny and poor: what is checked is the plumbing.
 """
 
+import csv
+import io
+import json
 import os
 import socket
 import subprocess
@@ -27,74 +32,59 @@ from pipeline.publish import fingerprint, version_numbers
 
 pytestmark = pytest.mark.slow
 
-# Until the lead merges the train, evaluate and export stages into dvc.yaml and
-# params.yaml, the copy gets these; stages and sections already there win.
-PROPOSED_STAGES = yaml.safe_load("""
-train:
-  cmd: python -m pipeline.train
-  deps: [pipeline/train.py, pipeline/model.py, pipeline/features.py, data/windows]
-  params: [seed, epochs, model, train]
-  outs: [models/model.keras]
-  metrics: [{dvclive/metrics.json: {cache: false}}]
-evaluate:
-  cmd: python -m pipeline.evaluate
-  deps: [pipeline/evaluate.py, pipeline/train.py, models/model.keras, data/windows]
-  params: [evaluate]
-  metrics: [{metrics/evaluate.json: {cache: false}}]
-export:
-  cmd: python -m pipeline.export
-  deps: [pipeline/export.py, pipeline/publish.py, pipeline/model.py, pipeline/features.py, models/model.keras,
-         data/windows, data/raw/jena_climate_2009_2016.csv, metrics/evaluate.json, serving/models.config]
-  params: [seed, serving]
-  outs: [models/export, {models/publication.json: {cache: false}}]
-""")
-PROPOSED_PARAMS = {
-    "model": {"cell": "gru", "layers": 1, "units": 32, "dropout": 0.0, "recurrent_dropout": 0.0, "residual": True},
-    "train": {"optimizer": "adam", "learning_rate": 0.001, "batch_size": 256, "loss_function": "mae", "patience": 3},
-    "evaluate": {"margin": 0.05, "tolerance": 0.05, "climatology_window_days": 15, "plot_days": 14},
-    "serving": {"model_name": "jena_temperature", "base_path": "models/serving", "keep_versions": 5,
-                "config_file": "serving/models.config"},
-}
 # A tiny, quick model; every model is blessed (the gate has its own tests).
 QUICK = {
     "epochs": 1,
     "window.lookback_hours": 24, "window.horizon_hours": 6,
-    "model.units": 4, "train.batch_size": 64, "train.learning_rate": 0.01,
+    "model.layers": 1, "model.units": 4, "train.batch_size": 64, "train.learning_rate": 0.01,
     "evaluate.margin": -1.0, "evaluate.tolerance": 100.0,
 }
 MODEL_NAME = "jena_temperature"
 
 
-def with_export_stage(repo):
-    """The copy's dvc.yaml and params.yaml with the export stage (and what it needs), committed."""
-    dvc_yaml_path, params_path = repo.root / "dvc.yaml", repo.root / "params.yaml"
-    dvc_yaml = yaml.safe_load(dvc_yaml_path.read_text())
-    for name, stage in PROPOSED_STAGES.items():
-        dvc_yaml["stages"].setdefault(name, stage)
-    dvc_yaml_path.write_text(yaml.safe_dump(dvc_yaml, sort_keys=False))
-    params = yaml.safe_load(params_path.read_text())
-    for section, values in PROPOSED_PARAMS.items():
-        params.setdefault(section, values)
-    params_path.write_text(yaml.safe_dump(params, sort_keys=False))
-    set_params(params_path, QUICK)
+def quick(repo):
+    """The copy's params set for a tiny, quick model, committed; returns the watched directory."""
+    set_params(repo.root / "params.yaml", QUICK)
     repo.run("git", "-c", "user.name=test", "-c", "user.email=test@example.com", "commit", "-q", "-am", "quick")
     return repo.root / "models/serving" / MODEL_NAME
 
 
 def test_repro_publishes_exp_run_adds_a_version_and_unchanged_repro_adds_none(pipeline_repo):
-    versions = with_export_stage(pipeline_repo)
+    root, versions = pipeline_repo.root, quick(pipeline_repo)
 
-    pipeline_repo.dvc("repro")  # 1. fresh clone
+    fresh = pipeline_repo.dvc("repro")  # 1. fresh clone: every stage, down to the smoke test
+    assert "Running stage 'smoke'" in fresh.stdout, fresh.stdout
     assert version_numbers(versions) == [1]
-    first = yaml.safe_load((pipeline_repo.root / "models/publication.json").read_text())
+    first = json.loads((root / "models/publication.json").read_text())
     assert (first["version"], first["created"], first["published"]) == (1, True, True)
+    evaluation = json.loads((root / "metrics/evaluate.json").read_text())
+    assert {"test_mae_degC", "test_rmse_degC", "persistence_mae_degC", "climatology_mae_degC",
+            "skill_vs_persistence", "blessed", "blessing_reason"} <= set(evaluation)
+    smoke = json.loads((root / "metrics/smoke.json").read_text())
+    assert smoke["version"] == 1 and smoke["server"] == "embedded" and smoke["max_abs_difference_degC"] < 1e-4
+    assert abs(smoke["served_test_mae_degC"] - evaluation["test_mae_degC"]) < 1e-3
+    plots = json.loads(pipeline_repo.dvc("plots", "show", "--json").stdout)["data"]
+    assert {"Learning curve, MAE (degC)", "Test period, observed and predicted temperature",
+            "Test MAE by month of the year", "Residuals, predicted - observed"} <= set(plots)
 
-    pipeline_repo.dvc("exp", "run", "-S", "epochs=3")  # 2. an experiment
+    unchanged = pipeline_repo.dvc("repro")  # 2. nothing changed: nothing runs
+    assert "Running stage" not in unchanged.stdout, unchanged.stdout
+    assert "up to date" in pipeline_repo.dvc("status").stdout
+    pipeline_repo.run("git", "add", "-A")
+    pipeline_repo.run("git", "-c", "user.name=test", "-c", "user.email=test@example.com", "commit", "-q", "-m", "run")
+
+    experiment = pipeline_repo.dvc("exp", "run", "-S", "epochs=3")  # 3. an experiment
+    assert "Running stage 'train'" in experiment.stdout and "Running stage 'smoke'" in experiment.stdout
+    assert "Running stage 'window'" not in experiment.stdout, experiment.stdout
     assert version_numbers(versions) == [1, 2]
-    assert fingerprint(versions / "2") == fingerprint(pipeline_repo.root / "models/export")
+    assert fingerprint(versions / "2") == fingerprint(root / "models/export")
+    assert json.loads((root / "metrics/smoke.json").read_text())["version"] == 2
+    rows = list(csv.DictReader(io.StringIO(pipeline_repo.dvc("exp", "show", "--csv").stdout)))
+    runs = [row for row in rows if row["epochs"] == "3" and row["typ"] != "workspace"]
+    assert runs and float(runs[0]["test_mae_degC"]) > 0 and runs[0]["blessed"] == "True", rows
 
-    unchanged = pipeline_repo.dvc("repro")  # 3. nothing changed
-    assert "Running stage 'export'" not in unchanged.stdout, unchanged.stdout
+    unchanged = pipeline_repo.dvc("repro")  # 4. nothing changed after the experiment
+    assert "Running stage" not in unchanged.stdout, unchanged.stdout
     assert version_numbers(versions) == [1, 2]
 
     # Back to the first params: train and evaluate come from the run-cache, export
@@ -150,7 +140,7 @@ def served_version(channel, export_dir) -> int:
 
 def test_exp_run_is_served_by_a_watching_server_without_restart(pipeline_repo):
     pytest.importorskip("serving.model_server")
-    versions = with_export_stage(pipeline_repo)
+    versions = quick(pipeline_repo)
     pipeline_repo.dvc("repro")
     port = free_port()
     environment = dict(os.environ, PYTHONPATH=str(pipeline_repo.root))
