@@ -269,7 +269,7 @@ def main() -> None:
         raise SystemExit(f"smoke: FAILED: {failure}") from None
     metrics["server"] = kind
     write_json(SMOKE_METRICS, metrics)
-    print(f"smoke: version {version} of {serving['model_name']} served by a {kind} server: "
+    print(f"smoke: version {version} of {serving['model_name']} ({kind} server): "
           f"{metrics['windows_checked']} test windows match within {metrics['max_abs_difference_degC']:.1e} C, "
           f"p50 {metrics['latency_p50_ms']:.1f} ms, p99 {metrics['latency_p99_ms']:.1f} ms")
 

@@ -1,0 +1,153 @@
+"""smoke: the stage against our ModelServer, its failure modes, and the forecast client over the wire.
+
+A module fixture runs the stages before smoke, as `python -m pipeline.<stage>`,
+in a temporary directory on a few weeks of synthetic data with a tiny model.
+"""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import grpc
+import pytest
+import yaml
+from tensorflow.core.protobuf import meta_graph_pb2
+
+from conftest import REPO_ROOT, run_stage, set_params
+from pipeline.smoke import (
+    SmokeFailure, compare, described, documented_signature, free_port, server_command, started_server,
+    version_to_check, wait_until_available,
+)
+
+pytestmark = pytest.mark.slow
+
+TINY = {
+    "data.source": "synthetic", "data.synthetic_start": "2009-01-01", "data.synthetic_end": "2009-02-15",
+    "epochs": 1, "window.lookback_hours": 24, "window.horizon_hours": 6,
+    "model.layers": 1, "model.units": 4, "train.batch_size": 64,
+    "evaluate.margin": -1.0, "evaluate.tolerance": 100.0,  # publish whatever the tiny model scores
+}
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> Path:
+    """A directory in which every stage up to export has run; version 1 is published."""
+    root = tmp_path_factory.mktemp("smoke")
+    shutil.copy(REPO_ROOT / "params.yaml", root / "params.yaml")
+    shutil.copytree(REPO_ROOT / "serving", root / "serving", ignore=shutil.ignore_patterns("__pycache__"))
+    set_params(root / "params.yaml", TINY)
+    for stage in ("download", "prepare", "window", "train", "evaluate", "export"):
+        result = run_stage(stage, root)
+        assert result.returncode == 0, f"{stage}:\n{result.stdout}\n{result.stderr}"
+    assert (root / "models/serving/jena_temperature/1/saved_model.pb").exists()
+    return root
+
+
+def server_processes_over(directory: Path) -> list[str]:
+    """Command lines of running processes that mention `directory` (a leaked server would)."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            text = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if str(directory) in text and "serving.model_server" in text:
+            found.append(text)
+    return found
+
+
+def test_smoke_stage_checks_the_published_version(workspace):
+    result = run_stage("smoke", workspace)
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((workspace / "metrics/smoke.json").read_text())
+    evaluation = json.loads((workspace / "metrics/evaluate.json").read_text())
+    assert metrics["version"] == 1 and metrics["server"] == "embedded" and metrics["rest_checked"]
+    assert metrics["max_abs_difference_degC"] < 1e-4
+    assert metrics["served_test_mae_degC"] == pytest.approx(evaluation["test_mae_degC"], abs=1e-3)
+    assert metrics["requests_sent"] > 50 and 0 < metrics["latency_p50_ms"] <= metrics["latency_p99_ms"]
+    assert server_processes_over(workspace) == []
+
+
+def test_smoke_stage_fails_on_a_wrong_mae_and_stops_its_server(workspace, tmp_path):
+    evaluation_path = workspace / "metrics/evaluate.json"
+    original = evaluation_path.read_text()
+    (workspace / "metrics/smoke.json").unlink(missing_ok=True)
+    evaluation = json.loads(original)
+    evaluation["test_mae_degC"] += 0.5
+    evaluation_path.write_text(json.dumps(evaluation))
+    try:
+        result = run_stage("smoke", workspace)
+    finally:
+        evaluation_path.write_text(original)
+    assert result.returncode != 0
+    assert "smoke: FAILED: test MAE from served answers is" in result.stderr
+    assert f"metrics/evaluate.json says {evaluation['test_mae_degC']:.4f} C" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (workspace / "metrics/smoke.json").exists()
+    assert server_processes_over(workspace) == []
+
+
+def test_forecast_client_asks_the_served_model(workspace):
+    grpc_port, rest_port = free_port(), free_port()
+    directory = workspace / "models/serving/jena_temperature"
+    with started_server(server_command("embedded", grpc_port, rest_port, "jena_temperature", directory)) as server:
+        with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+            wait_until_available(channel, "jena_temperature", 1, 120, server)
+        csv = str(workspace / "data/raw/jena_climate_2009_2016.csv")
+        answers = [
+            subprocess.run([sys.executable, "-m", "serving.client", csv, *flags], cwd=REPO_ROOT,
+                           capture_output=True, text=True, timeout=120)
+            for flags in (["--target", f"127.0.0.1:{grpc_port}"],
+                          ["--rest", "--target", f"127.0.0.1:{rest_port}", "--horizon-hours", "6"])
+        ]
+    grpc_answer, rest_answer = answers
+    assert grpc_answer.returncode == 0, grpc_answer.stderr
+    # The synthetic range ends 2009-02-15 00:00: the latest complete hour is the last row.
+    assert grpc_answer.stdout.startswith("2009-02-15 00:00 +24 h: ")
+    assert grpc_answer.stdout.rstrip().endswith(" C (model jena_temperature, version 1)")
+    assert rest_answer.returncode == 0, rest_answer.stderr
+    temperature = grpc_answer.stdout.split(": ")[1].split(" C")[0]
+    assert rest_answer.stdout.startswith(f"2009-02-15 00:00 +6 h: {temperature} C (model jena_temperature")
+
+
+def test_waiting_for_a_server_that_is_not_there_times_out_clearly():
+    with grpc.insecure_channel("127.0.0.1:9") as channel:
+        with pytest.raises(SmokeFailure, match=r"expected m version 3 AVAILABLE within 1 s; last answer: UNAVAILABLE"):
+            wait_until_available(channel, "m", 3, timeout_seconds=1)
+
+
+def test_a_signature_other_than_the_documented_one_is_described_precisely():
+    signature = meta_graph_pb2.SignatureDef()
+    history = signature.inputs["history"]
+    history.dtype = 1  # DT_FLOAT
+    for size in (-1, 100, 14):
+        history.tensor_shape.dim.add(size=size)
+    output = signature.outputs["temperature_degC"]
+    output.dtype = 1
+    output.tensor_shape.dim.add(size=-1)
+    served = described(signature)
+    assert served == {"inputs": {"history": ("DT_FLOAT", [-1, 100, 14])},
+                      "outputs": {"temperature_degC": ("DT_FLOAT", [-1])}}
+    assert served != documented_signature(120)
+
+
+def test_compare_names_the_first_bad_sample():
+    import numpy as np
+
+    assert compare("x", np.array([1.0, 2.0]), np.array([1.0, 2.00005]), 1e-4) == pytest.approx(5e-5)
+    with pytest.raises(SmokeFailure, match=r"gRPC Predict: sample 1: expected 2.00000 C, got 2.50000 C"):
+        compare("gRPC Predict", np.array([1.0, 2.5]), np.array([1.0, 2.0]), 1e-4)
+    with pytest.raises(SmokeFailure, match="sample 0"):
+        compare("x", np.array([np.nan]), np.array([1.0]), 1e-4)
+
+
+def test_version_to_check(tmp_path):
+    assert version_to_check({"published": True, "version": 4}, tmp_path) == 4
+    (tmp_path / "2").mkdir()
+    (tmp_path / "10").mkdir()
+    (tmp_path / ".staging-x").mkdir()
+    assert version_to_check({"published": False}, tmp_path) == 10
+    with pytest.raises(SmokeFailure, match="nothing to check: no version in .* \\(not blessed: worse\\)"):
+        version_to_check({"published": False, "reason": "not blessed: worse"}, tmp_path / "empty")
