@@ -12,23 +12,17 @@ The model is tiny and poor: what is checked is the plumbing.
 import csv
 import io
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
 
 import grpc
 import pytest
 import tensorflow as tf
 import yaml
-from tensorflow_serving.apis import (
-    get_model_status_pb2, model_service_pb2_grpc, predict_pb2, prediction_log_pb2, prediction_service_pb2_grpc,
-)
+from tensorflow_serving.apis import predict_pb2, prediction_log_pb2, prediction_service_pb2_grpc
 
 from conftest import set_params
 from pipeline.export import WARMUP_FILE
 from pipeline.publish import fingerprint, version_numbers
+from pipeline.smoke import free_port, server_command, started_server, wait_until_available
 
 pytestmark = pytest.mark.slow
 
@@ -103,30 +97,6 @@ def test_repro_publishes_exp_run_adds_a_version_and_unchanged_repro_adds_none(pi
     assert (record["published"], record["version"]) == (False, None)
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def wait_for_available_version(channel, version: int, timeout: float = 120) -> None:
-    stub = model_service_pb2_grpc.ModelServiceStub(channel)
-    request = get_model_status_pb2.GetModelStatusRequest()
-    request.model_spec.name = MODEL_NAME
-    deadline, last = time.monotonic() + timeout, None
-    while time.monotonic() < deadline:
-        try:
-            states = {status.version: status.state
-                      for status in stub.GetModelStatus(request, timeout=5).model_version_status}
-            if states.get(version) == get_model_status_pb2.ModelVersionStatus.AVAILABLE:
-                return
-            last = states
-        except grpc.RpcError as error:
-            last = error.details()
-        time.sleep(0.5)
-    raise AssertionError(f"version {version} not AVAILABLE after {timeout} s; last status: {last}")
-
-
 def served_version(channel, export_dir) -> int:
     """Predict without a version with the export's first warm-up request; the version that answered."""
     record = next(iter(tf.data.TFRecordDataset(str(export_dir / WARMUP_FILE))))
@@ -138,31 +108,16 @@ def served_version(channel, export_dir) -> int:
 
 
 def test_exp_run_is_served_by_a_watching_server_without_restart(pipeline_repo):
-    pytest.importorskip("serving.model_server")
     versions = quick(pipeline_repo)
     pipeline_repo.dvc("repro")
     port = free_port()
-    environment = dict(os.environ, PYTHONPATH=str(pipeline_repo.root))
-    server = subprocess.Popen(
-        [sys.executable, "-m", "serving.model_server", "--port", str(port), "--model_name", MODEL_NAME,
-         "--model_base_path", str(versions), "--file_system_poll_wait_seconds", "1"],
-        cwd=pipeline_repo.root, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )
-    try:
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            wait_for_available_version(channel, 1)
-            assert served_version(channel, pipeline_repo.root / "models/export") == 1
+    command = server_command("embedded", port, 0, MODEL_NAME, versions)
+    with started_server(command) as server, grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        wait_until_available(channel, MODEL_NAME, 1, 120, server)
+        assert served_version(channel, pipeline_repo.root / "models/export") == 1
 
-            pipeline_repo.dvc("exp", "run", "-S", "epochs=3")  # 4. while the server watches
-            assert version_numbers(versions) == [1, 2]
-            wait_for_available_version(channel, 2)
-            assert served_version(channel, pipeline_repo.root / "models/export") == 2
+        pipeline_repo.dvc("exp", "run", "-S", "epochs=3")  # 4. while the server watches
+        assert version_numbers(versions) == [1, 2]
+        wait_until_available(channel, MODEL_NAME, 2, 120, server)
+        assert served_version(channel, pipeline_repo.root / "models/export") == 2
         assert server.poll() is None, "the server stopped"
-    finally:
-        server.terminate()
-        try:
-            _, errors = server.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            _, errors = server.communicate()
-    assert server.returncode in (0, -15), errors[-3000:]

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import make_readings, run_stage, to_csv_text
+from conftest import run_stage, to_csv_text
 from pipeline import schema
 from pipeline.prepare import (
     InvalidData, drop_duplicate_timestamps, fill_short_gaps, mean_direction_degrees, prepare,

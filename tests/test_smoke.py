@@ -5,6 +5,7 @@ in a temporary directory on a few weeks of synthetic data with a tiny model.
 """
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -12,7 +13,6 @@ from pathlib import Path
 
 import grpc
 import pytest
-import yaml
 from tensorflow.core.protobuf import meta_graph_pb2
 
 from conftest import REPO_ROOT, run_stage, set_params
@@ -151,3 +151,47 @@ def test_version_to_check(tmp_path):
     assert version_to_check({"published": False}, tmp_path) == 10
     with pytest.raises(SmokeFailure, match="nothing to check: no version in .* \\(not blessed: worse\\)"):
         version_to_check({"published": False, "reason": "not blessed: worse"}, tmp_path / "empty")
+
+
+def smoke_with(workspace, overrides: dict, environment: dict | None = None):
+    """Run the smoke stage with some `smoke.*` params changed, then put the params back."""
+
+    params_file = workspace / "params.yaml"
+    original = params_file.read_text()
+    set_params(params_file, overrides)
+    try:
+        return subprocess.run([sys.executable, "-m", "pipeline.smoke"], cwd=workspace, capture_output=True,
+                              text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(REPO_ROOT), **(environment or {})})
+    finally:
+        params_file.write_text(original)
+
+
+def test_binary_mode_starts_tensorflow_model_server_from_path_with_the_same_flags(workspace, tmp_path):
+    # A stand-in binary that records its flags and execs our server with them.
+    binary = tmp_path / "tensorflow_model_server"
+    binary.write_text(f'#!/bin/sh\necho "$@" > {tmp_path}/flags\nexec {sys.executable} -m serving.model_server "$@"\n')
+    binary.chmod(0o755)
+
+    result = smoke_with(workspace, {"smoke.server": "binary"}, {"PATH": f"{tmp_path}:{os.environ['PATH']}"})
+    assert result.returncode == 0, result.stderr
+    assert json.loads((workspace / "metrics/smoke.json").read_text())["server"] == "binary"
+    flags = (tmp_path / "flags").read_text().split()
+    assert "--model_name=jena_temperature" in flags and "--file_system_poll_wait_seconds=1" in flags
+    assert f"--model_base_path={workspace / 'models/serving/jena_temperature'}" in flags
+
+
+def test_binary_mode_without_the_binary_says_so(workspace):
+    result = smoke_with(workspace, {"smoke.server": "binary"}, {"PATH": str(Path(sys.executable).parent)})
+    assert result.returncode != 0
+    assert "smoke.server is 'binary' but tensorflow_model_server is not on PATH" in result.stderr
+
+
+def test_external_mode_checks_a_server_someone_else_runs(workspace):
+    grpc_port, rest_port = free_port(), free_port()
+    directory = workspace / "models/serving/jena_temperature"
+    with started_server(server_command("embedded", grpc_port, rest_port, "jena_temperature", directory)):
+        result = smoke_with(workspace, {"smoke.server": "external", "smoke.target": f"127.0.0.1:{grpc_port}",
+                                        "smoke.rest_target": f"127.0.0.1:{rest_port}"})
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((workspace / "metrics/smoke.json").read_text())
+    assert metrics["server"] == "external" and metrics["rest_checked"] and metrics["version"] == 1
