@@ -205,9 +205,12 @@ def check_served_model(target: str, rest_target: str | None, model_name: str, ve
     """All checks against a running server; returns the smoke metrics."""
     forecaster = GrpcForecaster(target, model_name)
     try:
+        print(f"smoke: waiting for {model_name} version {version} at {target}", flush=True)
         wait_until_available(forecaster.channel, model_name, version, smoke["timeout_seconds"], process)
         check_signature(forecaster, version, windows.lookback)
         starts = windows.starts["test"]
+        print(f"smoke: version {version} is AVAILABLE with the documented signature; "
+              f"checking {len(starts)} test windows", flush=True)
         history, timestamps = windows.history(starts)
         observed = windows.targets(starts)
         reference = in_process_predictions(saved_model, history, timestamps, smoke["batch_size"])
