@@ -31,7 +31,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import tensorflow as tf
-from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
+from tensorflow_serving.apis import prediction_log_pb2
 
 import pipeline.model  # noqa: F401  registers the model's layers for load_model
 from pipeline import schema
@@ -41,9 +41,8 @@ from pipeline.config import (
 )
 from pipeline.publish import MODEL_CARD, fingerprint, labelled_versions, model_directory, publish
 from pipeline.window import Windows, load_windows
+from serving.client import predict_request
 
-SIGNATURE = "serving_default"
-OUTPUT = "temperature_degC"
 WARMUP_FILE = Path("assets.extra/tf_serving_warmup_requests")
 WARMUP_BATCH_SIZES = (1, 8, 32)
 
@@ -52,11 +51,12 @@ def serving_function(model: keras.Model, lookback: int) -> tf.types.experimental
     """The `serving_default` signature: raw history and timestamps in, degrees Celsius out."""
 
     @tf.function(input_signature=[
-        tf.TensorSpec([None, lookback, len(schema.MEASUREMENTS)], tf.float32, name="history"),
-        tf.TensorSpec([None, lookback], tf.int64, name="timestamps"),
+        tf.TensorSpec([None, lookback, len(schema.MEASUREMENTS)], tf.float32, name=schema.HISTORY_INPUT),
+        tf.TensorSpec([None, lookback], tf.int64, name=schema.TIMESTAMPS_INPUT),
     ])
     def serve(history, timestamps):
-        return {OUTPUT: model({"history": history, "timestamps": timestamps}, training=False)}
+        inputs = {schema.HISTORY_INPUT: history, schema.TIMESTAMPS_INPUT: timestamps}
+        return {schema.TEMPERATURE_OUTPUT: model(inputs, training=False)}
 
     return serve
 
@@ -70,7 +70,7 @@ def save_servable(model: keras.Model, lookback: int, directory: Path) -> None:
     # does not find on its own; listing every variable makes the graph's captures tracked.
     servable.model_variables = list(model.variables)
     servable.serve = serving_function(model, lookback)
-    tf.saved_model.save(servable, str(directory), signatures={SIGNATURE: servable.serve})
+    tf.saved_model.save(servable, str(directory), signatures={schema.SIGNATURE_NAME: servable.serve})
 
 
 def warmup_requests(windows: Windows, model_name: str, batch_sizes=WARMUP_BATCH_SIZES) -> list:
@@ -80,11 +80,7 @@ def warmup_requests(windows: Windows, model_name: str, batch_sizes=WARMUP_BATCH_
     for batch_size in batch_sizes:
         picks = np.linspace(0, len(test_starts) - 1, batch_size).round().astype(np.int64)
         history, timestamps = windows.history(test_starts[picks])
-        request = predict_pb2.PredictRequest()
-        request.model_spec.name = model_name
-        request.model_spec.signature_name = SIGNATURE
-        request.inputs["history"].CopyFrom(tf.make_tensor_proto(np.asarray(history, np.float32)))
-        request.inputs["timestamps"].CopyFrom(tf.make_tensor_proto(np.asarray(timestamps, np.int64)))
+        request = predict_request(model_name, history, timestamps)
         logs.append(prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request)))
     return logs
 
@@ -124,10 +120,11 @@ def model_card(params: dict, metrics: dict, raw_csv: Path, lookback: int) -> dic
     return {
         "model_name": params["serving"]["model_name"],
         "signature": {
-            "name": SIGNATURE,
-            "inputs": {"history": ["float32", [None, lookback, len(schema.MEASUREMENTS)], schema.MEASUREMENTS],
-                       "timestamps": ["int64", [None, lookback], "unix seconds"]},
-            "outputs": {OUTPUT: ["float32", [None], schema.TEMPERATURE]},
+            "name": schema.SIGNATURE_NAME,
+            "inputs": {schema.HISTORY_INPUT: ["float32", [None, lookback, len(schema.MEASUREMENTS)],
+                                              schema.MEASUREMENTS],
+                       schema.TIMESTAMPS_INPUT: ["int64", [None, lookback], "unix seconds"]},
+            "outputs": {schema.TEMPERATURE_OUTPUT: ["float32", [None], schema.TEMPERATURE]},
         },
         "data": {"source": data["source"], "origin": origin, "file": str(raw_csv), "md5": file_md5(raw_csv)},
         "params": params,

@@ -119,8 +119,8 @@ def build_model(normalization: dict, model_params: dict) -> keras.Model:
     if model_params["layers"] < 1:
         raise ValueError(f"model.layers must be at least 1, got {model_params['layers']}")
     lookback = normalization["lookback_hours"]
-    history = keras.Input(shape=(lookback, len(schema.MEASUREMENTS)), dtype="float32", name="history")
-    timestamps = keras.Input(shape=(lookback,), dtype="int64", name="timestamps")
+    history = keras.Input(shape=(lookback, len(schema.MEASUREMENTS)), dtype="float32", name=schema.HISTORY_INPUT)
+    timestamps = keras.Input(shape=(lookback,), dtype="int64", name=schema.TIMESTAMPS_INPUT)
 
     mean, std = standardisation(normalization)
     x = JenaFeatures(
@@ -145,6 +145,7 @@ def build_model(normalization: dict, model_params: dict) -> keras.Model:
         normalization["mean"][target],
         normalization["std"][target],
         model_params["residual"],
-        name="temperature_degC",
+        name=schema.TEMPERATURE_OUTPUT,
     )([output, history])
-    return keras.Model({"history": history, "timestamps": timestamps}, temperature, name="wetterfrosch")
+    inputs = {schema.HISTORY_INPUT: history, schema.TIMESTAMPS_INPUT: timestamps}
+    return keras.Model(inputs, temperature, name="wetterfrosch")

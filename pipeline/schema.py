@@ -40,6 +40,13 @@ SENTINEL_COLUMNS = [WIND_SPEED, MAX_WIND_SPEED]
 READING_INTERVAL_MINUTES = 10
 CSV_NAME = "jena_climate_2009_2016.csv"
 
+# The served model's `serving_default` signature: the names the model, the
+# export, the smoke stage and the forecast client share.
+SIGNATURE_NAME = "serving_default"
+HISTORY_INPUT = "history"          # float32 [batch, lookback, 14], raw MEASUREMENTS
+TIMESTAMPS_INPUT = "timestamps"    # int64 [batch, lookback], unix seconds
+TEMPERATURE_OUTPUT = "temperature_degC"  # float32 [batch]
+
 
 def column_index(name: str) -> int:
     """Position of a measurement in the model's `history` input."""

@@ -36,6 +36,7 @@ import tensorflow as tf
 from tensorflow.core.framework import types_pb2
 from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc
 
+from pipeline import schema
 from pipeline.atomic import write_json
 from pipeline.config import EVALUATE_METRICS, PUBLICATION_RECORD, SMOKE_METRICS, WINDOWS_DIR, load_params
 from pipeline.publish import model_directory, read_model_card, version_numbers
@@ -123,8 +124,9 @@ def wait_until_available(channel, model_name: str, version: int, timeout_seconds
 def documented_signature(lookback: int) -> dict:
     """serving_default as the README documents it: name -> (dtype, shape)."""
     return {
-        "inputs": {"history": ("DT_FLOAT", [-1, lookback, 14]), "timestamps": ("DT_INT64", [-1, lookback])},
-        "outputs": {"temperature_degC": ("DT_FLOAT", [-1])},
+        "inputs": {schema.HISTORY_INPUT: ("DT_FLOAT", [-1, lookback, len(schema.MEASUREMENTS)]),
+                   schema.TIMESTAMPS_INPUT: ("DT_INT64", [-1, lookback])},
+        "outputs": {schema.TEMPERATURE_OUTPUT: ("DT_FLOAT", [-1])},
     }
 
 
@@ -159,10 +161,11 @@ def version_to_check(record: dict, directory: Path) -> int:
 
 def in_process_predictions(saved_model: Path, history: np.ndarray, timestamps: np.ndarray, batch_size: int):
     """The SavedModel's own answers, computed here: the reference for the served ones."""
-    serve = tf.saved_model.load(str(saved_model)).signatures["serving_default"]
+    serve = tf.saved_model.load(str(saved_model)).signatures[schema.SIGNATURE_NAME]
     return np.concatenate([
-        serve(history=tf.constant(history[i:i + batch_size]), timestamps=tf.constant(timestamps[i:i + batch_size]))
-        ["temperature_degC"].numpy()
+        serve(**{schema.HISTORY_INPUT: tf.constant(history[i:i + batch_size]),
+                 schema.TIMESTAMPS_INPUT: tf.constant(timestamps[i:i + batch_size])})
+        [schema.TEMPERATURE_OUTPUT].numpy()
         for i in range(0, len(history), batch_size)
     ])
 

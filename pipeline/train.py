@@ -25,6 +25,7 @@ import tensorflow as tf
 from dvclive import Live
 from dvclive.keras import DVCLiveCallback
 
+from pipeline import schema
 from pipeline.atomic import atomic_path
 from pipeline.config import DVCLIVE_DIR, MODEL_PATH, WINDOWS_DIR, load_params
 from pipeline.model import TEMPERATURE_INDEX, build_model
@@ -52,7 +53,7 @@ def make_dataset(windows: Windows, starts: np.ndarray, batch_size: int, shuffle_
 
     def gather(batch_starts):
         rows = batch_starts[:, None] + offsets
-        inputs = {"history": tf.gather(hourly, rows), "timestamps": tf.gather(timestamps, rows)}
+        inputs = {schema.HISTORY_INPUT: tf.gather(hourly, rows), schema.TIMESTAMPS_INPUT: tf.gather(timestamps, rows)}
         target = tf.gather(hourly[:, TEMPERATURE_INDEX], batch_starts + target_offset)
         return inputs, target
 

@@ -29,8 +29,8 @@ from tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2, predict
 from pipeline import schema
 from pipeline.prepare import InvalidData, prepare, read_raw_csv
 
-SIGNATURE = "serving_default"
-HISTORY, TIMESTAMPS, OUTPUT = "history", "timestamps", "temperature_degC"
+SIGNATURE = schema.SIGNATURE_NAME
+HISTORY, TIMESTAMPS, OUTPUT = schema.HISTORY_INPUT, schema.TIMESTAMPS_INPUT, schema.TEMPERATURE_OUTPUT
 MAX_FILL_HOURS = 3
 TIMEOUT_SECONDS = 30.0
 
@@ -64,6 +64,15 @@ def model_spec(request, model_name: str, version: int | None = None, label: str 
         request.model_spec.version_label = label
 
 
+def predict_request(model_name: str, history, timestamps, version=None, label=None) -> predict_pb2.PredictRequest:
+    """A Predict request for `serving_default`: history [batch, lookback, 14], timestamps [batch, lookback]."""
+    request = predict_pb2.PredictRequest()
+    model_spec(request, model_name, version, label)
+    request.inputs[HISTORY].CopyFrom(tf.make_tensor_proto(np.asarray(history, np.float32)))
+    request.inputs[TIMESTAMPS].CopyFrom(tf.make_tensor_proto(np.asarray(timestamps, np.int64)))
+    return request
+
+
 @dataclass
 class Forecast:
     temperatures_degC: np.ndarray
@@ -95,10 +104,7 @@ class GrpcForecaster:
 
     def predict(self, history, timestamps, version=None, label=None) -> Forecast:
         """history [batch, lookback, 14] float32 and timestamps [batch, lookback] int64 -> forecasts."""
-        request = predict_pb2.PredictRequest()
-        model_spec(request, self.model_name, version, label)
-        request.inputs[HISTORY].CopyFrom(tf.make_tensor_proto(np.asarray(history, np.float32)))
-        request.inputs[TIMESTAMPS].CopyFrom(tf.make_tensor_proto(np.asarray(timestamps, np.int64)))
+        request = predict_request(self.model_name, history, timestamps, version, label)
         response = self.stub.Predict(request, timeout=self.timeout)
         return Forecast(tf.make_ndarray(response.outputs[OUTPUT]), response.model_spec.name,
                         response.model_spec.version.value)

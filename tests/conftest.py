@@ -47,11 +47,11 @@ def readings():
     return make_readings()
 
 
-def run_stage(module: str, cwd: Path, timeout=600):
-    """Run `python -m pipeline.<module>` in `cwd` as DVC would."""
+def run_stage(module: str, cwd: Path, timeout=600, environment: dict | None = None):
+    """Run `python -m pipeline.<module>` in `cwd` as DVC would, with `environment` added."""
     import subprocess
 
-    environment = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+    environment = {**os.environ, "PYTHONPATH": str(REPO_ROOT), **(environment or {})}
     return subprocess.run(
         [sys.executable, "-m", f"pipeline.{module}"], cwd=cwd, env=environment,
         capture_output=True, text=True, timeout=timeout,

@@ -160,8 +160,7 @@ def smoke_with(workspace, overrides: dict, environment: dict | None = None):
     original = params_file.read_text()
     set_params(params_file, overrides)
     try:
-        return subprocess.run([sys.executable, "-m", "pipeline.smoke"], cwd=workspace, capture_output=True,
-                              text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(REPO_ROOT), **(environment or {})})
+        return run_stage("smoke", workspace, environment=environment)
     finally:
         params_file.write_text(original)
 
