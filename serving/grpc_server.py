@@ -16,10 +16,13 @@ import time
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from google.protobuf import message_factory
 from tensorflow_serving.apis import (
     get_model_status_pb2,
     model_management_pb2,
+    model_service_pb2,
     model_service_pb2_grpc,
+    prediction_service_pb2,
     prediction_service_pb2_grpc,
 )
 
@@ -136,6 +139,19 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
         return model_management_pb2.ReloadConfigResponse()
 
 
+def _add_service(server: grpc.Server, service, servicer) -> None:
+    """Registers each method of a proto service (all unary), so that gRPC's core
+    matches incoming calls to them instead of a Python lookup per request."""
+    handlers = {
+        method.name: grpc.unary_unary_rpc_method_handler(
+            getattr(servicer, method.name),
+            request_deserializer=message_factory.GetMessageClass(method.input_type).FromString,
+            response_serializer=message_factory.GetMessageClass(method.output_type).SerializeToString)
+        for method in service.methods
+    }
+    server.add_registered_method_handlers(service.full_name, handlers)
+
+
 class GrpcServer:
     """Owns the grpc.Server: TCP port, optional UNIX socket, services."""
 
@@ -146,9 +162,10 @@ class GrpcServer:
         self._server = grpc.server(concurrent.futures.ThreadPoolExecutor(max_workers=max_threads,
                                                                          thread_name_prefix="grpc"),
                                    options=options)
-        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-            PredictionService(manager, metrics), self._server)
-        model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(manager), self._server)
+        _add_service(self._server, prediction_service_pb2.DESCRIPTOR.services_by_name["PredictionService"],
+                     PredictionService(manager, metrics))
+        _add_service(self._server, model_service_pb2.DESCRIPTOR.services_by_name["ModelService"],
+                     ModelService(manager))
         self._health = None
         if enable_health:
             self._health = health.HealthServicer()

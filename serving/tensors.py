@@ -1,10 +1,14 @@
 """Conversion between TensorProto messages and numpy arrays.
 
-Requests are decoded with TensorFlow's own ``tf.make_ndarray`` (which accepts
-both ``tensor_content`` and the typed ``*_val`` fields). Responses are
+Requests in ``tensor_content`` (raw bytes, what clients normally send) are
+read in place with numpy; the typed ``*_val`` fields are decoded with
+TensorFlow's own ``tf.make_ndarray``. Responses are
 encoded into the typed ``*_val`` fields, as TensorFlow Serving does with
 ``Tensor::AsProtoField``.
 """
+
+import functools
+import math
 
 import numpy as np
 import tensorflow as tf
@@ -36,13 +40,22 @@ def dtype_name(dtype_enum: int) -> str:
 MAX_TENSOR_BYTES = 2**31 - 1  # no request can carry more (gRPC's message limit)
 
 
+@functools.cache
+def _numpy_dtype(dtype_enum: int) -> np.dtype:
+    return np.dtype(tf.dtypes.as_dtype(dtype_enum).as_numpy_dtype)
+
+
 def to_ndarray(proto: tensor_pb2.TensorProto, alias: str) -> np.ndarray:
     """Decodes a request tensor; a malformed or impossibly large one is INVALID_ARGUMENT."""
     try:
-        elements = int(np.prod([dim.size for dim in proto.tensor_shape.dim], dtype=np.float64))
-        item_size = 1 if proto.dtype == types_pb2.DT_STRING else tf.dtypes.as_dtype(proto.dtype).size
-        if any(dim.size < 0 for dim in proto.tensor_shape.dim) or elements * item_size > MAX_TENSOR_BYTES:
+        shape = [dim.size for dim in proto.tensor_shape.dim]
+        is_string = proto.dtype == types_pb2.DT_STRING
+        item_size = 1 if is_string else _numpy_dtype(proto.dtype).itemsize
+        if any(size < 0 for size in shape) or math.prod(shape) * item_size > MAX_TENSOR_BYTES:
             raise ValueError("declared shape is invalid or too large")
+        if proto.tensor_content and not is_string:
+            # The common case (what tf.make_tensor_proto writes): raw bytes, read in place.
+            return np.frombuffer(proto.tensor_content, dtype=_numpy_dtype(proto.dtype)).reshape(shape)
         return tf.make_ndarray(proto)
     except Exception as error:  # any decoding failure is the client's input
         raise invalid_argument(f"tensor parsing error: {alias}") from error
