@@ -2,8 +2,10 @@
 
 In:  models/model.keras, data/windows/ (test-split windows for the warm-up
      requests), metrics/evaluate.json (metrics and blessing), the raw CSV
-     (hashed for the model card) and params `seed` and `serving.*`
-     (`model_name`, `base_path`, `keep_versions`, `config_file`).
+     (hashed for the model card) and params `seed`, `serving.*`
+     (`model_name`, `base_path`, `keep_versions`, `config_file`) and
+     `evaluate.margin` and `evaluate.tolerance` (the blessing, checked again
+     at publication).
 Out: models/export/, a SavedModel whose `serving_default` signature takes
        `history`     float32 [batch, lookback_hours, 14], raw hourly
                      measurements in the CSV's units and column order,
@@ -39,7 +41,10 @@ from pipeline.atomic import atomic_directory, write_json
 from pipeline.config import (
     EVALUATE_METRICS, EXPORT_DIR, MODEL_PATH, PUBLICATION_RECORD, RAW_CSV, WINDOWS_DIR, load_params,
 )
-from pipeline.publish import MODEL_CARD, fingerprint, labelled_versions, model_directory, publish
+from pipeline.evaluate import bless
+from pipeline.publish import (
+    MODEL_CARD, PublicationRefused, fingerprint, labelled_versions, model_directory, publish,
+)
 from pipeline.window import Windows, load_windows
 from serving.client import predict_request
 
@@ -144,14 +149,26 @@ def write_export(model: keras.Model, windows: Windows, card: dict, directory: Pa
     return card
 
 
-def publication(saved_model: Path, metrics: dict, serving: dict) -> dict:
-    """Publish a blessed export into the watched directory; say what happened, or why nothing did."""
+def publication(saved_model: Path, metrics: dict, serving: dict, evaluate: dict) -> dict:
+    """Publish a blessed export into the watched directory; say what happened, or why nothing did.
+
+    The blessing is checked again against the version that is newest when the
+    model is published, which may have landed after the model was evaluated.
+    """
     record = {"fingerprint": fingerprint(saved_model), "test_mae_degC": metrics["test_mae_degC"]}
+    not_published = {**record, "published": False, "version": None, "path": None}
     if not metrics["blessed"]:
-        return {**record, "published": False, "version": None, "path": None,
-                "reason": f"not blessed: {metrics['blessing_reason']}"}
+        return {**not_published, "reason": f"not blessed: {metrics['blessing_reason']}"}
+
+    def still_blessed(newest_mae: float | None) -> tuple[bool, str]:
+        return bless(metrics["test_mae_degC"], metrics["persistence_mae_degC"], newest_mae,
+                     evaluate["margin"], evaluate["tolerance"])
+
     protected = labelled_versions(Path(serving["config_file"]), serving["model_name"])
-    result = publish(saved_model, model_directory(serving), serving["keep_versions"], protected)
+    try:
+        result = publish(saved_model, model_directory(serving), serving["keep_versions"], protected, still_blessed)
+    except PublicationRefused as refusal:
+        return {**not_published, "reason": f"no longer blessed against the newest published version: {refusal}"}
     reason = (f"published as version {result.version}" if result.created
               else f"identical to version {result.version}, already the newest; no new version")
     return {**record, **result.as_dict(), "published": True, "reason": reason}
@@ -168,7 +185,7 @@ def main() -> None:
     windows = load_windows(WINDOWS_DIR)
 
     card = write_export(model, windows, model_card(params, metrics, RAW_CSV, windows.lookback), EXPORT_DIR)
-    record = publication(EXPORT_DIR, metrics, params["serving"])
+    record = publication(EXPORT_DIR, metrics, params["serving"], params["evaluate"])
     write_json(PUBLICATION_RECORD, record)
     print(f"export: {EXPORT_DIR}/ fingerprint {card['fingerprint'][:12]}, test MAE {metrics['test_mae_degC']:.3f} C; "
           f"{record['reason']}" + (f" ({record['path']})" if record["published"] else ""))

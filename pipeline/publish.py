@@ -15,6 +15,15 @@ renamed to its number in one step; a numeric directory is never written into.
 Versions are retired the same way: renamed to a hidden name, then deleted.
 Every step that reads or changes the numbering runs under a lock file in the
 model directory, so parallel publications get distinct, consecutive numbers.
+A number is never given twice: the highest one ever published is kept in
+`.last_version`, so after a rollback (the newest version deleted) the next
+model gets a new number, not the deleted one's. Staging copies left by a
+killed publication are removed by the next one.
+
+Under the lock, `still_blessed` (when given) is asked again with the newest
+published version's test MAE: another publication may have landed since the
+model was evaluated (queued experiments), and a model that is no longer good
+enough is refused with `PublicationRefused`.
 
 A model whose fingerprint (a hash of the SavedModel's content, see
 `fingerprint`) equals the newest version's is already served: no new version.
@@ -26,7 +35,9 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -39,8 +50,13 @@ MODEL_CARD = Path("assets.extra/model_card.json")
 # fingerprint and the creation time. Neither is part of the model's content.
 NOT_CONTENT = {Path("fingerprint.pb"), MODEL_CARD}
 LOCK_NAME = ".publish.lock"
+LAST_VERSION_NAME = ".last_version"
 STAGING_PREFIX = ".staging-"
 RETIRING_PREFIX = ".retiring-"
+
+
+class PublicationRefused(Exception):
+    """The model was blessed when evaluated, but not against the version published since."""
 
 
 @dataclass(frozen=True)
@@ -106,6 +122,53 @@ def published_mae(directory: Path) -> float | None:
         raise ValueError(f"{directory}/{versions[-1]}/{MODEL_CARD}: no numeric metrics.test_mae_degC") from None
 
 
+def next_version(directory: Path, versions: list[int]) -> int:
+    """One more than the highest version present or ever published (kept in LAST_VERSION_NAME)."""
+    record = Path(directory) / LAST_VERSION_NAME
+    try:
+        last = int(record.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        last = 0
+    except ValueError:
+        raise ValueError(f"{record}: expected the last published version number, found something else") from None
+    return max([last, *versions]) + 1
+
+
+def _record_last_version(directory: Path, version: int) -> None:
+    handle, temporary = tempfile.mkstemp(dir=directory, prefix=f"{LAST_VERSION_NAME}.")
+    with os.fdopen(handle, "w", encoding="utf-8") as file:
+        file.write(f"{version}\n")
+    os.replace(temporary, directory / LAST_VERSION_NAME)
+
+
+def _hidden_prefix(kind: str) -> str:
+    """Hidden names say which process made them, so a leftover of a dead one can be recognised."""
+    return f"{kind}{socket.gethostname()}-{os.getpid()}-"
+
+
+def remove_leftovers(directory: Path) -> list[str]:
+    """Delete staging and retiring directories of processes on this host that no longer run."""
+    removed = []
+    for kind in (STAGING_PREFIX, RETIRING_PREFIX):
+        host_prefix = f"{kind}{socket.gethostname()}-"
+        for entry in os.scandir(directory):
+            pid = entry.name.removeprefix(host_prefix).split("-", 1)[0]
+            if entry.name.startswith(host_prefix) and pid.isdigit() and not _process_alive(int(pid)):
+                shutil.rmtree(entry.path, ignore_errors=True)
+                removed.append(entry.name)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, but someone else's
+        return True
+    return True
+
+
 def labelled_versions(config_file: Path, model_name: str) -> set[int]:
     """The versions that version labels point at for `model_name` in a text-format ModelServerConfig."""
     config = model_server_config_pb2.ModelServerConfig()
@@ -128,31 +191,39 @@ def versions_to_retire(versions: list[int], keep_versions: int, protected: set[i
 
 def retire(directory: Path, version: int) -> None:
     """Remove a version: one rename takes it out of the server's sight, then it is deleted."""
-    hidden = Path(tempfile.mkdtemp(dir=directory, prefix=f"{RETIRING_PREFIX}{version}-"))
+    hidden = Path(tempfile.mkdtemp(dir=directory, prefix=f"{_hidden_prefix(RETIRING_PREFIX)}{version}-"))
     os.replace(directory / str(version), hidden / str(version))
     shutil.rmtree(hidden)
 
 
-def publish(saved_model: Path, directory: Path, keep_versions: int, protected: set[int] = frozenset()) -> Publication:
+def publish(saved_model: Path, directory: Path, keep_versions: int, protected: set[int] = frozenset(),
+            still_blessed: Callable[[float | None], tuple[bool, str]] | None = None) -> Publication:
     """Make `saved_model` the newest version in `directory` unless it already is; apply retention.
 
-    The copy is staged under a hidden name before the lock is taken; numbering,
-    the rename into place and retention happen under the lock.
+    The copy is staged under a hidden name before the lock is taken; the
+    re-check of the blessing, numbering, the rename into place and retention
+    happen under the lock.
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     new_fingerprint = fingerprint(saved_model)
-    staging = Path(tempfile.mkdtemp(dir=directory, prefix=STAGING_PREFIX))
+    staging = Path(tempfile.mkdtemp(dir=directory, prefix=_hidden_prefix(STAGING_PREFIX)))
     try:
         staged = staging / "model"
         shutil.copytree(saved_model, staged)
         with FileLock(directory / LOCK_NAME):
+            remove_leftovers(directory)
             versions = version_numbers(directory)
             if versions and fingerprint(directory / str(versions[-1])) == new_fingerprint:
                 version, created = versions[-1], False
             else:
-                version, created = (versions[-1] + 1 if versions else 1), True
+                if still_blessed is not None:
+                    blessed, reason = still_blessed(published_mae(directory))
+                    if not blessed:
+                        raise PublicationRefused(reason)
+                version, created = next_version(directory, versions), True
                 os.rename(staged, directory / str(version))
+                _record_last_version(directory, version)
                 versions.append(version)
             retired = versions_to_retire(versions, keep_versions, set(protected))
             for old in retired:

@@ -20,13 +20,15 @@ from tensorflow_serving.apis import prediction_log_pb2
 from conftest import REPO_ROOT
 from pipeline import export, schema
 from pipeline.model import build_model
-from pipeline.publish import MODEL_CARD, fingerprint, published_mae, version_numbers
+from pipeline.publish import MODEL_CARD, fingerprint, publish, published_mae, version_numbers
+from test_publish import fake_export
 from windows_helper import small_windows
 
 LOOKBACK = 24
 # Dropout on: its seed generators must export too (they once broke tf.saved_model.save).
 TINY_MODEL = {"cell": "gru", "layers": 1, "units": 4, "dropout": 0.2, "recurrent_dropout": 0.1, "residual": True}
 METRICS = {"test_mae_degC": 1.9, "persistence_mae_degC": 2.5, "blessed": True, "blessing_reason": "beats persistence"}
+EVALUATE = {"margin": 0.05, "tolerance": 0.05}
 
 
 @pytest.fixture(scope="module")
@@ -166,17 +168,34 @@ def test_only_a_blessed_model_is_published_and_only_once(exported, tmp_path):
                "config_file": str(Path(__file__).parents[1] / "serving/models.config")}
     versions = tmp_path / "serving/jena_temperature"
 
-    refused = export.publication(exported, {**METRICS, "blessed": False, "blessing_reason": "too weak"}, serving)
+    refused = export.publication(exported, {**METRICS, "blessed": False, "blessing_reason": "too weak"}, serving,
+                                 EVALUATE)
     assert refused["published"] is False and refused["version"] is None
     assert refused["reason"] == "not blessed: too weak"
     assert version_numbers(versions) == []
 
-    first = export.publication(exported, METRICS, serving)
+    first = export.publication(exported, METRICS, serving, EVALUATE)
     assert (first["published"], first["created"], first["version"]) == (True, True, 1)
     assert first["path"] == str(versions / "1") and first["fingerprint"] == fingerprint(exported)
     assert published_mae(versions) == METRICS["test_mae_degC"]
 
-    again = export.publication(exported, METRICS, serving)
+    again = export.publication(exported, METRICS, serving, EVALUATE)
     assert (again["published"], again["created"], again["version"]) == (True, False, 1)
     assert "no new version" in again["reason"]
     assert version_numbers(versions) == [1]
+
+
+def test_a_model_outrun_by_a_better_publication_is_not_published(exported, tmp_path):
+    """Two queued experiments: both blessed against version 1; the better one publishes first."""
+    serving = {"base_path": str(tmp_path / "serving"), "model_name": "jena_temperature", "keep_versions": 3,
+               "config_file": str(Path(__file__).parents[1] / "serving/models.config")}
+    versions = tmp_path / "serving/jena_temperature"
+    publish(fake_export(tmp_path / "version-1", "first", test_mae=2.0), versions, keep_versions=3)
+    evaluated_against_version_1 = {**METRICS, "published_mae_degC": 2.0}  # 1.9 <= 2.0 + 0.05: blessed
+    publish(fake_export(tmp_path / "better", "better", test_mae=1.5), versions, keep_versions=3)
+
+    record = export.publication(exported, evaluated_against_version_1, serving, EVALUATE)
+    assert record["published"] is False and record["version"] is None
+    assert record["reason"].startswith("no longer blessed against the newest published version: ")
+    assert "published model's 1.500 C" in record["reason"]
+    assert version_numbers(versions) == [1, 2]

@@ -7,6 +7,7 @@ configs in serving/ are checked here too.
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -20,8 +21,8 @@ from tensorflow_serving.config import model_server_config_pb2
 
 from conftest import REPO_ROOT
 from pipeline.publish import (
-    MODEL_CARD, fingerprint, labelled_versions, model_directory, publish, published_mae, version_numbers,
-    versions_to_retire,
+    LAST_VERSION_NAME, MODEL_CARD, PublicationRefused, fingerprint, labelled_versions, model_directory, publish,
+    published_mae, retire, version_numbers, versions_to_retire,
 )
 
 MODELS_CONFIG = REPO_ROOT / "serving/models.config"
@@ -79,7 +80,7 @@ def test_identical_model_creates_no_new_version(tmp_path):
     again = publish(fake_export(tmp_path / "two", "a", test_mae=9.9), served, keep_versions=3)  # new card and id only
     assert (again.version, again.created, again.fingerprint) == (1, False, first.fingerprint)
     assert version_numbers(served) == [1]
-    assert set(os.listdir(served)) == {"1", ".publish.lock"}  # no staging copy left behind
+    assert set(os.listdir(served)) == {"1", ".publish.lock", ".last_version"}  # no staging copy left behind
 
 
 def test_changed_model_becomes_the_next_version_and_the_old_one_stays(tmp_path):
@@ -140,6 +141,57 @@ def test_labels_are_read_for_our_model_only(tmp_path):
     (tmp_path / "broken.config").write_text("model_config_list { config { nme: 1 } }")
     with pytest.raises(ValueError, match="broken.config"):
         labelled_versions(tmp_path / "broken.config", "jena_temperature")
+
+
+def test_a_version_number_is_never_given_twice(tmp_path):
+    served = tmp_path / "served"
+    publish(fake_export(tmp_path / "a", "a"), served, keep_versions=3)
+    publish(fake_export(tmp_path / "b", "b"), served, keep_versions=3)
+    retire(served, 2)  # a rollback: the newest version is deleted
+    result = publish(fake_export(tmp_path / "c", "c"), served, keep_versions=3)
+    assert (result.version, result.created) == (3, True)
+    assert version_numbers(served) == [1, 3]
+    assert (served / LAST_VERSION_NAME).read_text() == "3\n"
+
+
+def test_an_unreadable_version_record_is_named(tmp_path):
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / LAST_VERSION_NAME).write_text("three")
+    with pytest.raises(ValueError, match=r"\.last_version: expected the last published version number"):
+        publish(fake_export(tmp_path / "a", "a"), served, keep_versions=3)
+    assert version_numbers(served) == []
+
+
+def test_leftovers_of_killed_publications_are_removed(tmp_path):
+    served = tmp_path / "served"
+    served.mkdir()
+    finished = subprocess.Popen([sys.executable, "-c", "pass"])
+    finished.wait()
+    host = socket.gethostname()
+    dead = [f".staging-{host}-{finished.pid}-k1", f".retiring-{host}-{finished.pid}-4-k2"]
+    alive = [f".staging-{host}-{os.getpid()}-k3", f".staging-other-host-{finished.pid}-k4", ".staging-x"]
+    for name in dead + alive:
+        (served / name / "model").mkdir(parents=True)
+    publish(fake_export(tmp_path / "a", "a"), served, keep_versions=3)
+    assert set(os.listdir(served)) == {"1", ".publish.lock", LAST_VERSION_NAME, *alive}
+
+
+def test_the_blessing_is_checked_again_against_the_newest_version(tmp_path):
+    served = tmp_path / "served"
+    asked = []
+
+    def within_a_tenth(newest_mae):
+        asked.append(newest_mae)
+        return (newest_mae is None or 1.7 <= newest_mae + 0.1), f"1.700 C against {newest_mae}"
+
+    assert publish(fake_export(tmp_path / "a", "a", test_mae=2.0), served, 3, still_blessed=within_a_tenth).version == 1
+    publish(fake_export(tmp_path / "b", "b", test_mae=1.5), served, keep_versions=3)  # landed meanwhile
+    with pytest.raises(PublicationRefused, match="1.700 C against 1.5"):
+        publish(fake_export(tmp_path / "c", "c", test_mae=1.7), served, 3, still_blessed=within_a_tenth)
+    assert asked == [None, 1.5]
+    assert version_numbers(served) == [1, 2]
+    assert set(os.listdir(served)) == {"1", "2", ".publish.lock", LAST_VERSION_NAME}
 
 
 def test_published_mae_is_the_newest_versions(tmp_path):
