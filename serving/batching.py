@@ -1,7 +1,7 @@
 """Server-side request batching, like TensorFlow Serving's BatchingSession.
 
-With ``--enable_batching`` every loaded servable gets a ``Batcher`` as its
-executor. Concurrent calls to the same signature whose inputs agree in dtype
+With ``--enable_batching`` every loaded servable gets a ``Batcher`` for its
+model calls. Concurrent calls to the same signature whose inputs agree in dtype
 and in every dimension but the first are concatenated along dimension 0,
 run as one model call by one of ``num_batch_threads`` workers, and the
 outputs are split back per caller. A batch is closed when it reaches
@@ -34,22 +34,27 @@ class _Task:
     signature_name: str
     inputs: dict
     size: int
-    key: tuple
+    key: object  # tasks with equal keys can be merged
     enqueued_at: float
+    mergeable: bool
     future: Future = dataclasses.field(default_factory=Future)
 
 
 def _task_size(inputs: dict) -> int | None:
     sizes = {value.shape[0] for value in inputs.values() if value.ndim > 0}
     if any(value.ndim == 0 for value in inputs.values()) or not sizes:
-        return None  # scalars cannot be batched: run alone
+        return None  # scalars cannot be merged
     if len(sizes) != 1:
         raise invalid_argument("Batching session Run() input tensors must have equal 0th-dimension size")
     return sizes.pop()
 
 
 class Batcher:
-    """Callable executor: (signature_name, inputs) -> outputs, merged across callers."""
+    """(signature_name, inputs) -> outputs, merged across callers.
+
+    ``submit`` queues a call and returns a future (for an asynchronous server);
+    calling the batcher waits for it.
+    """
 
     def __init__(self, execute, parameters: BatchingParameters):
         self._execute = execute
@@ -64,15 +69,21 @@ class Batcher:
             worker.start()
 
     def __call__(self, signature_name: str, inputs: dict) -> dict:
+        return self.submit(signature_name, inputs).result()
+
+    def submit(self, signature_name: str, inputs: dict) -> Future:
+        """Queues one call; its future gets the caller's rows of the batch's outputs."""
         size = _task_size(inputs)
-        if size is None:
-            return self._execute(signature_name, inputs)
+        mergeable = size is not None
+        if mergeable:
+            key = (signature_name,) + tuple(sorted(
+                (alias, value.dtype.str, value.shape[1:]) for alias, value in inputs.items()))
+        else:
+            size, key = 1, object()  # equal to no other key: runs alone
         if size > self._parameters.max_batch_size:
             raise invalid_argument(f"Task size {size} is larger than maximum input batch size "
                                    f"{self._parameters.max_batch_size}")
-        key = (signature_name,) + tuple(sorted(
-            (alias, value.dtype.str, value.shape[1:]) for alias, value in inputs.items()))
-        task = _Task(signature_name, inputs, size, key, time.monotonic())
+        task = _Task(signature_name, inputs, size, key, time.monotonic(), mergeable)
         with self._condition:
             if self._closed:
                 raise unavailable("Batch scheduler is shutting down")
@@ -82,7 +93,7 @@ class Batcher:
             self._queue.append(task)
             self._queued_size += size
             self._condition.notify()
-        return task.future.result()
+        return task.future
 
     def close(self) -> None:
         with self._condition:
@@ -139,7 +150,7 @@ class Batcher:
                     task.future.set_result(result)
 
     def _run(self, batch: list[_Task]) -> list[dict]:
-        if len(batch) == 1 and not self._parameters.allowed_batch_sizes:
+        if len(batch) == 1 and (not self._parameters.allowed_batch_sizes or not batch[0].mergeable):
             return [self._execute(batch[0].signature_name, batch[0].inputs)]
         total = sum(task.size for task in batch)
         padded = next((size for size in self._parameters.allowed_batch_sizes if size >= total), total)

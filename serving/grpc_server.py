@@ -5,13 +5,22 @@ names, call it, and turn a ``ServingError`` into the gRPC status TF Serving
 would answer. The standard ``grpc.health.v1`` service is added on request.
 Messages of any size up to INT_MAX are accepted, as in TF Serving, and extra
 channel arguments come from ``--grpc_channel_arguments``.
+
+The server is ``grpc.aio`` on one event-loop thread. Work that blocks (model
+calls, loading a new config) runs on a pool of ``--grpc_max_threads``
+threads, except a Predict to a batching servable: it is decoded and checked
+on the loop and then only awaits its batch, so that many waiting requests
+cost no thread each. (Python's GIL makes every thread a request wakes a
+cost every other request pays.)
 """
 
+import asyncio
 import concurrent.futures
 import functools
 import logging
 import os
 import stat
+import threading
 import time
 
 import grpc
@@ -41,18 +50,18 @@ def _answering_errors(api: str | None = None):
 
     def decorate(handler):
         @functools.wraps(handler)
-        def wrapper(self, request, context):
+        async def wrapper(self, request, context):
             started = time.perf_counter()
             status = "OK"
             try:
-                return handler(self, request, context)
+                return await handler(self, request, context)
             except ServingError as error:
                 status = error.code_name
-                context.abort(error.code, error.message)
+                await context.abort(error.code, error.message)
             except Exception as error:  # never let a request take the server down
                 status = "INTERNAL"
                 log.exception("%s failed", handler.__name__)
-                context.abort(grpc.StatusCode.INTERNAL, f"{type(error).__name__}: {error}")
+                await context.abort(grpc.StatusCode.INTERNAL, f"{type(error).__name__}: {error}")
             finally:
                 if api and request.model_spec.name:
                     self.metrics.record_request(request.model_spec.name, api, "GRPC", status,
@@ -64,17 +73,30 @@ def _answering_errors(api: str | None = None):
 
 
 class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
-    def __init__(self, manager, metrics: Metrics):
+    def __init__(self, manager, metrics: Metrics, blocking):
         self.manager = manager
         self.metrics = metrics
+        self.blocking = blocking  # runs a blocking call off the event loop, returns an awaitable
+
+    async def _in_pool(self, model_spec, call):
+        """call(servable) on the pool, the servable counted in use until it returns (even if the client gives up)."""
+        def run():
+            with self.manager.serving(model_spec) as servable:
+                return call(servable)
+
+        return await self.blocking(run)
 
     @_answering_errors("predict")
-    def Predict(self, request, context):
+    async def Predict(self, request, context):
         with self.manager.serving(request.model_spec) as servable:
-            return servable.predict_request(request)
+            if servable.batcher is not None:  # decoded here; only the batch is awaited
+                call = servable.prepare_request(request)
+                outputs = await asyncio.wrap_future(servable.batcher.submit(call.signature_name, call.feeds))
+                return servable.predict_response(call, outputs)
+        return await self._in_pool(request.model_spec, lambda servable: servable.predict_request(request))
 
     @_answering_errors()
-    def GetModelMetadata(self, request, context):
+    async def GetModelMetadata(self, request, context):
         if not request.HasField("model_spec"):
             raise invalid_argument("Missing model_spec")
         if not request.metadata_field:
@@ -86,21 +108,18 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
             return servable.metadata_response()
 
     @_answering_errors("classify")
-    def Classify(self, request, context):
-        with self.manager.serving(request.model_spec) as servable:
-            return servable.classify(request)
+    async def Classify(self, request, context):
+        return await self._in_pool(request.model_spec, lambda servable: servable.classify(request))
 
     @_answering_errors("regress")
-    def Regress(self, request, context):
-        with self.manager.serving(request.model_spec) as servable:
-            return servable.regress(request)
+    async def Regress(self, request, context):
+        return await self._in_pool(request.model_spec, lambda servable: servable.regress(request))
 
     @_answering_errors()
-    def MultiInference(self, request, context):
+    async def MultiInference(self, request, context):
         if not request.tasks:
             raise invalid_argument("Tasks is empty")
-        with self.manager.serving(request.tasks[0].model_spec) as servable:
-            return servable.multi_inference(request)
+        return await self._in_pool(request.tasks[0].model_spec, lambda servable: servable.multi_inference(request))
 
 
 def model_status_response(statuses) -> get_model_status_pb2.GetModelStatusResponse:
@@ -116,15 +135,16 @@ def model_status_response(statuses) -> get_model_status_pb2.GetModelStatusRespon
 
 
 class ModelService(model_service_pb2_grpc.ModelServiceServicer):
-    def __init__(self, manager):
+    def __init__(self, manager, blocking):
         self.manager = manager
+        self.blocking = blocking
 
     @_answering_errors()
-    def GetModelStatus(self, request, context):
+    async def GetModelStatus(self, request, context):
         return model_status_response(self.manager.model_status(request.model_spec))
 
     @_answering_errors()
-    def HandleReloadConfigRequest(self, request, context):
+    async def HandleReloadConfigRequest(self, request, context):
         if request.config.WhichOneof("config") != "model_config_list":
             raise invalid_argument("ServerModelConfig type not supported by HandleReloadConfigRequest. "
                                    "Only ModelConfigList is currently supported")
@@ -132,14 +152,14 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
             log.info("Config entry index : %d path : %s name : %s platform : %s",
                      index, model.base_path, model.name, model.model_platform)
         try:
-            self.manager.apply_config(request.config)
+            await self.blocking(self.manager.apply_config, request.config)
         except ServingError as error:
             log.error("ServerCore failed to reload config: %s", error.message)
             raise
         return model_management_pb2.ReloadConfigResponse()
 
 
-def _add_service(server: grpc.Server, service, servicer) -> None:
+def _add_service(server, service, servicer) -> None:
     """Registers each method of a proto service (all unary), so that gRPC's core
     matches incoming calls to them instead of a Python lookup per request."""
     handlers = {
@@ -153,40 +173,69 @@ def _add_service(server: grpc.Server, service, servicer) -> None:
 
 
 class GrpcServer:
-    """Owns the grpc.Server: TCP port, optional UNIX socket, services."""
+    """Owns the grpc.aio server and its event-loop thread: TCP port, optional UNIX socket, services."""
 
     def __init__(self, manager, metrics: Metrics, host: str, port: int, socket_path: str,
                  channel_arguments: list, max_threads: int, enable_health: bool):
         options = [("grpc.max_send_message_length", MAX_MESSAGE_SIZE),
                    ("grpc.max_receive_message_length", MAX_MESSAGE_SIZE)] + list(channel_arguments)
-        self._server = grpc.server(concurrent.futures.ThreadPoolExecutor(max_workers=max_threads,
-                                                                         thread_name_prefix="grpc"),
-                                   options=options)
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=max_threads, thread_name_prefix="grpc")
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="grpc-loop", daemon=True)
+        self._thread.start()
+        self._server = self._on_loop(self._create_server(options))
+
+        def blocking(function, *args):
+            return self._loop.run_in_executor(self._pool, function, *args)
+
         _add_service(self._server, prediction_service_pb2.DESCRIPTOR.services_by_name["PredictionService"],
-                     PredictionService(manager, metrics))
+                     PredictionService(manager, metrics, blocking))
         _add_service(self._server, model_service_pb2.DESCRIPTOR.services_by_name["ModelService"],
-                     ModelService(manager))
+                     ModelService(manager, blocking))
         self._health = None
         if enable_health:
-            self._health = health.HealthServicer()
+            self._health = health.aio.HealthServicer()
             health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
             for name in ("",) + SERVICE_NAMES:
-                self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+                self._on_loop(self._health.set(name, health_pb2.HealthCheckResponse.SERVING))
         self.addresses = []
-        if port:
-            bound = self._server.add_insecure_port(f"{host}:{port}")
-            self.addresses.append(f"{host}:{bound}")
-        if socket_path:
-            socket_path = os.path.abspath(socket_path)
-            if os.path.exists(socket_path) and stat.S_ISSOCK(os.stat(socket_path).st_mode):
-                os.unlink(socket_path)
-            self._server.add_insecure_port(f"unix:{socket_path}")
-            self.addresses.append(f"unix:{socket_path}")
+        try:
+            if port:
+                bound = self._server.add_insecure_port(f"{host}:{port}")
+                self.addresses.append(f"{host}:{bound}")
+            if socket_path:
+                socket_path = os.path.abspath(socket_path)
+                if os.path.exists(socket_path) and stat.S_ISSOCK(os.stat(socket_path).st_mode):
+                    os.unlink(socket_path)
+                self._server.add_insecure_port(f"unix:{socket_path}")
+                self.addresses.append(f"unix:{socket_path}")
+        except Exception:
+            self._close_loop()
+            raise
+
+    @staticmethod
+    async def _create_server(options):
+        return grpc.aio.server(options=options)  # made on the loop, which then runs it
+
+    def _on_loop(self, coroutine):
+        """Runs a coroutine on the server's event loop and waits for its result."""
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
 
     def start(self) -> None:
-        self._server.start()
+        try:
+            self._on_loop(self._server.start())
+        except Exception:
+            self._close_loop()
+            raise
 
     def stop(self, grace_seconds: float) -> None:
         if self._health is not None:
-            self._health.enter_graceful_shutdown()
-        self._server.stop(grace_seconds).wait()
+            self._on_loop(self._health.enter_graceful_shutdown())
+        self._on_loop(self._server.stop(grace_seconds))
+        self._close_loop()
+
+    def _close_loop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()
+        self._pool.shutdown(wait=True)

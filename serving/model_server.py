@@ -212,7 +212,7 @@ def main(argv=None) -> int:
         num_request_iterations_for_warmup=flags.num_request_iterations_for_warmup,
         saved_model_tags=frozenset(tag.strip() for tag in flags.saved_model_tags.split(",") if tag.strip()),
         allow_version_labels_for_unavailable_models=flags.allow_version_labels_for_unavailable_models,
-        prepare_servable=(lambda servable: setattr(servable, "executor", Batcher(servable.execute, batching)))
+        prepare_servable=(lambda servable: setattr(servable, "batcher", Batcher(servable.execute, batching)))
         if batching else None,
         on_load_attempt=metrics.record_load_attempt,
     )

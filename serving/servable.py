@@ -13,11 +13,14 @@ Like TensorFlow Serving, an input may leave out trailing dimensions of size 1
 (a scalar per instance for a ``[-1, 1]`` input): it is fed with those
 dimensions added and they are dropped again from the outputs.
 
-``execute`` is the raw model call. The batcher replaces ``executor`` to merge
-concurrent calls; everything else goes through ``predict``, ``classify``,
-``regress`` and ``multi_inference``.
+``execute`` is the raw model call and ``run`` the one every request uses:
+with batching on, ``batcher`` merges it with concurrent calls. A Predict is
+three steps, ``prepare_request`` (decode and validate), the model call and
+``predict_response``, so that an asynchronous server can await the batch
+in between; ``predict_request`` does all three in the calling thread.
 """
 
+import dataclasses
 import logging
 import os
 import threading
@@ -52,6 +55,16 @@ CLASSIFY_METHOD = "tensorflow/serving/classify"
 REGRESS_METHOD = "tensorflow/serving/regress"
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 MAX_WARMUP_RECORDS = 1000
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelCall:
+    """A validated Predict: what to feed the model and which outputs to return."""
+
+    signature_name: str
+    feeds: dict[str, np.ndarray]
+    output_aliases: list[str]
+    added_unit_dims: int
 
 
 def _format_shape(dims) -> str:
@@ -94,7 +107,7 @@ class Servable:
         self._loaded = None
         self._functions = {}
         self._load(tags)
-        self.executor = self.execute
+        self.batcher = None  # set by the server when batching is on
         self._in_flight = 0
         self._drained = threading.Condition()
 
@@ -147,9 +160,8 @@ class Servable:
         """Waits for in-flight calls, then releases the model (and its batcher)."""
         with self._drained:
             self._drained.wait_for(lambda: self._in_flight == 0)
-        close_executor = getattr(self.executor, "close", None)
-        if close_executor is not None:
-            close_executor()
+        if self.batcher is not None:
+            self.batcher.close()
         if self._session is not None:
             self._session.close()
         self._functions = {}
@@ -202,32 +214,51 @@ class Servable:
         except tf.errors.OpError as error:
             raise ServingError(status_code_from_number(error.error_code), _first_line(error)) from error
 
+    def run(self, signature_name: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The model call of every request: through the batcher when batching is on."""
+        if self.batcher is not None:
+            return self.batcher(signature_name, feeds)
+        return self.execute(signature_name, feeds)
+
     # ----------------------------------------------------------------- predict
+    def prepare(self, signature_name: str, inputs: dict[str, np.ndarray], output_filter=()) -> ModelCall:
+        """Validates inputs against the signature and resolves the outputs to return."""
+        resolved, signature = self.signature(signature_name)
+        feeds, added_unit_dims = _prepare_inputs(signature, inputs)
+        return ModelCall(resolved, feeds, _select_outputs(signature, output_filter), added_unit_dims)
+
+    def selected_outputs(self, call: ModelCall, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The requested outputs, without the unit dimensions ``prepare`` added to the inputs."""
+        selected = {}
+        for alias in call.output_aliases:
+            value = np.asarray(outputs[alias])
+            if call.added_unit_dims and value.ndim > call.added_unit_dims and all(
+                size == 1 for size in value.shape[-call.added_unit_dims:]
+            ):
+                value = value.reshape(value.shape[:-call.added_unit_dims])
+            selected[alias] = value
+        return selected
+
     def predict(self, signature_name: str, inputs: dict[str, np.ndarray],
                 output_filter=()) -> tuple[str, dict[str, np.ndarray]]:
         """Validates inputs against the signature, runs it, filters outputs."""
-        resolved, signature = self.signature(signature_name)
-        feeds, added_unit_dims = _prepare_inputs(signature, inputs)
-        aliases = _select_outputs(signature, output_filter)
-        outputs = self.executor(resolved, feeds)
-        selected = {}
-        for alias in aliases:
-            value = np.asarray(outputs[alias])
-            if added_unit_dims and value.ndim > added_unit_dims and all(
-                size == 1 for size in value.shape[-added_unit_dims:]
-            ):
-                value = value.reshape(value.shape[:-added_unit_dims])
-            selected[alias] = value
-        return resolved, selected
+        call = self.prepare(signature_name, inputs, output_filter)
+        return call.signature_name, self.selected_outputs(call, self.run(call.signature_name, call.feeds))
 
-    def predict_request(self, request: predict_pb2.PredictRequest) -> predict_pb2.PredictResponse:
+    def prepare_request(self, request: predict_pb2.PredictRequest) -> ModelCall:
         arrays = {alias: tensors.to_ndarray(proto, alias) for alias, proto in request.inputs.items()}
-        resolved, outputs = self.predict(request.model_spec.signature_name, arrays, request.output_filter)
+        return self.prepare(request.model_spec.signature_name, arrays, request.output_filter)
+
+    def predict_response(self, call: ModelCall, outputs: dict[str, np.ndarray]) -> predict_pb2.PredictResponse:
         response = predict_pb2.PredictResponse()
-        self._fill_model_spec(response.model_spec, resolved)
-        for alias, value in outputs.items():
+        self._fill_model_spec(response.model_spec, call.signature_name)
+        for alias, value in self.selected_outputs(call, outputs).items():
             response.outputs[alias].CopyFrom(tensors.to_tensor_proto(value))
         return response
+
+    def predict_request(self, request: predict_pb2.PredictRequest) -> predict_pb2.PredictResponse:
+        call = self.prepare_request(request)
+        return self.predict_response(call, self.run(call.signature_name, call.feeds))
 
     def _fill_model_spec(self, model_spec, signature_name: str) -> None:
         model_spec.name = self.model_name
@@ -245,7 +276,7 @@ class Servable:
             raise invalid_argument("Expected one input Tensor.")
         serialized = _serialized_examples(model_input)
         alias = next(iter(signature.inputs))
-        outputs = self.executor(resolved, {alias: np.array(serialized, dtype=object)})
+        outputs = self.run(resolved, {alias: np.array(serialized, dtype=object)})
         return resolved, signature, outputs, len(serialized)
 
     def classify(self, request: classification_pb2.ClassificationRequest) -> classification_pb2.ClassificationResponse:
