@@ -114,7 +114,8 @@ class RestApi:
         spec.signature_name = json_tensor.signature_name(document)
         with self.manager.serving(spec) as servable:
             if verb == "predict":
-                _, signature = servable.signature(spec.signature_name)
+                _, signature = servable.signature(spec.signature_name, lambda name: invalid_argument(
+                    f'Serving signature name: "{name}" not found in signature def'))
                 inputs, row_format = json_tensor.predict_inputs(document, signature)
                 _, outputs = servable.predict(spec.signature_name, inputs)
                 return json_tensor.predict_outputs(outputs, row_format)

@@ -180,11 +180,15 @@ class Servable:
                 self._drained.notify_all()
 
     # ------------------------------------------------------------- signatures
-    def signature(self, name: str) -> tuple[str, meta_graph_pb2.SignatureDef]:
+    def signature(self, name: str, missing=None) -> tuple[str, meta_graph_pb2.SignatureDef]:
+        """(resolved name, SignatureDef); ``missing(resolved)`` makes the error for an unknown name.
+
+        The default is gRPC Predict's; Classify, Regress and REST word it their own way in TF Serving.
+        """
         resolved = name or DEFAULT_SIGNATURE
         signature = self.signature_defs.get(resolved)
         if signature is None:
-            raise failed_precondition(f'Serving signature name: "{resolved}" not found in signature def')
+            raise (missing or _unknown_predict_signature)(resolved)
         return resolved, signature
 
     def metadata_response(self) -> get_model_metadata_pb2.GetModelMetadataResponse:
@@ -271,7 +275,8 @@ class Servable:
 
         Returns (resolved signature name, SignatureDef, outputs, example count).
         """
-        resolved, signature = self.signature(signature_name)
+        resolved, signature = self.signature(
+            signature_name, lambda name: invalid_argument(f"No signature was found with the name: {name}"))
         if len(signature.inputs) != 1:
             raise invalid_argument("Expected one input Tensor.")
         serialized = _serialized_examples(model_input)
@@ -315,6 +320,10 @@ class Servable:
             fill(signature, outputs, getattr(result, field), count)
             self._fill_model_spec(result.model_spec, resolved)
         return response
+
+
+def _unknown_predict_signature(name: str) -> ServingError:
+    return failed_precondition(f'Serving signature key "{name}" not found.')
 
 
 def _first_line(error: Exception) -> str:

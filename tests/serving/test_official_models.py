@@ -231,6 +231,11 @@ def test_grpc_classify_regress_and_multi_inference(server):
     result = server.predict_stub.Classify(classify, timeout=10)
     assert result.result.classifications[0].classes[0].score == pytest.approx(3.0)
 
+    classify.model_spec.signature_name = "nope"
+    error = rpc_error(server.predict_stub.Classify, classify)
+    assert (error.code(), error.details()) == (grpc.StatusCode.INVALID_ARGUMENT,
+                                               "No signature was found with the name: nope")
+
     regress = regression_pb2.RegressionRequest()
     regress.model_spec.name = "default"
     regress.model_spec.signature_name = "regress_x_to_y"
@@ -262,7 +267,7 @@ def test_grpc_classify_regress_and_multi_inference(server):
     (lambda: predict_request([[1.0, 2.0, 3.0]]), grpc.StatusCode.INVALID_ARGUMENT,
      "Cannot feed value of shape (1, 3) for input 'x' (Tensor x:0), which has shape (?, 1)"),
     (lambda: predict_request([[1.0]], signature="nope"), grpc.StatusCode.FAILED_PRECONDITION,
-     'Serving signature name: "nope" not found in signature def'),
+     'Serving signature key "nope" not found.'),
 ])
 def test_grpc_predict_errors(server, build, code, wording):
     error = rpc_error(server.predict_stub.Predict, build())
