@@ -6,12 +6,18 @@ would answer. The standard ``grpc.health.v1`` service is added on request.
 Messages of any size up to INT_MAX are accepted, as in TF Serving, and extra
 channel arguments come from ``--grpc_channel_arguments``.
 
-The server is ``grpc.aio`` on one event-loop thread. Work that blocks (model
-calls, loading a new config) runs on a pool of ``--grpc_max_threads``
-threads, except a Predict to a batching servable: it is decoded and checked
-on the loop and then only awaits its batch, so that many waiting requests
-cost no thread each. (Python's GIL makes every thread a request wakes a
-cost every other request pays.)
+The handlers are coroutines, served one of two ways:
+
+* With batching, by ``grpc.aio`` on one event-loop thread. A Predict to a
+  batching servable is decoded and checked on the loop and then only awaits
+  its batch, so that many waiting requests cost no thread each (under
+  Python's GIL every thread a request wakes costs all requests time). Work
+  that blocks (other calls, loading a new config) runs on a pool of
+  ``--grpc_max_threads`` threads.
+* Without batching every call blocks a thread anyway, so ``grpc.server``
+  runs each handler to completion on its own thread of that pool, with no
+  hand-off to and from an event loop: a lone request is answered about
+  0.2 ms sooner.
 """
 
 import asyncio
@@ -159,12 +165,12 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
         return model_management_pb2.ReloadConfigResponse()
 
 
-def _add_service(server, service, servicer) -> None:
+def _add_service(server, service, servicer, wrap=None) -> None:
     """Registers each method of a proto service (all unary), so that gRPC's core
     matches incoming calls to them instead of a Python lookup per request."""
     handlers = {
         method.name: grpc.unary_unary_rpc_method_handler(
-            getattr(servicer, method.name),
+            (wrap or (lambda handler: handler))(getattr(servicer, method.name)),
             request_deserializer=message_factory.GetMessageClass(method.input_type).FromString,
             response_serializer=message_factory.GetMessageClass(method.output_type).SerializeToString)
         for method in service.methods
@@ -172,32 +178,62 @@ def _add_service(server, service, servicer) -> None:
     server.add_registered_method_handlers(service.full_name, handlers)
 
 
+async def _call_inline(function, *args):
+    return function(*args)
+
+
+def _on_this_thread(coroutine_function):
+    """A blocking gRPC handler that runs a handler coroutine on the calling thread.
+
+    Without an event loop every ``blocking`` call is ``_call_inline``, which
+    never suspends, so one step runs the coroutine to its end.
+    """
+
+    def handler(request, context):
+        coroutine = coroutine_function(request, context)
+        try:
+            coroutine.send(None)
+        except StopIteration as finished:
+            return finished.value
+        coroutine.close()
+        raise RuntimeError(f"{coroutine_function.__name__} waited for an event loop; it needs the asynchronous server")
+
+    return handler
+
+
 class GrpcServer:
-    """Owns the grpc.aio server and its event-loop thread: TCP port, optional UNIX socket, services."""
+    """Owns the gRPC server (and with ``asynchronous`` its event-loop thread): TCP port, optional UNIX socket, services."""
 
     def __init__(self, manager, metrics: Metrics, host: str, port: int, socket_path: str,
-                 channel_arguments: list, max_threads: int, enable_health: bool):
+                 channel_arguments: list, max_threads: int, enable_health: bool, asynchronous: bool):
         options = [("grpc.max_send_message_length", MAX_MESSAGE_SIZE),
                    ("grpc.max_receive_message_length", MAX_MESSAGE_SIZE)] + list(channel_arguments)
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=max_threads, thread_name_prefix="grpc")
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="grpc-loop", daemon=True)
-        self._thread.start()
-        self._server = self._on_loop(self._create_server(options))
+        self._loop = None
+        if asynchronous:
+            self._loop = asyncio.new_event_loop()
+            self._thread = threading.Thread(target=self._loop.run_forever, name="grpc-loop", daemon=True)
+            self._thread.start()
+            self._server = self._on_loop(self._create_server(options))
 
-        def blocking(function, *args):
-            return self._loop.run_in_executor(self._pool, function, *args)
+            def blocking(function, *args):
+                return self._loop.run_in_executor(self._pool, function, *args)
+
+            wrap = None
+        else:
+            self._server = grpc.server(self._pool, options=options)
+            blocking, wrap = _call_inline, _on_this_thread
 
         _add_service(self._server, prediction_service_pb2.DESCRIPTOR.services_by_name["PredictionService"],
-                     PredictionService(manager, metrics, blocking))
+                     PredictionService(manager, metrics, blocking), wrap)
         _add_service(self._server, model_service_pb2.DESCRIPTOR.services_by_name["ModelService"],
-                     ModelService(manager, blocking))
+                     ModelService(manager, blocking), wrap)
         self._health = None
         if enable_health:
-            self._health = health.aio.HealthServicer()
+            self._health = health.aio.HealthServicer() if asynchronous else health.HealthServicer()
             health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
             for name in ("",) + SERVICE_NAMES:
-                self._on_loop(self._health.set(name, health_pb2.HealthCheckResponse.SERVING))
+                self._run(self._health.set(name, health_pb2.HealthCheckResponse.SERVING))
         self.addresses = []
         try:
             if port:
@@ -210,7 +246,7 @@ class GrpcServer:
                 self._server.add_insecure_port(f"unix:{socket_path}")
                 self.addresses.append(f"unix:{socket_path}")
         except Exception:
-            self._close_loop()
+            self._release_threads()
             raise
 
     @staticmethod
@@ -221,21 +257,30 @@ class GrpcServer:
         """Runs a coroutine on the server's event loop and waits for its result."""
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
 
+    def _run(self, result):
+        """The aio server's methods are coroutines (run them on the loop); grpc.server's are not."""
+        return self._on_loop(result) if self._loop is not None else result
+
     def start(self) -> None:
         try:
-            self._on_loop(self._server.start())
+            self._run(self._server.start())
         except Exception:
-            self._close_loop()
+            self._release_threads()
             raise
 
     def stop(self, grace_seconds: float) -> None:
         if self._health is not None:
-            self._on_loop(self._health.enter_graceful_shutdown())
-        self._on_loop(self._server.stop(grace_seconds))
-        self._close_loop()
+            self._run(self._health.enter_graceful_shutdown())
+        stopping = self._server.stop(grace_seconds)
+        if self._loop is not None:
+            self._on_loop(stopping)
+        else:
+            stopping.wait()
+        self._release_threads()
 
-    def _close_loop(self) -> None:
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join()
-        self._loop.close()
+    def _release_threads(self) -> None:
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join()
+            self._loop.close()
         self._pool.shutdown(wait=True)

@@ -231,7 +231,8 @@ def main(argv=None) -> int:
 
     try:
         grpc_server = GrpcServer(manager, metrics, flags.host, flags.port, flags.grpc_socket_path,
-                                 channel_arguments, flags.grpc_max_threads, flags.enable_grpc_healthcheck_service)
+                                 channel_arguments, flags.grpc_max_threads, flags.enable_grpc_healthcheck_service,
+                                 asynchronous=flags.enable_batching)
         grpc_server.start()
         for address in grpc_server.addresses:
             log.info("Running gRPC ModelServer at %s ...", address)
