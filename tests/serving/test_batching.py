@@ -8,7 +8,13 @@ import grpc
 import numpy as np
 import pytest
 import tensorflow as tf
-from tensorflow_serving.apis import predict_pb2
+from tensorflow_serving.apis import (
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+)
 
 from tests.serving.conftest import ServerProcess
 
@@ -78,3 +84,33 @@ def test_full_queue_answers_unavailable(server):
     assert set(refused) == {(grpc.StatusCode.UNAVAILABLE,
                              "The batch scheduling queue to which this task was submitted is full")}
     assert call(server, 1).shape == (1, 1)  # still serving afterwards
+
+
+def test_the_asynchronous_server_answers_every_service_and_error_as_the_threaded_one(server):
+    """With batching the gRPC server runs on an event loop; the other RPCs and the errors must not change."""
+    status = model_service_pb2_grpc.ModelServiceStub(server.channel).GetModelStatus(
+        get_model_status_pb2.GetModelStatusRequest(model_spec=model_pb2.ModelSpec(name="probe")), timeout=10)
+    assert [(entry.version, entry.state) for entry in status.model_version_status] == [
+        (1, get_model_status_pb2.ModelVersionStatus.AVAILABLE)]
+
+    metadata = server.predict_stub.GetModelMetadata(get_model_metadata_pb2.GetModelMetadataRequest(
+        model_spec=model_pb2.ModelSpec(name="probe"), metadata_field=["signature_def"]), timeout=10)
+    assert metadata.model_spec.version.value == 1
+
+    def predict_error(name="probe", alias="x", signature=""):
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = name
+        request.model_spec.signature_name = signature
+        request.inputs[alias].CopyFrom(tf.make_tensor_proto(np.ones([1, 1], np.float32)))
+        with pytest.raises(grpc.RpcError) as caught:
+            server.predict_stub.Predict(request, timeout=10)
+        return caught.value.code(), caught.value.details()
+
+    assert predict_error(name="missing") == (grpc.StatusCode.NOT_FOUND,
+                                             "Servable not found for request: Latest(missing)")
+    assert predict_error(signature="nope") == (grpc.StatusCode.FAILED_PRECONDITION,
+                                               'Serving signature key "nope" not found.')
+    assert predict_error(alias="z") == (grpc.StatusCode.INVALID_ARGUMENT,
+                                        "input tensor alias not found in signature: z. "
+                                        "Inputs expected to be in the set {x}.")
+    assert call(server, 1).shape == (1, 1)
