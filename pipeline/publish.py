@@ -45,6 +45,8 @@ from filelock import FileLock
 from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
+from pipeline.atomic import atomic_path
+
 MODEL_CARD = Path("assets.extra/model_card.json")
 # TensorFlow writes a random id into fingerprint.pb; the model card holds the
 # fingerprint and the creation time. Neither is part of the model's content.
@@ -135,10 +137,8 @@ def next_version(directory: Path, versions: list[int]) -> int:
 
 
 def _record_last_version(directory: Path, version: int) -> None:
-    handle, temporary = tempfile.mkstemp(dir=directory, prefix=f"{LAST_VERSION_NAME}.")
-    with os.fdopen(handle, "w", encoding="utf-8") as file:
-        file.write(f"{version}\n")
-    os.replace(temporary, directory / LAST_VERSION_NAME)
+    with atomic_path(directory / LAST_VERSION_NAME) as temporary:
+        temporary.write_text(f"{version}\n", encoding="utf-8")
 
 
 def _hidden_prefix(kind: str) -> str:
@@ -146,17 +146,14 @@ def _hidden_prefix(kind: str) -> str:
     return f"{kind}{socket.gethostname()}-{os.getpid()}-"
 
 
-def remove_leftovers(directory: Path) -> list[str]:
+def remove_leftovers(directory: Path) -> None:
     """Delete staging and retiring directories of processes on this host that no longer run."""
-    removed = []
-    for kind in (STAGING_PREFIX, RETIRING_PREFIX):
-        host_prefix = f"{kind}{socket.gethostname()}-"
-        for entry in os.scandir(directory):
+    host_prefixes = tuple(f"{kind}{socket.gethostname()}-" for kind in (STAGING_PREFIX, RETIRING_PREFIX))
+    for entry in os.scandir(directory):
+        for host_prefix in host_prefixes:
             pid = entry.name.removeprefix(host_prefix).split("-", 1)[0]
             if entry.name.startswith(host_prefix) and pid.isdigit() and not _process_alive(int(pid)):
                 shutil.rmtree(entry.path, ignore_errors=True)
-                removed.append(entry.name)
-    return removed
 
 
 def _process_alive(pid: int) -> bool:

@@ -99,6 +99,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
                 call = servable.prepare_request(request)
                 outputs = await asyncio.wrap_future(servable.batcher.submit(call.signature_name, call.feeds))
                 return servable.predict_response(call, outputs)
+        # Resolved again on the pool, so that the servable stays in use for as long as the call runs.
         return await self._in_pool(request.model_spec, lambda servable: servable.predict_request(request))
 
     @_answering_errors()

@@ -284,19 +284,18 @@ class Servable:
         outputs = self.run(resolved, {alias: np.array(serialized, dtype=object)})
         return resolved, signature, outputs, len(serialized)
 
-    def classify(self, request: classification_pb2.ClassificationRequest) -> classification_pb2.ClassificationResponse:
+    def _answer_examples(self, request, response, fill):
+        """Classify or Regress: run the request's Examples, fill ``response.result`` with ``fill``."""
         resolved, signature, outputs, count = self._run_on_examples(request.model_spec.signature_name, request.input)
-        response = classification_pb2.ClassificationResponse()
         self._fill_model_spec(response.model_spec, resolved)
-        _fill_classifications(signature, outputs, response.result, count)
+        fill(signature, outputs, response.result, count)
         return response
 
+    def classify(self, request: classification_pb2.ClassificationRequest) -> classification_pb2.ClassificationResponse:
+        return self._answer_examples(request, classification_pb2.ClassificationResponse(), _fill_classifications)
+
     def regress(self, request: regression_pb2.RegressionRequest) -> regression_pb2.RegressionResponse:
-        resolved, signature, outputs, count = self._run_on_examples(request.model_spec.signature_name, request.input)
-        response = regression_pb2.RegressionResponse()
-        self._fill_model_spec(response.model_spec, resolved)
-        _fill_regressions(signature, outputs, response.result, count)
-        return response
+        return self._answer_examples(request, regression_pb2.RegressionResponse(), _fill_regressions)
 
     def multi_inference(self, request: inference_pb2.MultiInferenceRequest) -> inference_pb2.MultiInferenceResponse:
         if not request.tasks:
