@@ -122,14 +122,34 @@ def obtain_csv(url: str, destination: Path, retries: int = 4, backoff_seconds: f
             check_header(temporary_csv, url)
 
 
+def header_problems(header: list[str]) -> str:
+    """What is wrong with a CSV header, naming the columns: '' when it is the Jena header."""
+    if header == schema.COLUMNS:
+        return ""
+    missing = [name for name in schema.COLUMNS if name not in header]
+    extra = [name for name in header if name not in schema.COLUMNS]
+    problems = []
+    if missing:
+        problems.append(f"missing columns {missing}")
+    if extra:
+        problems.append(f"unexpected columns {extra}")
+    if not problems:
+        misplaced = [f"{name!r} at position {header.index(name) + 1} (expected {position + 1})"
+                     for position, name in enumerate(schema.COLUMNS) if header.index(name) != position]
+        if misplaced:
+            problems.append("columns out of order: " + ", ".join(misplaced))
+        else:
+            problems.append("duplicated columns " + str(sorted({n for n in header if header.count(n) > 1})))
+    return "; ".join(problems)
+
+
 def check_header(csv_path: Path, origin: str) -> None:
-    """Fail early when the file is not a Jena climate CSV at all."""
+    """Fail early when the file is not a Jena climate CSV, naming the wrong columns."""
     with open(csv_path, encoding="utf-8", errors="replace") as handle:
         header = [name.strip().strip('"') for name in handle.readline().strip().split(",")]
-    if header != schema.COLUMNS:
-        raise DownloadError(
-            f"{origin}: not a Jena climate CSV; its header is {header[:4]}..., expected {schema.COLUMNS[:4]}..."
-        )
+    problems = header_problems(header)
+    if problems:
+        raise DownloadError(f"{origin}: not a Jena climate CSV: {problems}")
 
 
 def main() -> None:
