@@ -3,34 +3,41 @@
 In:  models/model.keras, data/windows/, params `evaluate.*` (`margin`,
      `tolerance`, `climatology_window_days`, `plot_days`) and
      `serving.base_path` / `serving.model_name`: the directory TensorFlow
-     Serving watches, whose newest version's model card holds the published
-     model's test MAE (see `pipeline.publish.published_mae`).
+     Serving watches, whose newest version is the published model.
 Out: metrics/evaluate.json: test MAE and RMSE in degC of the model, of
      persistence (the temperature 24 h later equals the last observed one) and
      of climatology (the training years' mean temperature for that day of the
-     year and hour), the model's skill over persistence, and the blessing with
-     its reason; and the data of three plots in plots/evaluate/:
-     predictions.csv (predicted and observed temperature over the first
-     `plot_days` of the test period), mae_by_month.csv (MAE of model and
-     persistence by month of the year) and residuals.csv (histogram of
-     predicted - observed).
+     year and hour), the model's skill over persistence, the published
+     version and its MAE measured on these same test samples, the test data's
+     fingerprint, and the blessing with its reason; and the data of three
+     plots in plots/evaluate/: predictions.csv (predicted and observed
+     temperature over the first `plot_days` of the test period),
+     mae_by_month.csv (MAE of model, persistence and the published version by
+     month of the year) and residuals.csv (histogram of predicted - observed).
 
 Blessing is the gate the export stage obeys: the model is blessed when its
 test MAE beats persistence's by at least the fraction `margin` and, if a model
-is already published, exceeds the published one's test MAE by at most
-`tolerance` degC.
+is already published, is at most `tolerance` degC worse than the published
+one on the same test samples. As TFX's Evaluator does, the published version
+is scored here, on this run's test windows, whenever its model card does not
+show the very same test data (data, split, lookback and horizon): an MAE
+measured on other data means nothing here. A published model with another
+horizon answers another question and is not comparable: no blessing.
 """
 
+import hashlib
 from pathlib import Path
 
 import keras
 import numpy as np
 import pandas as pd
+import tensorflow as tf
 
+from pipeline import schema
 from pipeline.atomic import atomic_path, write_json
 from pipeline.config import EVALUATE_METRICS, EVALUATE_PLOTS_DIR, MODEL_PATH, WINDOWS_DIR, load_params
 from pipeline.model import TEMPERATURE_INDEX  # importing pipeline.model registers its layers for load_model
-from pipeline.publish import model_directory, published_mae
+from pipeline.publish import model_directory, newest_version, read_model_card
 from pipeline.train import make_dataset
 from pipeline.window import Windows, load_windows
 
@@ -101,26 +108,97 @@ def climatology_forecast(table: np.ndarray, target_timestamps: np.ndarray) -> np
     return table[when["day"], when["hour"]]
 
 
-def bless(test_mae: float, persistence_mae: float, published: float | None,
+def bless(test_mae: float, persistence_mae: float, published: dict | None,
           margin: float, tolerance: float) -> tuple[bool, str]:
-    """The export gate: (blessed, reason)."""
+    """The export gate: (blessed, reason).
+
+    `published` is the side-by-side comparison with the published version on
+    the same test samples (`compare_with_published`), or None if none is published.
+    """
     required = persistence_mae * (1 - margin)
     if test_mae > required:
         return False, (f"test MAE {test_mae:.3f} C does not beat persistence {persistence_mae:.3f} C "
                        f"by the margin of {margin:.0%} (needs <= {required:.3f} C)")
+    beats = f"test MAE {test_mae:.3f} C beats persistence {persistence_mae:.3f} C by at least {margin:.0%}"
     if published is None:
-        return True, (f"test MAE {test_mae:.3f} C beats persistence {persistence_mae:.3f} C by at least "
-                      f"{margin:.0%}; no model is published yet")
-    if test_mae > published + tolerance:
-        return False, (f"test MAE {test_mae:.3f} C is worse than the published model's {published:.3f} C "
+        return True, f"{beats}; no model is published yet"
+    version = published["version"]
+    if published.get("not_comparable"):
+        return False, f"{beats}, but published version {version} {published['not_comparable']}"
+    ours, theirs = published["model_mae_degC"], published["mae_degC"]
+    on = f"on the same {published['samples']} test samples"
+    if ours > theirs + tolerance:
+        return False, (f"MAE {ours:.3f} C {on} is worse than published version {version}'s {theirs:.3f} C "
                        f"by more than the tolerance of {tolerance:.3f} C")
-    return True, (f"test MAE {test_mae:.3f} C beats persistence {persistence_mae:.3f} C by at least "
-                  f"{margin:.0%} and is within {tolerance:.3f} C of the published model's {published:.3f} C")
+    return True, f"{beats} and {ours:.3f} C {on} is within {tolerance:.3f} C of published version {version}'s {theirs:.3f} C"
 
 
-def evaluation_metrics(observed, predicted, persistence, climatology, published: float | None,
+def test_data_fingerprint(windows: Windows) -> str:
+    """SHA-256 of what a test MAE is measured on: the series, its times, the test samples, lookback and horizon.
+    Equal fingerprints mean two models' test MAEs are comparable as they stand."""
+    digest = hashlib.sha256()
+    for array in (windows.hourly, windows.timestamps, windows.starts["test"],
+                  np.array([windows.lookback, windows.horizon])):
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
+
+
+def complete_history(windows: Windows, starts: np.ndarray, lookback: int) -> np.ndarray:
+    """Which of the histories starting at `starts` (lookback rows) lie in the series and have no missing value."""
+    incomplete_before = np.concatenate([[0], np.cumsum(np.isnan(windows.hourly).any(axis=1))])
+    inside = (starts >= 0) & (starts + lookback <= len(windows.hourly))
+    clipped = np.clip(starts, 0, len(windows.hourly) - lookback)
+    return inside & (incomplete_before[clipped + lookback] == incomplete_before[clipped])
+
+
+def saved_model_forecasts(saved_model: Path, history: np.ndarray, timestamps: np.ndarray) -> np.ndarray:
+    """`temperature_degC` of a served SavedModel's `serving_default`, in batches."""
+    serve = tf.saved_model.load(str(saved_model)).signatures[schema.SIGNATURE_NAME]
+    return np.concatenate([
+        serve(**{schema.HISTORY_INPUT: tf.constant(history[i:i + PREDICT_BATCH_SIZE]),
+                 schema.TIMESTAMPS_INPUT: tf.constant(timestamps[i:i + PREDICT_BATCH_SIZE])})
+        [schema.TEMPERATURE_OUTPUT].numpy() for i in range(0, len(history), PREDICT_BATCH_SIZE)
+    ]).astype(np.float64)
+
+
+def compare_with_published(directory: Path, windows: Windows, predicted: np.ndarray,
+                           observed: np.ndarray) -> dict | None:
+    """The newest published version and this model, scored on the same test samples; None if none is published.
+
+    Fast path: when the version's model card shows the same test data
+    (`test_data_fingerprint`), its recorded test MAE was measured on exactly
+    these samples. Otherwise the version is loaded and run on these windows,
+    with its own history length, on the test samples both models can read.
+    """
+    version = newest_version(directory)
+    if version is None:
+        return None
+    saved_model = Path(directory) / str(version)
+    card = read_model_card(saved_model)
+    recorded = card.get("metrics", {})
+    starts = windows.starts["test"]
+    if recorded.get("test_data_fingerprint") == test_data_fingerprint(windows):
+        return {"version": version, "mae_degC": float(recorded["test_mae_degC"]), "model_mae_degC": mae(predicted, observed),
+                "samples": int(len(starts)), "measured": "model card (same test data)"}
+    horizon = card.get("params", {}).get("window", {}).get("horizon_hours")
+    if horizon != windows.horizon:
+        return {"version": version, "mae_degC": None, "model_mae_degC": None, "samples": 0, "measured": "not comparable",
+                "not_comparable": f"forecasts {horizon} h ahead, this model {windows.horizon} h: not comparable"}
+    signature = tf.saved_model.load(str(saved_model)).signatures[schema.SIGNATURE_NAME]
+    lookback = signature.structured_input_signature[1][schema.HISTORY_INPUT].shape[1]
+    their_starts = windows.target_rows(starts) - horizon - lookback + 1
+    both = complete_history(windows, their_starts, lookback)
+    rows = their_starts[both][:, None] + np.arange(lookback)
+    theirs = saved_model_forecasts(saved_model, windows.hourly[rows], windows.timestamps[rows])
+    return {"version": version, "mae_degC": mae(theirs, observed[both]), "model_mae_degC": mae(predicted[both], observed[both]),
+            "samples": int(both.sum()), "measured": "evaluated now on these test windows",
+            "errors_degC": np.abs(theirs - observed[both]), "sample_mask": both}
+
+
+def evaluation_metrics(observed, predicted, persistence, climatology, published: dict | None,
                        margin: float, tolerance: float) -> dict:
-    """Everything metrics/evaluate.json holds, from the test targets and the three forecasts (degC)."""
+    """Everything metrics/evaluate.json holds, from the test targets, the three forecasts (degC) and the
+    comparison with the published version."""
     metrics = {
         "test_samples": int(len(observed)),
         "test_mae_degC": mae(predicted, observed),
@@ -132,7 +210,10 @@ def evaluation_metrics(observed, predicted, persistence, climatology, published:
     }
     metrics["skill_vs_persistence"] = 1 - metrics["test_mae_degC"] / metrics["persistence_mae_degC"]
     metrics["skill_vs_climatology"] = 1 - metrics["test_mae_degC"] / metrics["climatology_mae_degC"]
-    metrics["published_mae_degC"] = published
+    metrics["published_version"] = published and published["version"]
+    metrics["published_mae_degC"] = published and published["mae_degC"]
+    metrics["published_comparison"] = published and {
+        key: published[key] for key in ("samples", "model_mae_degC", "measured")}
     metrics["blessed"], metrics["blessing_reason"] = bless(
         metrics["test_mae_degC"], metrics["persistence_mae_degC"], published, margin, tolerance
     )
@@ -153,13 +234,17 @@ def prediction_stretch(target_timestamps, observed, predicted, persistence, days
     })
 
 
-def mae_by_month(target_timestamps, observed, predicted, persistence) -> pd.DataFrame:
-    """Model and persistence MAE for each month of the year present in the test split."""
+def mae_by_month(target_timestamps, observed, predicted, persistence, published: dict | None = None) -> pd.DataFrame:
+    """Model and persistence MAE for each month of the year present in the test split, and the
+    published version's where it was evaluated now on these samples."""
     errors = pd.DataFrame({
         "month": calendar(target_timestamps)["month"],
         "model_mae_degC": np.abs(predicted - observed),
         "persistence_mae_degC": np.abs(persistence - observed),
     })
+    if published is not None and "errors_degC" in published:
+        errors["published_mae_degC"] = np.nan
+        errors.loc[published["sample_mask"], "published_mae_degC"] = published["errors_degC"]
     grouped = errors.groupby("month")
     table = grouped.mean()
     table["samples"] = grouped.size()
@@ -199,10 +284,6 @@ def write_csv(path: Path, table: pd.DataFrame) -> None:
 def main() -> None:
     params = load_params()
     settings = params["evaluate"]
-    try:
-        published = published_mae(model_directory(params["serving"]))
-    except ValueError as error:
-        raise SystemExit(f"evaluate: {error}") from None
     if not MODEL_PATH.exists():
         raise SystemExit(f"evaluate: {MODEL_PATH} not found; run `dvc repro train` first")
     model = keras.saving.load_model(MODEL_PATH)
@@ -212,14 +293,20 @@ def main() -> None:
         raise SystemExit(f"evaluate: {error.filename} not found; run `dvc repro window` first") from None
 
     result = forecasts(model, windows, settings["climatology_window_days"])
+    when, observed = result["target_timestamps"], result["observed"]
+    try:
+        published = compare_with_published(model_directory(params["serving"]), windows, result["predicted"], observed)
+    except ValueError as error:
+        raise SystemExit(f"evaluate: {error}") from None
     metrics = evaluation_metrics(
-        result["observed"], result["predicted"], result["persistence"], result["climatology"],
+        observed, result["predicted"], result["persistence"], result["climatology"],
         published, settings["margin"], settings["tolerance"],
     )
-    when, observed = result["target_timestamps"], result["observed"]
+    metrics["test_data_fingerprint"] = test_data_fingerprint(windows)
     write_csv(EVALUATE_PLOTS_DIR / "predictions.csv",
               prediction_stretch(when, observed, result["predicted"], result["persistence"], settings["plot_days"]))
-    write_csv(EVALUATE_PLOTS_DIR / "mae_by_month.csv", mae_by_month(when, observed, result["predicted"], result["persistence"]))
+    write_csv(EVALUATE_PLOTS_DIR / "mae_by_month.csv",
+              mae_by_month(when, observed, result["predicted"], result["persistence"], published))
     write_csv(EVALUATE_PLOTS_DIR / "residuals.csv", residual_histogram(result["predicted"] - observed))
     write_json(EVALUATE_METRICS, metrics)
     print(f"evaluate: test MAE {metrics['test_mae_degC']:.3f} C, persistence {metrics['persistence_mae_degC']:.3f} C, "

@@ -6,11 +6,13 @@ In:  models/model.keras, data/windows/ (test-split windows for the warm-up
      (`model_name`, `base_path`, `keep_versions`, `config_file`) and
      `evaluate.margin` and `evaluate.tolerance` (the blessing, checked again
      at publication).
-Out: models/export/, a SavedModel whose `serving_default` signature takes
+Out: models/export/, a SavedModel whose `serving_default` signature
+     (`schema.served_signature`) takes
        `history`     float32 [batch, lookback_hours, 14], raw hourly
                      measurements in the CSV's units and column order,
        `timestamps`  int64 [batch, lookback_hours], unix seconds of each row,
-     and returns `temperature_degC` float32 [batch], with
+     and returns `temperature_degC` float32 [batch] and `valid_time` int64
+     [batch] (the unix seconds it is for: last row + horizon), with
        assets.extra/tf_serving_warmup_requests  PredictionLog records of real
                      test-split requests, replayed by the server before it serves,
        assets.extra/model_card.json  params, data source and hash, metrics, git
@@ -37,36 +39,37 @@ from tensorflow_serving.apis import prediction_log_pb2
 
 import pipeline.model  # noqa: F401  registers the model's layers for load_model
 from pipeline import schema
+from pipeline.client import predict_request
 from pipeline.atomic import atomic_directory, write_json
 from pipeline.config import (
     EVALUATE_METRICS, EXPORT_DIR, MODEL_PATH, PUBLICATION_RECORD, RAW_CSV, WINDOWS_DIR, load_params,
 )
 from pipeline.evaluate import bless
 from pipeline.publish import (
-    MODEL_CARD, PublicationRefused, fingerprint, labelled_versions, model_directory, publish,
+    MODEL_CARD, PublicationRefused, fingerprint, labelled_versions, model_directory, publish, read_model_card,
 )
 from pipeline.window import Windows, load_windows
-from serving.client import predict_request
 
 WARMUP_FILE = Path("assets.extra/tf_serving_warmup_requests")
 WARMUP_BATCH_SIZES = (1, 8, 32)
 
 
-def serving_function(model: keras.Model, lookback: int) -> tf.types.experimental.PolymorphicFunction:
-    """The `serving_default` signature: raw history and timestamps in, degrees Celsius out."""
+def serving_function(model: keras.Model, lookback: int, horizon: int) -> tf.types.experimental.PolymorphicFunction:
+    """The `serving_default` signature (`schema.served_signature`): raw history and timestamps in,
+    degrees Celsius and the moment they are for out."""
+    inputs = schema.served_signature(lookback)["inputs"]
+    specs = [tf.TensorSpec(shape, dtype, name=name) for name, (dtype, shape) in inputs.items()]
 
-    @tf.function(input_signature=[
-        tf.TensorSpec([None, lookback, len(schema.MEASUREMENTS)], tf.float32, name=schema.HISTORY_INPUT),
-        tf.TensorSpec([None, lookback], tf.int64, name=schema.TIMESTAMPS_INPUT),
-    ])
+    @tf.function(input_signature=specs)
     def serve(history, timestamps):
         inputs = {schema.HISTORY_INPUT: history, schema.TIMESTAMPS_INPUT: timestamps}
-        return {schema.TEMPERATURE_OUTPUT: model(inputs, training=False)}
+        return {schema.TEMPERATURE_OUTPUT: model(inputs, training=False),
+                schema.VALID_TIME_OUTPUT: timestamps[:, -1] + horizon * 3600}
 
     return serve
 
 
-def save_servable(model: keras.Model, lookback: int, directory: Path) -> None:
+def save_servable(model: keras.Model, lookback: int, horizon: int, directory: Path) -> None:
     """Write the SavedModel. In a fresh process the same weights give the same bytes (but for
     fingerprint.pb's random id), so re-exporting a model reproduces its fingerprint."""
     servable = tf.Module()
@@ -74,7 +77,7 @@ def save_servable(model: keras.Model, lookback: int, directory: Path) -> None:
     # Keras' dropout seed generators hold their state in variables that tf.Module
     # does not find on its own; listing every variable makes the graph's captures tracked.
     servable.model_variables = list(model.variables)
-    servable.serve = serving_function(model, lookback)
+    servable.serve = serving_function(model, lookback, horizon)
     tf.saved_model.save(servable, str(directory), signatures={schema.SIGNATURE_NAME: servable.serve})
 
 
@@ -124,15 +127,12 @@ def model_card(params: dict, metrics: dict, raw_csv: Path, lookback: int) -> dic
     origin = data["url"] if data["source"] == "jena" else f"synthetic {data['synthetic_start']} to {data['synthetic_end']}"
     return {
         "model_name": params["serving"]["model_name"],
-        "signature": {
-            "name": schema.SIGNATURE_NAME,
-            "inputs": {schema.HISTORY_INPUT: ["float32", [None, lookback, len(schema.MEASUREMENTS)],
-                                              schema.MEASUREMENTS],
-                       schema.TIMESTAMPS_INPUT: ["int64", [None, lookback], "unix seconds"]},
-            "outputs": {schema.TEMPERATURE_OUTPUT: ["float32", [None], schema.TEMPERATURE]},
-        },
+        "signature": {"name": schema.SIGNATURE_NAME, **schema.served_signature(lookback)},
+        "measurements": schema.MEASUREMENTS,
         "data": {"source": data["source"], "origin": origin, "file": str(raw_csv), "md5": file_md5(raw_csv)},
-        "params": params,
+        # the params that made the model (not serving or smoke settings, which do not change it)
+        "params": {"seed": params["seed"], "epochs": params["epochs"], "data": data, "prepare": params["prepare"],
+                   "window": params["window"], "model": params["model"], "train": params["train"]},
         "metrics": metrics,
         "git": git_state(),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -142,11 +142,35 @@ def model_card(params: dict, metrics: dict, raw_csv: Path, lookback: int) -> dic
 def write_export(model: keras.Model, windows: Windows, card: dict, directory: Path = EXPORT_DIR) -> dict:
     """SavedModel, warm-up requests and model card into `directory`, atomically; returns the card."""
     with atomic_directory(directory) as temporary:
-        save_servable(model, windows.lookback, temporary)
+        save_servable(model, windows.lookback, windows.horizon, temporary)
         write_warmup_requests(temporary / WARMUP_FILE, warmup_requests(windows, card["model_name"]))
         card = {**card, "fingerprint": fingerprint(temporary)}
         write_json(temporary / MODEL_CARD, card)
     return card
+
+
+def still_blessed_at(newest: Path | None, metrics: dict, evaluate: dict) -> tuple[bool, str]:
+    """The blessing again, under the publication lock, against the version newest now.
+
+    Evaluate compared the model with `metrics["published_version"]` on the same
+    test samples. If another version has landed since, its recorded test MAE
+    counts only when its model card shows the same test data; otherwise nothing
+    honest can be said without evaluating again, and the model is refused.
+    """
+    if newest is None:
+        return bless(metrics["test_mae_degC"], metrics["persistence_mae_degC"], None,
+                     evaluate["margin"], evaluate["tolerance"])
+    version = int(newest.name)
+    if version == metrics.get("published_version"):
+        return metrics["blessed"], metrics["blessing_reason"]
+    card = read_model_card(newest).get("metrics", {})
+    if card.get("test_data_fingerprint") != metrics.get("test_data_fingerprint"):
+        return False, (f"version {version} was published after this model was evaluated, measured on other "
+                       f"test data; run the evaluate stage again")
+    same_data = {"version": version, "mae_degC": float(card["test_mae_degC"]),
+                 "model_mae_degC": metrics["test_mae_degC"], "samples": metrics["test_samples"]}
+    return bless(metrics["test_mae_degC"], metrics["persistence_mae_degC"], same_data,
+                 evaluate["margin"], evaluate["tolerance"])
 
 
 def publication(saved_model: Path, metrics: dict, serving: dict, evaluate: dict) -> dict:
@@ -160,13 +184,10 @@ def publication(saved_model: Path, metrics: dict, serving: dict, evaluate: dict)
     if not metrics["blessed"]:
         return {**not_published, "reason": f"not blessed: {metrics['blessing_reason']}"}
 
-    def still_blessed(newest_mae: float | None) -> tuple[bool, str]:
-        return bless(metrics["test_mae_degC"], metrics["persistence_mae_degC"], newest_mae,
-                     evaluate["margin"], evaluate["tolerance"])
-
     protected = labelled_versions(Path(serving["config_file"]), serving["model_name"])
     try:
-        result = publish(saved_model, model_directory(serving), serving["keep_versions"], protected, still_blessed)
+        result = publish(saved_model, model_directory(serving), serving["keep_versions"], protected,
+                         lambda newest: still_blessed_at(newest, metrics, evaluate))
     except PublicationRefused as refusal:
         return {**not_published, "reason": f"no longer blessed against the newest published version: {refusal}"}
     reason = (f"published as version {result.version}" if result.created

@@ -119,8 +119,8 @@ def build_model(normalization: dict, model_params: dict) -> keras.Model:
     if model_params["layers"] < 1:
         raise ValueError(f"model.layers must be at least 1, got {model_params['layers']}")
     lookback = normalization["lookback_hours"]
-    history = keras.Input(shape=(lookback, len(schema.MEASUREMENTS)), dtype="float32", name=schema.HISTORY_INPUT)
-    timestamps = keras.Input(shape=(lookback,), dtype="int64", name=schema.TIMESTAMPS_INPUT)
+    history, timestamps = (keras.Input(shape=shape[1:], dtype=dtype, name=name)
+                           for name, (dtype, shape) in schema.served_signature(lookback)["inputs"].items())
 
     mean, std = standardisation(normalization)
     x = JenaFeatures(

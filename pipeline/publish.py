@@ -21,14 +21,14 @@ model gets a new number, not the deleted one's. Staging copies left by a
 killed publication are removed by the next one.
 
 Under the lock, `still_blessed` (when given) is asked again with the newest
-published version's test MAE: another publication may have landed since the
+published version's directory: another publication may have landed since the
 model was evaluated (queued experiments), and a model that is no longer good
 enough is refused with `PublicationRefused`.
 
 A model whose fingerprint (a hash of the SavedModel's content, see
 `fingerprint`) equals the newest version's is already served: no new version.
-The newest version's model card also answers `published_mae`, the number the
-evaluate stage's blessing compares against.
+`newest_version` is the one answer to "which version is published", for the
+evaluate stage's comparison too.
 """
 
 import hashlib
@@ -112,16 +112,10 @@ def read_model_card(saved_model: Path) -> dict:
         raise ValueError(f"{path}: no readable model card ({error})") from None
 
 
-def published_mae(directory: Path) -> float | None:
-    """Test MAE (degC) of the newest published version, from its model card; None if none is published."""
+def newest_version(directory: Path) -> int | None:
+    """The published version that serves by default (the highest number); None if none is published."""
     versions = version_numbers(directory)
-    if not versions:
-        return None
-    card = read_model_card(Path(directory) / str(versions[-1]))
-    try:
-        return float(card["metrics"]["test_mae_degC"])
-    except (KeyError, TypeError, ValueError):
-        raise ValueError(f"{directory}/{versions[-1]}/{MODEL_CARD}: no numeric metrics.test_mae_degC") from None
+    return versions[-1] if versions else None
 
 
 def next_version(directory: Path, versions: list[int]) -> int:
@@ -194,7 +188,7 @@ def retire(directory: Path, version: int) -> None:
 
 
 def publish(saved_model: Path, directory: Path, keep_versions: int, protected: set[int] = frozenset(),
-            still_blessed: Callable[[float | None], tuple[bool, str]] | None = None) -> Publication:
+            still_blessed: Callable[[Path | None], tuple[bool, str]] | None = None) -> Publication:
     """Make `saved_model` the newest version in `directory` unless it already is; apply retention.
 
     The copy is staged under a hidden name before the lock is taken; the
@@ -215,7 +209,8 @@ def publish(saved_model: Path, directory: Path, keep_versions: int, protected: s
                 version, created = versions[-1], False
             else:
                 if still_blessed is not None:
-                    blessed, reason = still_blessed(published_mae(directory))
+                    newest = directory / str(versions[-1]) if versions else None
+                    blessed, reason = still_blessed(newest)
                     if not blessed:
                         raise PublicationRefused(reason)
                 version, created = next_version(directory, versions), True

@@ -43,9 +43,30 @@ CSV_NAME = "jena_climate_2009_2016.csv"
 # The served model's `serving_default` signature: the names the model, the
 # export, the smoke stage and the forecast client share.
 SIGNATURE_NAME = "serving_default"
-HISTORY_INPUT = "history"          # float32 [batch, lookback, 14], raw MEASUREMENTS
-TIMESTAMPS_INPUT = "timestamps"    # int64 [batch, lookback], unix seconds
-TEMPERATURE_OUTPUT = "temperature_degC"  # float32 [batch]
+HISTORY_INPUT = "history"
+TIMESTAMPS_INPUT = "timestamps"
+TEMPERATURE_OUTPUT = "temperature_degC"
+VALID_TIME_OUTPUT = "valid_time"
+
+
+def served_signature(lookback_hours: int) -> dict[str, dict[str, tuple[str, list]]]:
+    """`serving_default`'s tensors, `{"inputs"|"outputs": {name: (dtype, shape)}}`; None is the batch.
+
+    The one description of the served interface: the model's inputs, the
+    export's signature and model card, the smoke stage's check and the client
+    are all built from it.
+    - history           float32 [batch, lookback, 14]: raw hourly MEASUREMENTS
+    - timestamps        int64   [batch, lookback]: unix seconds of each row
+    - temperature_degC  float32 [batch]: the temperature `horizon` hours after the last row
+    - valid_time        int64   [batch]: unix seconds of that moment (last row + horizon), so
+                        that any client learns the horizon from the model itself
+    """
+    return {
+        "inputs": {HISTORY_INPUT: ("float32", [None, lookback_hours, len(MEASUREMENTS)]),
+                   TIMESTAMPS_INPUT: ("int64", [None, lookback_hours])},
+        "outputs": {TEMPERATURE_OUTPUT: ("float32", [None]),
+                    VALID_TIME_OUTPUT: ("int64", [None])},
+    }
 
 
 def column_index(name: str) -> int:

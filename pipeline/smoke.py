@@ -38,10 +38,10 @@ from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc
 
 from pipeline import schema
 from pipeline.atomic import write_json
+from pipeline.client import GrpcForecaster, RestForecaster
 from pipeline.config import EVALUATE_METRICS, PUBLICATION_RECORD, SMOKE_METRICS, WINDOWS_DIR, load_params
 from pipeline.publish import model_directory, read_model_card, version_numbers
 from pipeline.window import load_windows
-from serving.client import GrpcForecaster, RestForecaster
 
 
 PARITY_TOLERANCE_DEGC = 1e-4
@@ -122,12 +122,12 @@ def wait_until_available(channel, model_name: str, version: int, timeout_seconds
 
 
 def documented_signature(lookback: int) -> dict:
-    """serving_default as the README documents it: name -> (dtype, shape)."""
-    return {
-        "inputs": {schema.HISTORY_INPUT: ("DT_FLOAT", [-1, lookback, len(schema.MEASUREMENTS)]),
-                   schema.TIMESTAMPS_INPUT: ("DT_INT64", [-1, lookback])},
-        "outputs": {schema.TEMPERATURE_OUTPUT: ("DT_FLOAT", [-1])},
-    }
+    """`schema.served_signature` as GetModelMetadata shows it: name -> (DT_ dtype, shape with -1 batch)."""
+    def as_served(tensors):
+        return {name: (types_pb2.DataType.Name(tf.as_dtype(dtype).as_datatype_enum),
+                       [-1 if size is None else size for size in shape])
+                for name, (dtype, shape) in tensors.items()}
+    return {part: as_served(tensors) for part, tensors in schema.served_signature(lookback).items()}
 
 
 def described(signature) -> dict:
@@ -159,26 +159,30 @@ def version_to_check(record: dict, directory: Path) -> int:
     return versions[-1]
 
 
-def in_process_predictions(saved_model: Path, history: np.ndarray, timestamps: np.ndarray, batch_size: int):
-    """The SavedModel's own answers, computed here: the reference for the served ones."""
+def in_process_predictions(saved_model: Path, history: np.ndarray, timestamps: np.ndarray,
+                           batch_size: int) -> dict[str, np.ndarray]:
+    """The SavedModel's own answers, every output, computed here: the reference for the served ones."""
     serve = tf.saved_model.load(str(saved_model)).signatures[schema.SIGNATURE_NAME]
-    return np.concatenate([
-        serve(**{schema.HISTORY_INPUT: tf.constant(history[i:i + batch_size]),
-                 schema.TIMESTAMPS_INPUT: tf.constant(timestamps[i:i + batch_size])})
-        [schema.TEMPERATURE_OUTPUT].numpy()
-        for i in range(0, len(history), batch_size)
-    ])
+    batches = [serve(**{schema.HISTORY_INPUT: tf.constant(history[i:i + batch_size]),
+                        schema.TIMESTAMPS_INPUT: tf.constant(timestamps[i:i + batch_size])})
+               for i in range(0, len(history), batch_size)]
+    return {name: np.concatenate([batch[name].numpy() for batch in batches]) for name in batches[0]}
 
 
-def served_predictions(forecaster, history, timestamps, version: int, batch_size: int):
+def forecast_outputs(forecast) -> dict[str, np.ndarray]:
+    """A client Forecast as the signature's outputs."""
+    return {schema.TEMPERATURE_OUTPUT: forecast.temperatures_degC, schema.VALID_TIME_OUTPUT: forecast.valid_times}
+
+
+def served_predictions(forecaster, history, timestamps, version: int, batch_size: int) -> dict[str, np.ndarray]:
     """Batched Predict requests addressed to `version`; every answer must come from it."""
     answers = []
     for i in range(0, len(history), batch_size):
         forecast = forecaster.predict(history[i:i + batch_size], timestamps[i:i + batch_size], version=version)
         if forecast.version not in (None, version):
             raise SmokeFailure(f"asked version {version}, answered by version {forecast.version}")
-        answers.append(forecast.temperatures_degC)
-    return np.concatenate(answers)
+        answers.append(forecast_outputs(forecast))
+    return {name: np.concatenate([answer[name] for answer in answers]) for name in answers[0]}
 
 
 def single_request_latencies(forecaster, history, timestamps, version: int, count: int) -> list[float]:
@@ -191,16 +195,25 @@ def single_request_latencies(forecaster, history, timestamps, version: int, coun
     return latencies
 
 
-def compare(name: str, served: np.ndarray, reference: np.ndarray, tolerance: float) -> float:
-    """Largest absolute difference; above `tolerance` it fails with the first offending sample."""
-    if served.shape != reference.shape:
-        raise SmokeFailure(f"{name}: expected {reference.shape[0]} predictions, got shape {served.shape}")
-    difference = np.abs(served - reference)
-    worst = int(np.argmax(difference))
-    if not difference[worst] <= tolerance:  # also catches NaN
-        raise SmokeFailure(f"{name}: sample {worst}: expected {reference[worst]:.5f} C, "
-                           f"got {served[worst]:.5f} C (tolerance {tolerance} C)")
-    return float(difference[worst])
+def compare(name: str, served: dict[str, np.ndarray], reference: dict[str, np.ndarray], tolerance: float) -> float:
+    """Largest absolute difference of the temperatures; the valid times must be equal. Either
+    failing names the output and the first offending sample."""
+    if served.keys() != reference.keys():
+        raise SmokeFailure(f"{name}: expected outputs {sorted(reference)}, got {sorted(served)}")
+    worst_temperature = 0.0
+    for output, expected in reference.items():
+        answer = served[output]
+        if answer.shape != expected.shape:
+            raise SmokeFailure(f"{name}: {output}: expected shape {expected.shape}, got {answer.shape}")
+        allowed = tolerance if output == schema.TEMPERATURE_OUTPUT else 0
+        difference = np.abs(answer.astype(np.float64) - expected.astype(np.float64))
+        worst = int(np.argmax(difference))
+        if not difference[worst] <= allowed:  # also catches NaN
+            raise SmokeFailure(f"{name}: {output}: sample {worst}: expected {expected[worst]}, "
+                               f"got {answer[worst]} (tolerance {allowed})")
+        if output == schema.TEMPERATURE_OUTPUT:
+            worst_temperature = float(difference[worst])
+    return worst_temperature
 
 
 def check_served_model(target: str, rest_target: str | None, model_name: str, version: int, saved_model: Path,
@@ -219,7 +232,7 @@ def check_served_model(target: str, rest_target: str | None, model_name: str, ve
         reference = in_process_predictions(saved_model, history, timestamps, smoke["batch_size"])
         served = served_predictions(forecaster, history, timestamps, version, smoke["batch_size"])
         max_difference = compare("gRPC Predict", served, reference, PARITY_TOLERANCE_DEGC)
-        served_mae = float(np.mean(np.abs(served - observed)))
+        served_mae = float(np.mean(np.abs(served[schema.TEMPERATURE_OUTPUT] - observed)))
         if abs(served_mae - expected_mae) > MAE_TOLERANCE_DEGC:
             raise SmokeFailure(f"test MAE from served answers is {served_mae:.4f} C, "
                                f"metrics/evaluate.json says {expected_mae:.4f} C")
@@ -228,7 +241,8 @@ def check_served_model(target: str, rest_target: str | None, model_name: str, ve
         if rest_target is not None:
             few = slice(0, 8)
             rest = RestForecaster(rest_target, model_name).predict(history[few], timestamps[few], version=version)
-            max_difference = max(max_difference, compare("REST :predict", rest.temperatures_degC, reference[few],
+            first_few = {output: values[few] for output, values in reference.items()}
+            max_difference = max(max_difference, compare("REST :predict", forecast_outputs(rest), first_few,
                                                           PARITY_TOLERANCE_DEGC))
             requests_sent += 1
     except grpc.RpcError as error:

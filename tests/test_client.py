@@ -9,7 +9,7 @@ import pytest
 
 from conftest import REPO_ROOT, make_readings, to_csv_text
 from pipeline import schema
-from serving.client import ForecastError, forecast_line, Forecast, latest_window
+from pipeline.client import Forecast, ForecastError, forecast_answer, forecast_line, latest_window, tensor_proto, to_array
 
 
 def test_latest_window_from_ten_minute_rows():
@@ -41,14 +41,38 @@ def test_a_long_gap_in_the_window_is_a_clear_error():
         latest_window(gapped, 120)
 
 
-def test_forecast_line():
-    line = forecast_line(pd.Timestamp("2016-12-31 23:00").value // 10**9, 24,
-                         Forecast(np.array([3.4321], np.float32), "jena_temperature", 3))
-    assert line == "2016-12-31 23:00 +24 h: 3.4 C (model jena_temperature, version 3)"
+def test_a_short_gap_is_filled_only_when_asked():
+    readings = make_readings(periods=6 * 24 * 6)
+    gapped = readings.drop(index=range(400, 412))  # 2 hours missing
+    with pytest.raises(ForecastError, match="--max-fill-hours"):
+        latest_window(gapped, 120)
+    history, _ = latest_window(gapped, 120, max_fill_hours=2)
+    assert not np.isnan(history).any()
+
+
+def test_forecast_line_and_answer_name_the_valid_time():
+    last = pd.Timestamp("2017-01-01 00:00").value // 10**9
+    forecast = Forecast(np.array([1.2321], np.float32), np.array([last + 24 * 3600]), "jena_temperature", 3)
+    answer = forecast_answer(last, forecast)
+    assert answer == {"valid_time": "2017-01-02 00:00", "last_reading": "2017-01-01 00:00", "horizon_hours": 24,
+                      "temperature_degC": 1.23, "model_name": "jena_temperature", "version": 3}
+    assert forecast_line(answer) == ("forecast for 2017-01-02 00:00 (24 h after the last reading at "
+                                     "2017-01-01 00:00): 1.2 C (model jena_temperature, version 3)")
+
+
+@pytest.mark.parametrize("array", [np.arange(6, dtype=np.float32).reshape(1, 2, 3) / 7,
+                                   np.array([[1, -2**40]], np.int64)])
+def test_tensor_protos_round_trip_as_tensorflow_reads_them(array):
+    import tensorflow as tf
+
+    proto = tensor_proto(array)
+    np.testing.assert_array_equal(tf.make_ndarray(proto), array)
+    np.testing.assert_array_equal(to_array(proto), array)
+    np.testing.assert_array_equal(to_array(tf.make_tensor_proto(array)), array)
 
 
 def run_client(*args):
-    return subprocess.run([sys.executable, "-m", "serving.client", *args], cwd=REPO_ROOT,
+    return subprocess.run([sys.executable, "-m", "pipeline.client", "--model-name", "m", *args], cwd=REPO_ROOT,
                           capture_output=True, text=True, timeout=120)
 
 

@@ -1,13 +1,15 @@
 """Baselines, metrics, blessing and the evaluate stage's files, on hand-made series."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
+import keras
 
-from pipeline import evaluate
+from pipeline import evaluate, export
 from pipeline.evaluate import (
     bless,
     calendar,
@@ -104,16 +106,27 @@ def test_blessing_needs_the_margin_over_persistence(test_mae, expected):
     assert ("persistence" in reason) and (("no model is published" in reason) == expected)
 
 
-@pytest.mark.parametrize("test_mae,expected", [(1.5, True), (1.6, True), (1.61, False)])
-def test_blessing_tolerates_at_most_the_tolerance_over_the_published_model(test_mae, expected):
-    blessed, reason = bless(test_mae, persistence_mae=2.0, published=1.5, margin=0.05, tolerance=0.1)
+def side_by_side(model_mae: float, published_mae: float, version: int = 3) -> dict:
+    return {"version": version, "model_mae_degC": model_mae, "mae_degC": published_mae, "samples": 100}
+
+
+@pytest.mark.parametrize("model_mae,expected", [(1.5, True), (1.6, True), (1.61, False)])
+def test_blessing_tolerates_at_most_the_tolerance_over_the_published_model_on_the_same_samples(model_mae, expected):
+    blessed, reason = bless(1.0, persistence_mae=2.0, published=side_by_side(model_mae, 1.5), margin=0.05,
+                            tolerance=0.1)
     assert blessed is expected
-    assert "published model" in reason
+    assert "on the same 100 test samples" in reason and "published version 3's 1.500 C" in reason
 
 
 def test_blessing_checks_persistence_even_when_better_than_published():
-    blessed, reason = bless(1.95, persistence_mae=2.0, published=2.5, margin=0.05, tolerance=0.1)
+    blessed, reason = bless(1.95, persistence_mae=2.0, published=side_by_side(1.95, 2.5), margin=0.05, tolerance=0.1)
     assert not blessed and "persistence" in reason
+
+
+def test_a_published_model_of_another_horizon_is_not_comparable():
+    published = {**side_by_side(None, None), "not_comparable": "forecasts 12 h ahead, this model 24 h: not comparable"}
+    blessed, reason = bless(1.0, persistence_mae=2.0, published=published, margin=0.05, tolerance=0.1)
+    assert not blessed and "published version 3 forecasts 12 h ahead" in reason
 
 
 def test_evaluation_metrics():
@@ -141,26 +154,97 @@ def test_plot_tables():
     assert histogram["count"].tolist() == [1, 2, 0, 1]
 
 
-def test_main_writes_metrics_and_plots(tmp_path, monkeypatch):
+def evaluation_workspace(tmp_path, monkeypatch, margin=-1.0):
+    """Windows, a candidate model and params in `tmp_path`; margin -1 takes persistence out of the blessing."""
     monkeypatch.chdir(tmp_path)
     windows = small_windows(days=90)
     save_windows({"hourly": windows.hourly, "timestamps": windows.timestamps, "starts": windows.starts,
                   "normalization": windows.normalization}, tmp_path / "data" / "windows")
-    save_model(build_model(windows.normalization, MODEL_PARAMS), tmp_path / "models" / "model.keras")
+    keras.utils.set_random_seed(0)
+    candidate = build_model(windows.normalization, MODEL_PARAMS)
+    save_model(candidate, tmp_path / "models" / "model.keras")
     serving = {"base_path": "served", "model_name": "jena"}
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"evaluate": EVALUATE_PARAMS, "serving": serving}))
-    card = tmp_path / "served" / "jena" / "3" / "assets.extra" / "model_card.json"
-    card.parent.mkdir(parents=True)
-    card.write_text(json.dumps({"metrics": {"test_mae_degC": 0.25}}))  # what the export stage publishes
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"evaluate": {**EVALUATE_PARAMS, "margin": margin},
+                                                          "serving": serving}))
+    return windows, candidate
+
+
+def publish_version(tmp_path, model, windows, card: dict, version: int = 3) -> Path:
+    """`model` as published version `version`, with `card` as its model card."""
+    directory = tmp_path / "served" / "jena" / str(version)
+    export.save_servable(model, windows.lookback, windows.horizon, directory)
+    (directory / "assets.extra").mkdir()
+    (directory / "assets.extra" / "model_card.json").write_text(json.dumps(card))
+    return directory
+
+
+def persistence_model(windows):
+    """The residual model with a zero head: it forecasts the last observed temperature."""
+    model = build_model(windows.normalization, MODEL_PARAMS)
+    head = model.get_layer("head")
+    head.set_weights([np.zeros_like(weight) for weight in head.get_weights()])
+    return model
+
+
+def test_main_writes_metrics_and_plots(tmp_path, monkeypatch):
+    windows, _ = evaluation_workspace(tmp_path, monkeypatch, margin=0.05)
     evaluate.main()
     metrics = json.loads((tmp_path / "metrics" / "evaluate.json").read_text())
-    assert metrics["published_mae_degC"] == 0.25
-    assert metrics["blessed"] is False  # nothing beats a published 0.25 C
+    assert metrics["published_version"] is None and metrics["published_mae_degC"] is None
     assert set(metrics) >= {"test_mae_degC", "test_rmse_degC", "persistence_mae_degC", "persistence_rmse_degC",
                             "climatology_mae_degC", "climatology_rmse_degC", "skill_vs_persistence",
-                            "blessed", "blessing_reason"}
+                            "blessed", "blessing_reason", "test_data_fingerprint"}
     assert metrics["test_samples"] == len(windows.starts["test"])
     plots = tmp_path / "plots" / "evaluate"
     assert len(pd.read_csv(plots / "predictions.csv")) == 7 * 24
     assert pd.read_csv(plots / "residuals.csv")["count"].sum() == len(windows.starts["test"])
     assert set(pd.read_csv(plots / "mae_by_month.csv").columns) >= {"month", "model_mae_degC"}
+
+
+def test_the_published_version_is_scored_on_the_same_windows_not_by_its_stale_number(tmp_path, monkeypatch):
+    """Published from other data (a stale card MAE of 99 C, which would bless anything): the published
+    version, here a persistence forecaster, is run now on these windows, and the worse candidate is refused."""
+    windows, candidate = evaluation_workspace(tmp_path, monkeypatch)
+    published = persistence_model(windows)
+    publish_version(tmp_path, published, windows, {
+        "metrics": {"test_mae_degC": 99.0, "test_data_fingerprint": "synthetic data"},
+        "params": {"window": {"horizon_hours": windows.horizon}}})
+    evaluate.main()
+    metrics = json.loads((tmp_path / "metrics" / "evaluate.json").read_text())
+    starts = windows.starts["test"]
+    observed = windows.targets(starts)
+    history, timestamps = windows.history(starts)
+    expected = mae(published.predict({"history": history, "timestamps": timestamps}, verbose=0), observed)
+    assert metrics["published_version"] == 3
+    assert metrics["published_mae_degC"] == pytest.approx(expected, abs=1e-4)
+    assert metrics["published_mae_degC"] == pytest.approx(metrics["persistence_mae_degC"], abs=1e-4)
+    assert metrics["published_comparison"] == {"samples": len(starts), "model_mae_degC": metrics["test_mae_degC"],
+                                               "measured": "evaluated now on these test windows"}
+    assert metrics["test_mae_degC"] > metrics["published_mae_degC"] + EVALUATE_PARAMS["tolerance"]
+    assert metrics["blessed"] is False and "published version 3's" in metrics["blessing_reason"]
+    months = pd.read_csv(tmp_path / "plots" / "evaluate" / "mae_by_month.csv")
+    assert months["published_mae_degC"].notna().all()
+
+
+def test_the_same_published_model_on_new_data_is_blessed_on_the_fresh_comparison(tmp_path, monkeypatch):
+    """A stale card MAE of 0.01 C would refuse anything; measured now, the same model is exactly as good."""
+    windows, candidate = evaluation_workspace(tmp_path, monkeypatch)
+    publish_version(tmp_path, candidate, windows, {
+        "metrics": {"test_mae_degC": 0.01, "test_data_fingerprint": "synthetic data"},
+        "params": {"window": {"horizon_hours": windows.horizon}}})
+    evaluate.main()
+    metrics = json.loads((tmp_path / "metrics" / "evaluate.json").read_text())
+    assert metrics["published_mae_degC"] == pytest.approx(metrics["test_mae_degC"], abs=1e-4)
+    assert metrics["blessed"] is True
+
+
+def test_a_card_with_the_same_test_data_is_the_fast_path(tmp_path, monkeypatch):
+    windows, candidate = evaluation_workspace(tmp_path, monkeypatch)
+    (tmp_path / "served" / "jena" / "3" / "assets.extra").mkdir(parents=True)  # no SavedModel needed
+    (tmp_path / "served" / "jena" / "3" / "assets.extra" / "model_card.json").write_text(json.dumps(
+        {"metrics": {"test_mae_degC": 0.25, "test_data_fingerprint": evaluate.test_data_fingerprint(windows)}}))
+    evaluate.main()
+    metrics = json.loads((tmp_path / "metrics" / "evaluate.json").read_text())
+    assert metrics["published_mae_degC"] == 0.25
+    assert metrics["published_comparison"]["measured"] == "model card (same test data)"
+    assert metrics["blessed"] is False  # nothing beats a published 0.25 C

@@ -20,7 +20,7 @@ from tensorflow_serving.apis import prediction_log_pb2
 from conftest import REPO_ROOT
 from pipeline import export, schema
 from pipeline.model import build_model
-from pipeline.publish import MODEL_CARD, fingerprint, publish, published_mae, version_numbers
+from pipeline.publish import MODEL_CARD, fingerprint, newest_version, publish, version_numbers
 from test_publish import fake_export
 from windows_helper import small_windows
 
@@ -68,6 +68,7 @@ def test_saved_model_cli_shows_the_documented_signature(exported):
     assert f"inputs['history'] tensor_info: dtype: DT_FLOAT shape: (-1, {LOOKBACK}, 14)" in normalised
     assert f"inputs['timestamps'] tensor_info: dtype: DT_INT64 shape: (-1, {LOOKBACK})" in normalised
     assert "outputs['temperature_degC'] tensor_info: dtype: DT_FLOAT shape: (-1)" in normalised
+    assert "outputs['valid_time'] tensor_info: dtype: DT_INT64 shape: (-1)" in normalised
     assert "Method name is: tensorflow/serving/predict" in normalised
 
 
@@ -77,17 +78,20 @@ def test_signature_names_dtypes_and_shapes(serving_default):
         "history": tf.TensorSpec([None, LOOKBACK, len(schema.MEASUREMENTS)], tf.float32, name="history"),
         "timestamps": tf.TensorSpec([None, LOOKBACK], tf.int64, name="timestamps"),
     }
-    (name, output), = serving_default.structured_outputs.items()
-    assert (name, output.shape.as_list(), output.dtype) == ("temperature_degC", [None], tf.float32)
+    outputs = {name: (spec.shape.as_list(), spec.dtype) for name, spec in serving_default.structured_outputs.items()}
+    assert outputs == {"temperature_degC": ([None], tf.float32), "valid_time": ([None], tf.int64)}
 
 
 @pytest.mark.parametrize("batch", [1, 7, None])
 def test_predictions_equal_the_keras_models_on_raw_windows(serving_default, model, windows, batch):
     starts = windows.starts["test"][:batch]
     history, timestamps = windows.history(starts)
-    served = serving_default(history=tf.constant(history), timestamps=tf.constant(timestamps))["temperature_degC"]
+    answer = serving_default(history=tf.constant(history), timestamps=tf.constant(timestamps))
+    served = answer["temperature_degC"]
     assert served.shape == (len(starts),) and served.dtype == tf.float32
     np.testing.assert_allclose(served.numpy(), keras_predictions(model, history, timestamps), rtol=0, atol=1e-4)
+    # valid_time is the target row's time: the horizon comes from the model itself
+    np.testing.assert_array_equal(answer["valid_time"].numpy(), windows.timestamps[windows.target_rows(starts)])
 
 
 def read_warmup(exported) -> list:
@@ -121,12 +125,15 @@ def test_warmup_requests_are_real_test_windows(exported, windows):
 def test_model_card_tells_what_and_whence(exported, tmp_path):
     raw_csv = tmp_path / "raw.csv"
     raw_csv.write_text("a,b\n1,2\n")
-    params = {"seed": 1, "data": {"source": "synthetic", "synthetic_start": "2009-01-01",
-                                  "synthetic_end": "2009-03-01"}, "serving": {"model_name": "jena_temperature"}}
+    made_by = {"seed": 1, "epochs": 2, "data": {"source": "synthetic", "synthetic_start": "2009-01-01",
+                                                "synthetic_end": "2009-03-01"},
+               "prepare": {"max_fill_hours": 3}, "window": {"lookback_hours": LOOKBACK}, "model": TINY_MODEL,
+               "train": {"batch_size": 64}}
+    params = {**made_by, "serving": {"model_name": "jena_temperature"}, "smoke": {"server": "embedded"}}
     card = export.model_card(params, METRICS, raw_csv, LOOKBACK)
     assert card["data"] == {"source": "synthetic", "origin": "synthetic 2009-01-01 to 2009-03-01",
                             "file": str(raw_csv), "md5": hashlib.md5(raw_csv.read_bytes()).hexdigest()}
-    assert card["params"] == params and card["metrics"] == METRICS
+    assert card["params"] == made_by and card["metrics"] == METRICS  # serving and smoke do not make the model
     assert set(card["git"]) == {"commit", "dirty"} and "T" in card["created"]
     assert card["signature"]["inputs"]["history"][1] == [None, LOOKBACK, 14]
 
@@ -177,7 +184,7 @@ def test_only_a_blessed_model_is_published_and_only_once(exported, tmp_path):
     first = export.publication(exported, METRICS, serving, EVALUATE)
     assert (first["published"], first["created"], first["version"]) == (True, True, 1)
     assert first["path"] == str(versions / "1") and first["fingerprint"] == fingerprint(exported)
-    assert published_mae(versions) == METRICS["test_mae_degC"]
+    assert newest_version(versions) == 1
 
     again = export.publication(exported, METRICS, serving, EVALUATE)
     assert (again["published"], again["created"], again["version"]) == (True, False, 1)
@@ -191,11 +198,26 @@ def test_a_model_outrun_by_a_better_publication_is_not_published(exported, tmp_p
                "config_file": str(Path(__file__).parents[1] / "serving/models.config")}
     versions = tmp_path / "serving/jena_temperature"
     publish(fake_export(tmp_path / "version-1", "first", test_mae=2.0), versions, keep_versions=3)
-    evaluated_against_version_1 = {**METRICS, "published_mae_degC": 2.0}  # 1.9 <= 2.0 + 0.05: blessed
+    evaluated_against_version_1 = {**METRICS, "published_version": 1, "test_samples": 100,
+                                   "test_data_fingerprint": "test data"}  # 1.9 <= 2.0 + 0.05: blessed
     publish(fake_export(tmp_path / "better", "better", test_mae=1.5), versions, keep_versions=3)
 
     record = export.publication(exported, evaluated_against_version_1, serving, EVALUATE)
     assert record["published"] is False and record["version"] is None
     assert record["reason"].startswith("no longer blessed against the newest published version: ")
-    assert "published model's 1.500 C" in record["reason"]
+    assert "published version 2's 1.500 C" in record["reason"]
     assert version_numbers(versions) == [1, 2]
+
+
+def test_the_recheck_never_compares_numbers_from_different_data(exported, tmp_path):
+    versions = tmp_path / "jena_temperature"
+    publish(fake_export(tmp_path / "v1", "first", test_mae=2.0), versions, keep_versions=3)
+    evaluated = {**METRICS, "published_version": 1, "test_samples": 100, "test_data_fingerprint": "ours"}
+    # the version evaluate compared against is still the newest: its decision stands
+    assert export.still_blessed_at(versions / "1", evaluated, EVALUATE) == (True, METRICS["blessing_reason"])
+    # a version measured on other data has landed since: a worse recorded MAE must not bless, nothing can
+    publish(fake_export(tmp_path / "v2", "second", test_mae=9.0, test_data="other data"), versions, keep_versions=3)
+    blessed, reason = export.still_blessed_at(versions / "2", evaluated, EVALUATE)
+    assert not blessed and "measured on other test data; run the evaluate stage again" in reason
+    # everything rolled back: only persistence is left to beat
+    assert export.still_blessed_at(None, evaluated, EVALUATE)[0] is True

@@ -97,19 +97,31 @@ def test_forecast_client_asks_the_served_model(workspace):
             wait_until_available(channel, "jena_temperature", 1, 120, server)
         csv = str(workspace / "data/raw/jena_climate_2009_2016.csv")
         answers = [
-            subprocess.run([sys.executable, "-m", "serving.client", csv, *flags], cwd=REPO_ROOT,
-                           capture_output=True, text=True, timeout=120)
+            subprocess.run([sys.executable, "-m", "pipeline.client", csv, "--model-name", "jena_temperature", *flags],
+                           cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, env=without_tf_log_level())
             for flags in (["--target", f"127.0.0.1:{grpc_port}"],
-                          ["--rest", "--target", f"127.0.0.1:{rest_port}", "--horizon-hours", "6"])
+                          ["--rest", "--target", f"127.0.0.1:{rest_port}", "--json"])
         ]
     grpc_answer, rest_answer = answers
     assert grpc_answer.returncode == 0, grpc_answer.stderr
-    # The synthetic range ends 2009-02-15 00:00: the latest complete hour is the last row.
-    assert grpc_answer.stdout.startswith("2009-02-15 00:00 +24 h: ")
+    assert grpc_answer.stderr == ""  # no TensorFlow start-up noise
+    # The synthetic range ends 2009-02-15 00:00: the latest complete hour is the last row; the
+    # tiny model's horizon (6 h, from its own valid_time output) names the valid time.
+    assert grpc_answer.stdout.startswith(
+        "forecast for 2009-02-15 06:00 (6 h after the last reading at 2009-02-15 00:00): ")
     assert grpc_answer.stdout.rstrip().endswith(" C (model jena_temperature, version 1)")
     assert rest_answer.returncode == 0, rest_answer.stderr
-    temperature = grpc_answer.stdout.split(": ")[1].split(" C")[0]
-    assert rest_answer.stdout.startswith(f"2009-02-15 00:00 +6 h: {temperature} C (model jena_temperature")
+    answer = json.loads(rest_answer.stdout)
+    temperature = float(grpc_answer.stdout.split("): ")[1].split(" C")[0])
+    assert answer["temperature_degC"] == pytest.approx(temperature, abs=0.05)
+    assert {key: answer[key] for key in ("valid_time", "last_reading", "horizon_hours", "model_name")} == {
+        "valid_time": "2009-02-15 06:00", "last_reading": "2009-02-15 00:00", "horizon_hours": 6,
+        "model_name": "jena_temperature"}
+
+
+def without_tf_log_level() -> dict:
+    """The environment a user has: TensorFlow's log level not turned down."""
+    return {name: value for name, value in os.environ.items() if name != "TF_CPP_MIN_LOG_LEVEL"}
 
 
 def test_waiting_for_a_server_that_is_not_there_times_out_clearly():
@@ -133,14 +145,28 @@ def test_a_signature_other_than_the_documented_one_is_described_precisely():
     assert served != documented_signature(120)
 
 
-def test_compare_names_the_first_bad_sample():
+def test_the_documented_signature_is_the_schema_one():
+    assert documented_signature(120) == {
+        "inputs": {"history": ("DT_FLOAT", [-1, 120, 14]), "timestamps": ("DT_INT64", [-1, 120])},
+        "outputs": {"temperature_degC": ("DT_FLOAT", [-1]), "valid_time": ("DT_INT64", [-1])},
+    }
+
+
+def test_compare_names_the_output_and_the_first_bad_sample():
     import numpy as np
 
-    assert compare("x", np.array([1.0, 2.0]), np.array([1.0, 2.00005]), 1e-4) == pytest.approx(5e-5)
-    with pytest.raises(SmokeFailure, match=r"gRPC Predict: sample 1: expected 2.00000 C, got 2.50000 C"):
-        compare("gRPC Predict", np.array([1.0, 2.5]), np.array([1.0, 2.0]), 1e-4)
-    with pytest.raises(SmokeFailure, match="sample 0"):
-        compare("x", np.array([np.nan]), np.array([1.0]), 1e-4)
+    def outputs(temperatures, valid_times=(0, 3600)):
+        return {"temperature_degC": np.array(temperatures), "valid_time": np.array(valid_times)}
+
+    assert compare("x", outputs([1.0, 2.0]), outputs([1.0, 2.00005]), 1e-4) == pytest.approx(5e-5)
+    with pytest.raises(SmokeFailure, match=r"gRPC Predict: temperature_degC: sample 1: expected 2.0, got 2.5"):
+        compare("gRPC Predict", outputs([1.0, 2.5]), outputs([1.0, 2.0]), 1e-4)
+    with pytest.raises(SmokeFailure, match="temperature_degC: sample 0"):
+        compare("x", outputs([np.nan, 1.0]), outputs([1.0, 1.0]), 1e-4)
+    with pytest.raises(SmokeFailure, match="valid_time: sample 1: expected 3600, got 3601"):
+        compare("x", outputs([1.0, 2.0], (0, 3601)), outputs([1.0, 2.0]), 1e-4)
+    with pytest.raises(SmokeFailure, match=r"expected outputs \['temperature_degC', 'valid_time'\]"):
+        compare("x", {"temperature_degC": np.array([1.0])}, outputs([1.0], (0,)), 1e-4)
 
 
 def test_version_to_check(tmp_path):

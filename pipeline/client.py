@@ -1,0 +1,277 @@
+"""Forecast client: ask a served Jena model for the temperature a day ahead.
+
+    python -m pipeline.client recent.csv --model-name jena_temperature
+        [--target localhost:8500] [--rest] [--version N | --label stable]
+        [--max-fill-hours H] [--json]
+
+In:  a Jena-format CSV (10-minute or hourly rows) holding at least the
+     model's history (5 days by default); it is cleaned and averaged into hours
+     by the pipeline's own prepare code, and its latest complete window is sent
+     to the server.
+Out: one line, e.g. `forecast for 2017-01-02 00:00 (24 h after the last
+     reading at 2017-01-01 00:00): 1.2 C (model jena_temperature, version 1)`,
+     or with `--json` the same as a JSON object.
+
+Everything about the model comes from the served model itself, not from a
+copy of params.yaml: the history length and the number of measurements from
+the signature's `history` shape (GetModelMetadata, or REST `.../metadata`),
+the forecast horizon from the model's own `valid_time` output (the moment its
+temperature is for). The measurements' order is the Jena CSV's
+(`pipeline.schema`), the same code the model was trained with. Short gaps in
+the recent readings are interpolated only when asked (`--max-fill-hours`).
+
+The library part (`latest_window`, `GrpcForecaster`, `RestForecaster`) talks
+to TensorFlow Serving or our own ModelServer through the official gRPC stubs
+or the REST API, and serves applications and the pipeline's stages alike. It
+is the only bridge between the application (pipeline/) and a server: it uses
+the official protos, never code from serving/.
+"""
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+from dataclasses import dataclass
+
+import grpc
+import numpy as np
+import pandas as pd
+import requests
+
+from pipeline import schema
+from pipeline.prepare import InvalidData, prepare, read_raw_csv
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced():
+    """TensorFlow's C++ runtime logs to file descriptor 2 when the official protos import it."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as devnull:
+            os.dup2(devnull.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+with _native_stderr_silenced():
+    from tensorflow.core.framework import tensor_pb2, types_pb2
+    from tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2, prediction_service_pb2_grpc
+
+SIGNATURE = schema.SIGNATURE_NAME
+HISTORY, TIMESTAMPS = schema.HISTORY_INPUT, schema.TIMESTAMPS_INPUT
+TEMPERATURE, VALID_TIME = schema.TEMPERATURE_OUTPUT, schema.VALID_TIME_OUTPUT
+TIMEOUT_SECONDS = 30.0
+DTYPES = {np.dtype(np.float32): types_pb2.DT_FLOAT, np.dtype(np.int64): types_pb2.DT_INT64}
+
+
+class ForecastError(RuntimeError):
+    """The input or the server did not allow a forecast; the message says why."""
+
+
+def latest_window(readings: pd.DataFrame, lookback_hours: int, max_fill_hours: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The last `lookback_hours` complete hourly rows: history [lookback, 14] and timestamps [lookback]."""
+    hourly, _ = prepare(readings, max_fill_hours)
+    window = hourly.iloc[-lookback_hours:]
+    if len(window) < lookback_hours:
+        raise ForecastError(f"need at least {lookback_hours} hours of readings, the file covers {len(hourly)}")
+    incomplete = window.index[window.isna().any(axis=1)]
+    if len(incomplete):
+        raise ForecastError(
+            f"the last {lookback_hours} hours must be complete; readings are missing around "
+            f"{incomplete[0]:%Y-%m-%d %H:%M} ({len(incomplete)} hours; --max-fill-hours interpolates short gaps)"
+        )
+    timestamps = window.index.to_numpy(dtype="datetime64[s]").astype(np.int64)
+    return window[schema.MEASUREMENTS].to_numpy(np.float32), timestamps
+
+
+def tensor_proto(array) -> "tensor_pb2.TensorProto":
+    """A TensorProto of a float32 or int64 array (raw bytes in `tensor_content`)."""
+    array = np.ascontiguousarray(array)
+    proto = tensor_pb2.TensorProto(dtype=DTYPES[array.dtype], tensor_content=array.tobytes())
+    proto.tensor_shape.dim.extend(proto.tensor_shape.Dim(size=size) for size in array.shape)
+    return proto
+
+
+def to_array(proto: "tensor_pb2.TensorProto") -> np.ndarray:
+    """The float32 or int64 array of a TensorProto answered by TF Serving."""
+    dtype = {code: dtype for dtype, code in DTYPES.items()}[proto.dtype]
+    shape = [dim.size for dim in proto.tensor_shape.dim]
+    if proto.tensor_content:
+        return np.frombuffer(proto.tensor_content, dtype).reshape(shape)
+    values = proto.float_val if dtype == np.float32 else proto.int64_val
+    return np.asarray(values, dtype).reshape(shape)
+
+
+def model_spec(request, model_name: str, version: int | None = None, label: str | None = None) -> None:
+    request.model_spec.name = model_name
+    request.model_spec.signature_name = SIGNATURE
+    if version is not None:
+        request.model_spec.version.value = version
+    elif label is not None:
+        request.model_spec.version_label = label
+
+
+def predict_request(model_name: str, history, timestamps, version=None, label=None) -> "predict_pb2.PredictRequest":
+    """A Predict request for `serving_default`: history [batch, lookback, 14], timestamps [batch, lookback]."""
+    request = predict_pb2.PredictRequest()
+    model_spec(request, model_name, version, label)
+    request.inputs[HISTORY].CopyFrom(tensor_proto(np.asarray(history, np.float32)))
+    request.inputs[TIMESTAMPS].CopyFrom(tensor_proto(np.asarray(timestamps, np.int64)))
+    return request
+
+
+def history_shape(lookback: int, measurements: int) -> int:
+    """The history length of a served model, after checking that it reads the Jena measurements."""
+    if measurements != len(schema.MEASUREMENTS):
+        raise ForecastError(f"the served model's {HISTORY} input has {measurements} measurements per hour, "
+                            f"a Jena CSV has {len(schema.MEASUREMENTS)}")
+    return lookback
+
+
+@dataclass
+class Forecast:
+    temperatures_degC: np.ndarray   # [batch]
+    valid_times: np.ndarray         # [batch], unix seconds
+    model_name: str
+    version: int | None
+
+
+class GrpcForecaster:
+    """PredictionService client for the served model's `serving_default` signature."""
+
+    def __init__(self, target: str, model_name: str, timeout: float = TIMEOUT_SECONDS):
+        self.channel = grpc.insecure_channel(target)
+        self.stub = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
+        self.model_name, self.timeout = model_name, timeout
+
+    def signature(self, version=None, label=None):
+        """The served `serving_default` SignatureDef, from GetModelMetadata."""
+        request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+        model_spec(request, self.model_name, version, label)
+        response = self.stub.GetModelMetadata(request, timeout=self.timeout)
+        signatures = get_model_metadata_pb2.SignatureDefMap()
+        response.metadata["signature_def"].Unpack(signatures)
+        if SIGNATURE not in signatures.signature_def:
+            raise ForecastError(f"model {self.model_name} has no {SIGNATURE} signature")
+        return signatures.signature_def[SIGNATURE]
+
+    def lookback_hours(self, version=None, label=None) -> int:
+        dims = self.signature(version, label).inputs[HISTORY].tensor_shape.dim
+        return history_shape(dims[1].size, dims[2].size)
+
+    def predict(self, history, timestamps, version=None, label=None) -> Forecast:
+        """history [batch, lookback, 14] float32 and timestamps [batch, lookback] int64 -> forecasts."""
+        request = predict_request(self.model_name, history, timestamps, version, label)
+        response = self.stub.Predict(request, timeout=self.timeout)
+        return Forecast(to_array(response.outputs[TEMPERATURE]), to_array(response.outputs[VALID_TIME]),
+                        response.model_spec.name, response.model_spec.version.value)
+
+    def close(self):
+        self.channel.close()
+
+
+class RestForecaster:
+    """The same over TensorFlow Serving's REST API (columnar `inputs` format)."""
+
+    def __init__(self, target: str, model_name: str, timeout: float = TIMEOUT_SECONDS):
+        self.base = f"http://{target}/v1/models/{model_name}"
+        self.model_name, self.timeout = model_name, timeout
+        self.session = requests.Session()
+
+    def _url(self, version=None, label=None) -> str:
+        if version is not None:
+            return f"{self.base}/versions/{version}"
+        return f"{self.base}/labels/{label}" if label is not None else self.base
+
+    def _call(self, method, url, **kwargs) -> dict:
+        response = self.session.request(method, url, timeout=self.timeout, **kwargs)
+        body = response.json()
+        if response.status_code != 200:
+            raise ForecastError(f"{url}: HTTP {response.status_code}: {body.get('error', body)}")
+        return body
+
+    def lookback_hours(self, version=None, label=None) -> int:
+        metadata = self._call("GET", self._url(version, label) + "/metadata")
+        signature = metadata["metadata"]["signature_def"]["signature_def"][SIGNATURE]
+        dims = signature["inputs"][HISTORY]["tensor_shape"]["dim"]
+        return history_shape(int(dims[1]["size"]), int(dims[2]["size"]))
+
+    def predict(self, history, timestamps, version=None, label=None) -> Forecast:
+        body = {"signature_name": SIGNATURE,
+                "inputs": {HISTORY: np.asarray(history).tolist(), TIMESTAMPS: np.asarray(timestamps).tolist()}}
+        outputs = self._call("POST", self._url(version, label) + ":predict", json=body)["outputs"]
+        return Forecast(np.asarray(outputs[TEMPERATURE], np.float32), np.asarray(outputs[VALID_TIME], np.int64),
+                        self.model_name, version)
+
+    def close(self):
+        self.session.close()
+
+
+def forecast_answer(last_timestamp: int, forecast: Forecast) -> dict:
+    """The first forecast of a batch as plain values: valid time, horizon, temperature, model."""
+    valid_time = int(forecast.valid_times[0])
+    return {
+        "valid_time": f"{pd.Timestamp(valid_time, unit='s'):%Y-%m-%d %H:%M}",
+        "last_reading": f"{pd.Timestamp(last_timestamp, unit='s'):%Y-%m-%d %H:%M}",
+        "horizon_hours": (valid_time - last_timestamp) // 3600,
+        "temperature_degC": round(float(forecast.temperatures_degC[0]), 2),
+        "model_name": forecast.model_name,
+        "version": forecast.version or None,
+    }
+
+
+def forecast_line(answer: dict) -> str:
+    version = f", version {answer['version']}" if answer["version"] else ""
+    return (f"forecast for {answer['valid_time']} ({answer['horizon_hours']} h after the last reading at "
+            f"{answer['last_reading']}): {answer['temperature_degC']:.1f} C (model {answer['model_name']}{version})")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.client", description=__doc__.split("\n\n")[0])
+    parser.add_argument("csv", help="Jena-format CSV with at least the model's history (the last 5 days)")
+    parser.add_argument("--model-name", required=True, help="the served model's name (params.yaml: serving.model_name)")
+    parser.add_argument("--target", default=None, help="host:port (default localhost:8500, or :8501 with --rest)")
+    parser.add_argument("--rest", action="store_true", help="use the REST API instead of gRPC")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--version", type=int, help="ask this exact version")
+    which.add_argument("--label", help="ask the version with this label (e.g. stable)")
+    parser.add_argument("--max-fill-hours", type=int, default=0,
+                        help="interpolate gaps of up to this many hours in the readings (default 0: none)")
+    parser.add_argument("--json", action="store_true", help="print the answer as a JSON object")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    target = args.target or ("localhost:8501" if args.rest else "localhost:8500")
+    forecaster = (RestForecaster if args.rest else GrpcForecaster)(target, args.model_name)
+    try:
+        readings = read_raw_csv(args.csv)
+        lookback = forecaster.lookback_hours(args.version, args.label)
+        history, timestamps = latest_window(readings, lookback, args.max_fill_hours)
+        forecast = forecaster.predict(history[None], timestamps[None], args.version, args.label)
+    except FileNotFoundError:
+        print(f"client: {args.csv}: no such file", file=sys.stderr)
+        return 2
+    except (InvalidData, ForecastError) as error:
+        print(f"client: {error}", file=sys.stderr)
+        return 2
+    except grpc.RpcError as error:
+        print(f"client: {target}: {error.code().name}: {error.details()}", file=sys.stderr)
+        return 1
+    except requests.RequestException as error:
+        print(f"client: {target}: {error}", file=sys.stderr)
+        return 1
+    finally:
+        forecaster.close()
+    answer = forecast_answer(int(timestamps[-1]), forecast)
+    print(json.dumps(answer) if args.json else forecast_line(answer))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
