@@ -34,6 +34,7 @@ It follows TensorFlow Serving's ServerCore / AspiredVersionsManager:
 
 import contextlib
 import dataclasses
+import errno
 import logging
 import os
 import re
@@ -115,7 +116,7 @@ def version_directories(base_path: str) -> dict[int, str]:
     Raises ``OSError`` if the base path cannot be listed.
     """
     if not os.path.exists(base_path):
-        raise FileNotFoundError(f"Could not find base path {base_path}")
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), base_path)
     by_version = {}
     for name in sorted(os.listdir(base_path)):
         version = parse_version(name)

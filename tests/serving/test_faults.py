@@ -185,11 +185,15 @@ def test_fault_catalogue_loses_no_request(model_factory, tmp_path):
 
     def next_good_version(version: int, name: str | None = None):
         """Installs a good version (under ``name`` if given) and waits until it serves."""
-        nonlocal serving
         source = model_factory("linear", float(version))
         staging = tmp_path / f".staging-{version}"
         shutil.copytree(source, staging)
         os.rename(staging, base / (name or str(version)))
+        takes_over(version)
+
+    def takes_over(version: int):
+        """Waits until ``version`` answers and the one served before it is unloaded."""
+        nonlocal serving
         wait_for(lambda: predict(server.predict_stub)[0] == version, message=f"version {version} served")
         wait_for(lambda: state(serving)[0] == END, message=f"version {serving} unloaded")
         serving = version
@@ -269,7 +273,7 @@ def test_fault_catalogue_loses_no_request(model_factory, tmp_path):
         recreated.mkdir()
         install_version(recreated, 16, model_factory("linear", 16.0))
         os.rename(recreated, base)
-        next_good_version(16)
+        takes_over(16)
         assert server.log_text().count(f"Base path {base} of servable {MODEL} can be read again") == 1
     finally:
         clients.stop()
