@@ -13,6 +13,14 @@ Routes (model name, then optionally ``/versions/<n>`` or ``/labels/<l>``):
 JSON conversion lives in ``serving.json_tensor``. Errors are
 ``{"error": "..."}`` with the HTTP status TF Serving maps from the gRPC code;
 unknown routes are INVALID_ARGUMENT "Malformed request", as in TF Serving.
+
+The HTTP layer bounds what a client can hold: a body over ``MAX_BODY_BYTES``
+is refused (413) before any of it is read; a malformed ``Content-Length``, a
+broken chunked body or an unparsable request line gets a 400 (all as JSON
+errors) and the connection is closed; a connection that sends or takes
+nothing for ``IO_TIMEOUT_SECONDS`` (libevent's, as in TF Serving) is closed.
+Each connection is read on a thread of its own, so a slow client holds no
+worker.
 """
 
 import concurrent.futures
