@@ -263,7 +263,10 @@ def test_fault_catalogue_loses_no_request(model_factory, tmp_path):
         next_good_version(15)
 
         # 8. The base path removed (loaded versions keep serving), then recreated with a new version.
-        shutil.rmtree(base)
+        # Moved away first: a poll in the middle of a recursive delete would find it existing but
+        # empty, and an empty base path unloads every version (in TF Serving too).
+        os.rename(base, tmp_path / "removed")
+        shutil.rmtree(tmp_path / "removed")
         faults.append("base path removed and recreated")
         wait_for(lambda: "Could not find base path" in server.log_text(), message="missing base path noticed")
         time.sleep(2.5)  # more polls without the base path: logged once, still serving
