@@ -243,7 +243,7 @@ def test_fault_catalogue_loses_no_request(model_factory, tmp_path):
         # 5. An unreadable directory (the server runs without root's file access override).
         shutil.copytree(model_factory("linear", 10.0), base / "10")
         os.chmod(base / "10", 0)
-        fails_to_load("unreadable directory (chmod 000)", 10, "SavedModel file does not exist")
+        fails_to_load("unreadable directory (chmod 000)", 10, "saved_model.pb; Permission denied")
         os.chmod(base / "10", 0o755)
         next_good_version(11)
 
