@@ -4,9 +4,11 @@
   fault after another (junk names, plain files, a FIFO, a corrupt or
   variable-less SavedModel, an unreadable directory, a broken symlink, a
   version deleted mid-load, the base path removed and recreated). After each,
-  no request has failed, the bad version is reported in GetModelStatus with
-  its error (retried per --max_num_load_retries), and the next good version
-  loads. The figures are printed (``pytest -s``) and quoted in serving/README.md.
+  no request has failed, the bad version is reported END in GetModelStatus
+  with its error (retried per --max_num_load_retries; the version deleted
+  mid-load is only required to end unserved, since whether its load fails
+  depends on what it had read), and the next good version loads. The figures
+  are printed (``pytest -s``) and quoted in serving/README.md.
 * The polling loop cannot be killed: failing polls are logged once per streak.
 * Requests beyond the limits: REST bodies too large, malformed HTTP, clients
   that stall (raw sockets); gRPC messages beyond the receive limit (official stubs).
