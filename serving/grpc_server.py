@@ -4,7 +4,9 @@ Handlers only translate: they ask the manager for the servable a ModelSpec
 names, call it, and turn a ``ServingError`` into the gRPC status TF Serving
 would answer. The standard ``grpc.health.v1`` service is added on request.
 Messages of any size up to INT_MAX are accepted, as in TF Serving, and extra
-channel arguments come from ``--grpc_channel_arguments``.
+channel arguments come from ``--grpc_channel_arguments`` (which may lower that
+limit: ``grpc.max_receive_message_length=N`` answers larger requests with
+RESOURCE_EXHAUSTED).
 
 The handlers are coroutines, served one of two ways:
 
@@ -207,8 +209,11 @@ class GrpcServer:
 
     def __init__(self, manager, metrics: Metrics, host: str, port: int, socket_path: str,
                  channel_arguments: list, max_threads: int, enable_health: bool, asynchronous: bool):
-        options = [("grpc.max_send_message_length", MAX_MESSAGE_SIZE),
-                   ("grpc.max_receive_message_length", MAX_MESSAGE_SIZE)] + list(channel_arguments)
+        # As in TF Serving, --grpc_channel_arguments override the INT_MAX message sizes (gRPC keeps
+        # the first of two values for one key, so the defaults go only where the user set none).
+        chosen = {key for key, _ in channel_arguments}
+        options = list(channel_arguments) + [(key, MAX_MESSAGE_SIZE) for key in (
+            "grpc.max_send_message_length", "grpc.max_receive_message_length") if key not in chosen]
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=max_threads, thread_name_prefix="grpc")
         self._loop = None
         if asynchronous:

@@ -2,10 +2,15 @@
 
 It follows TensorFlow Serving's ServerCore / AspiredVersionsManager:
 
-* The config (a ``ModelServerConfig``) lists models. For each, the numeric
-  children of ``base_path`` are its versions (``00000123`` is 123); other
-  entries are ignored. The file system is polled every
-  ``file_system_poll_wait_seconds`` (0: once at start).
+* The config (a ``ModelServerConfig``) lists models. For each, the children
+  of ``base_path`` whose names parse as int64 the way TF Serving parses them
+  are its versions (``00000123`` is 123, `` 7`` is 7; ``²``, ``1e3`` or a
+  number beyond int64 are ignored); ``version_directories`` is the one place
+  that lists them. The file system is polled every
+  ``file_system_poll_wait_seconds`` (0: once at start). A base path that
+  cannot be listed changes nothing (loaded versions keep serving), and no
+  failure ends the polling: it is logged once per streak of failing polls,
+  and once more when polls succeed again.
 * The version policy picks the aspired versions: ``latest { num_versions }``
   (default 1), ``all`` or ``specific { versions }``.
 * Aspired versions that are not loaded are loaded in the background (state
@@ -29,8 +34,10 @@ It follows TensorFlow Serving's ServerCore / AspiredVersionsManager:
 
 import contextlib
 import dataclasses
+import errno
 import logging
 import os
+import re
 import threading
 from typing import Callable
 
@@ -85,15 +92,41 @@ def servable_id(name: str, version: int) -> str:
     return f"{{name: {name} version: {version}}}"
 
 
-def versions_on_disk(base_path: str) -> set[int]:
-    """Numeric children of a model's base path; anything else is ignored."""
-    try:
-        names = os.listdir(base_path)
-    except OSError:
-        log.warning("File system storage path source: Failed to list base path %s", base_path)
-        return set()
-    return {int(name) for name in names
-            if name.isdigit() and os.path.isdir(os.path.join(base_path, name))}
+# absl::SimpleAtoi, which TF Serving's FileSystemStoragePathSource parses names with:
+# ASCII whitespace around, an optional sign, ASCII decimal digits, within int64.
+_VERSION_NAME = re.compile(r"[ \t\n\v\f\r]*([+-]?[0-9]+)[ \t\n\v\f\r]*", re.ASCII)
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
+def parse_version(name: str) -> int | None:
+    """A base path child's version number as TF Serving reads it, or None (ignored)."""
+    match = _VERSION_NAME.fullmatch(name)
+    if not match:
+        return None
+    version = int(match.group(1))
+    return version if INT64_MIN <= version <= INT64_MAX else None
+
+
+def version_directories(base_path: str) -> dict[int, str]:
+    """Version number -> child path under a model's base path, as TF Serving lists them.
+
+    Every child whose name parses as a version counts, directory or not (a
+    plain file named ``5`` is version 5 and fails to load). Of two names for
+    one number the last in sorted order wins, with TF Serving's warning.
+    Raises ``OSError`` if the base path cannot be listed.
+    """
+    if not os.path.exists(base_path):
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), base_path)
+    by_version = {}
+    for name in sorted(os.listdir(base_path)):
+        version = parse_version(name)
+        if version is None:
+            continue
+        if version in by_version:
+            log.warning("Duplicate version directories detected. Version %d will be loaded from %s, %s will be "
+                        "ignored.", version, name, os.path.basename(by_version[version]))
+        by_version[version] = os.path.join(base_path, name)
+    return by_version
 
 
 def aspired_versions(config: model_server_config_pb2.ModelConfig, on_disk: set[int]) -> set[int]:
@@ -120,6 +153,7 @@ class ModelManager:
         self._stopping = threading.Event()
         self._poll_thread: threading.Thread | None = None
         self._unload_threads: list[threading.Thread] = []
+        self._failing: set[str] = set()  # what failed in the last poll, logged once per streak
 
     # ------------------------------------------------------------ lifecycle
     def apply_config(self, config: model_server_config_pb2.ModelServerConfig) -> None:
@@ -178,9 +212,26 @@ class ModelManager:
             thread.join(timeout=30)
 
     def _poll_forever(self) -> None:
+        """Polls until stopped; a failing poll is logged (once per streak) and the next one runs."""
         while not self._stopping.wait(self.options.file_system_poll_wait_seconds):
-            with self._reconcile_lock:
-                self._poll_models(list(self._models))
+            try:
+                with self._reconcile_lock:
+                    self._poll_models(list(self._models))
+            except Exception as error:  # nothing may end the polling thread
+                self._note_failure("poll", f"File system poll failed: {type(error).__name__}: {error}")
+            else:
+                self._note_recovery("poll", "File system polls succeed again")
+
+    def _note_failure(self, key: str, message: str) -> None:
+        """Logs the first failure of a streak; the same failure on later polls stays quiet."""
+        if key not in self._failing:
+            self._failing.add(key)
+            log.error("%s", message)
+
+    def _note_recovery(self, key: str, message: str) -> None:
+        if key in self._failing:
+            self._failing.discard(key)
+            log.info("%s", message)
 
     # ------------------------------------------------------------ reconcile
     def _poll_models(self, names: list[str]) -> list[threading.Thread]:
@@ -191,32 +242,50 @@ class ModelManager:
                 model = self._models.get(name)
             if model is None:
                 continue
-            on_disk = versions_on_disk(model.config.base_path)
-            if not on_disk:
-                log.warning("No versions of servable %s found under base path %s. Did you forget to "
-                            "name your leaf directory as a number (eg. '/1/')?", name, model.config.base_path)
-            aspired = aspired_versions(model.config, on_disk)
-            with self._lock:
-                model.aspired = aspired
-                model.given_up &= aspired
-                for version in sorted(aspired, reverse=True):
-                    if version in model.servables or version in model.loading or version in model.given_up:
-                        continue
-                    started.append(self._start_load(model, version))
-                self._unload_unaspired(model)
+            base_path = model.config.base_path
+            try:
+                on_disk = version_directories(base_path)
+            except OSError as error:
+                # As in TF Serving, a base path that cannot be listed changes nothing: loaded versions keep serving.
+                self._note_failure(f"model {name}", "FileSystemStoragePathSource encountered a filesystem access "
+                                   f"error: Could not find base path {base_path} for servable {name} with error "
+                                   f"{error.strerror or error}")
+                continue
+            try:
+                started += self._reconcile(model, on_disk)
+            except Exception as error:  # one model's trouble must not stop the others
+                self._note_failure(f"model {name}", f"Polling servable {name} failed: {type(error).__name__}: {error}")
+                continue
+            self._note_recovery(f"model {name}", f"Base path {base_path} of servable {name} can be read again")
         return started
 
-    def _start_load(self, model: _Model, version: int) -> threading.Thread:
+    def _reconcile(self, model: _Model, on_disk: dict[int, str]) -> list[threading.Thread]:
+        name = model.config.name
+        if not on_disk:
+            log.warning("No versions of servable %s found under base path %s. Did you forget to "
+                        "name your leaf directory as a number (eg. '/1/')?", name, model.config.base_path)
+        aspired = aspired_versions(model.config, set(on_disk))
+        started = []
+        with self._lock:
+            model.aspired = aspired
+            model.given_up &= aspired
+            for version in sorted(aspired, reverse=True):
+                if version in model.servables or version in model.loading or version in model.given_up:
+                    continue
+                started.append(self._start_load(model, version, on_disk[version]))
+            self._unload_unaspired(model)
+        return started
+
+    def _start_load(self, model: _Model, version: int, path: str) -> threading.Thread:
         self._set_state(model.config.name, version, START)
-        thread = threading.Thread(target=self._load, args=(model, version),
+        thread = threading.Thread(target=self._load, args=(model, version, path),
                                   name=f"load-{model.config.name}-{version}", daemon=True)
         model.loading[version] = thread
         thread.start()
         return thread
 
-    def _load(self, model: _Model, version: int) -> None:
+    def _load(self, model: _Model, version: int, path: str) -> None:
         name = model.config.name
-        path = os.path.join(model.config.base_path, self._directory_name(model, version))
         log.info("Approving load for servable version %s", servable_id(name, version))
         self._set_state(name, version, LOADING)
         attempts = 1 + max(self.options.max_num_load_retries, 0)
@@ -273,13 +342,6 @@ class ModelManager:
                 log.info("Finished reading warmup data for model at %s. Number of warmup records read: %d.",
                          os.path.join(path, "assets.extra", "tf_serving_warmup_requests"), replayed)
         return servable
-
-    @staticmethod
-    def _directory_name(model: _Model, version: int) -> str:
-        for name in os.listdir(model.config.base_path):
-            if name.isdigit() and int(name) == version:
-                return name
-        return str(version)
 
     def _unload_unaspired(self, model: _Model) -> None:
         """Availability-preserving unloads; call with ``_lock`` held."""

@@ -13,6 +13,14 @@ Routes (model name, then optionally ``/versions/<n>`` or ``/labels/<l>``):
 JSON conversion lives in ``serving.json_tensor``. Errors are
 ``{"error": "..."}`` with the HTTP status TF Serving maps from the gRPC code;
 unknown routes are INVALID_ARGUMENT "Malformed request", as in TF Serving.
+
+The HTTP layer bounds what a client can hold: a body over ``MAX_BODY_BYTES``
+is refused (413) before any of it is read; a malformed ``Content-Length``, a
+broken chunked body or an unparsable request line gets a 400 (all as JSON
+errors) and the connection is closed; a connection that sends or takes
+nothing for ``IO_TIMEOUT_SECONDS`` (libevent's, as in TF Serving) is closed.
+Each connection is read on a thread of its own, so a slow client holds no
+worker.
 """
 
 import concurrent.futures
@@ -20,6 +28,7 @@ import http.server
 import json
 import logging
 import re
+import sys
 import threading
 import time
 
@@ -41,6 +50,15 @@ STATUS_ROUTE = re.compile(r"/v1/models(?:/(?P<name>[^/:]*))?"
 
 # ------------------------------------------------------------------ server
 MAX_VERSION = 2**63 - 1
+# TF Serving's HTTP server (libevent's evhttp) takes bodies of any size; we refuse
+# more than this (413) before reading any of it, so that no request can hold the memory.
+MAX_BODY_BYTES = 64 * 1024 * 1024
+# libevent's read/write timeout for HTTP connections (HTTP_READ_TIMEOUT), kept by TF Serving.
+IO_TIMEOUT_SECONDS = 50
+_DECIMAL = re.compile(r"[0-9]{1,19}", re.ASCII)
+_CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")
+_MAX_CHUNK_LINE = 4096
+_MAX_TRAILER_LINES = 100
 
 
 def _model_spec(match) -> model_pb2.ModelSpec:
@@ -134,6 +152,38 @@ def _unpack_signature_map(any_message):
     return signature_map
 
 
+class _HttpError(Exception):
+    """A request the HTTP layer refuses before it reaches the API: status and message."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+def _read_chunked(rfile, limit: int) -> bytes:
+    """A ``Transfer-Encoding: chunked`` body, refused if malformed or over ``limit`` bytes."""
+    chunks, total = [], 0
+    while True:
+        line = rfile.readline(_MAX_CHUNK_LINE)
+        size_text = line.split(b";", 1)[0].strip()
+        if not line.endswith(b"\n") or not _CHUNK_SIZE.fullmatch(size_text):
+            raise _HttpError(400, f"Malformed chunked request body: bad chunk size line {line[:40]!r}")
+        size = int(size_text, 16)
+        if size == 0:
+            break
+        total += size
+        if total > limit:
+            raise _HttpError(413, f"Request body exceeds the limit of {limit} bytes")
+        data = rfile.read(size)
+        if len(data) < size or rfile.readline(3) not in (b"\r\n", b"\n"):
+            raise _HttpError(400, "Malformed chunked request body: a chunk is cut off or not followed by CRLF")
+        chunks.append(data)
+    for _ in range(_MAX_TRAILER_LINES):  # trailer fields are read and ignored
+        if rfile.readline(_MAX_CHUNK_LINE) in (b"\r\n", b"\n", b""):
+            break
+    return b"".join(chunks)
+
+
 class _Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "TensorFlowServing-compatible"
@@ -141,23 +191,61 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     timeout_seconds: float
     enable_cors: bool
     workers: concurrent.futures.Executor
+    # StreamRequestHandler applies it to every read and write of the connection: a client that
+    # stalls (also mid-request) is disconnected after it, and an idle keep-alive connection too.
+    timeout = IO_TIMEOUT_SECONDS
+
+    def _read_body(self) -> bytes:
+        encoding = self.headers.get("Transfer-Encoding")
+        lengths = self.headers.get_all("Content-Length") or []
+        if encoding is not None:
+            if encoding.strip().lower() != "chunked" or lengths:
+                raise _HttpError(400, f"Unsupported Transfer-Encoding: {encoding}"
+                                 + (" with Content-Length" if lengths else ""))
+            return _read_chunked(self.rfile, MAX_BODY_BYTES)
+        if not lengths:
+            return b""
+        if len(set(lengths)) > 1 or not _DECIMAL.fullmatch(lengths[0].strip()):
+            raise _HttpError(400, f"Invalid Content-Length: {', '.join(lengths)}")
+        length = int(lengths[0])
+        if length > MAX_BODY_BYTES:
+            raise _HttpError(413, f"Request body of {length} bytes exceeds the limit of {MAX_BODY_BYTES} bytes")
+        body = self.rfile.read(length)
+        if len(body) < length:
+            raise _HttpError(400, f"Request body ended after {len(body)} of {length} bytes")
+        return body
 
     def _answer(self, method: str) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length) if length else b""
+        try:
+            body = self._read_body()
+        except _HttpError as error:
+            self._reply(error.status, "application/json", json.dumps({"error": str(error)}), close=True)
+            return
         future = self.workers.submit(self.api.handle, method, self.path, body)
         try:
             status, content_type, text = future.result(timeout=self.timeout_seconds)
         except concurrent.futures.TimeoutError:
             status, content_type, text = 504, "application/json", json.dumps({"error": "Deadline Exceeded"})
+        self._reply(status, content_type, text)
+
+    def _reply(self, status: int, content_type: str, text: str, close: bool = False) -> None:
         payload = text.encode("utf-8")
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(payload)))
         if self.enable_cors:
             self.send_header("Access-Control-Allow-Origin", "*")
+        if close:  # the rest of the stream cannot be trusted to start a request
+            self.send_header("Connection", "close")
         self.end_headers()
         self.wfile.write(payload)
+
+    def send_error(self, code, message=None, explain=None):
+        """The HTTP parser's own refusals (bad request line, headers too long, ...) as JSON errors."""
+        if self.request_version == "HTTP/0.9":  # an unparsable request line; answer with a status line anyway
+            self.request_version = self.protocol_version
+        self._reply(code, "application/json",
+                    json.dumps({"error": message or self.responses.get(code, ("Error",))[0]}), close=True)
 
     def do_GET(self):
         self._answer("GET")
@@ -178,17 +266,29 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         log.debug("REST %s", format % args)
 
 
-class RestServer:
-    """ThreadingHTTPServer running RestApi on host:port in a background thread."""
+class _HttpServer(http.server.ThreadingHTTPServer):
+    daemon_threads = True
 
-    def __init__(self, api: RestApi, host: str, port: int, num_threads: int, timeout_ms: int, enable_cors: bool):
+    def handle_error(self, request, client_address):
+        """A connection that breaks (reset, timed out while writing) ends quietly: one log line."""
+        log.debug("REST connection from %s ended: %s", client_address[0], sys.exc_info()[1])
+
+
+class RestServer:
+    """ThreadingHTTPServer running RestApi on host:port in a background thread.
+
+    Each connection has a thread of its own that reads the request (so a slow
+    client holds no worker), and the ``num_threads`` workers run the requests.
+    """
+
+    def __init__(self, api: RestApi, host: str, port: int, num_threads: int, timeout_ms: int, enable_cors: bool,
+                 io_timeout_seconds: float = IO_TIMEOUT_SECONDS):
         self._workers = concurrent.futures.ThreadPoolExecutor(max_workers=num_threads, thread_name_prefix="rest")
         handler = type("Handler", (_Handler,), {
             "api": api, "timeout_seconds": timeout_ms / 1000 if timeout_ms > 0 else None,
-            "enable_cors": enable_cors, "workers": self._workers,
+            "enable_cors": enable_cors, "workers": self._workers, "timeout": io_timeout_seconds,
         })
-        self._server = http.server.ThreadingHTTPServer((host, port), handler)
-        self._server.daemon_threads = True
+        self._server = _HttpServer((host, port), handler)
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, name="rest", daemon=True)
 

@@ -75,6 +75,12 @@ def _format_shape(dims) -> str:
 
 def _read_meta_graph(path: str, tags: set[str]) -> meta_graph_pb2.MetaGraphDef:
     pb_path = os.path.join(path, "saved_model.pb")
+    try:
+        os.stat(pb_path)
+    except PermissionError as error:  # say so, rather than that the file does not exist
+        raise ServingError(grpc.StatusCode.PERMISSION_DENIED, f"{pb_path}; {error.strerror}") from error
+    except OSError:
+        pass  # missing: reported below
     if not os.path.isfile(pb_path):
         raise not_found(f"SavedModel file does not exist at: {path}/{{saved_model.pbtxt|saved_model.pb}}")
     saved_model = saved_model_pb2.SavedModel()

@@ -33,11 +33,11 @@ def free_port() -> int:
 class ServerProcess:
     """One model server subprocess with its ports and log file."""
 
-    def __init__(self, log_dir: Path, *flags: str, rest: bool = True):
+    def __init__(self, log_dir: Path, *flags: str, rest: bool = True, launcher: tuple = ()):
         self.port = free_port()
         self.rest_port = free_port() if rest else 0
         self.log_path = log_dir / f"server-{self.port}.log"
-        command = [sys.executable, "-m", "serving.model_server", f"--port={self.port}",
+        command = [*launcher, sys.executable, "-m", "serving.model_server", f"--port={self.port}",
                    f"--rest_api_port={self.rest_port}", *flags]
         self._log = open(self.log_path, "wb")
         self.process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=self._log, stderr=subprocess.STDOUT)
