@@ -40,10 +40,12 @@ finds its number taken from it and stops, deleting its files.
 import concurrent.futures
 import contextlib
 import json
+import logging
 import os
 import socket
 import tempfile
 import time
+import urllib.parse
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -76,11 +78,17 @@ def join(base: str, *names: str) -> str:
     return "/".join([str(base).rstrip("/"), *names])
 
 
+CREDENTIALS = {"s3": "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE or an instance role",
+               "gs": "GOOGLE_APPLICATION_CREDENTIALS or the machine's service account"}
+
+
 def _file_system(scheme: str):
     """An fsspec file system configured from the environment, with bounded retries.
 
     gcsfs' default class probes each bucket's layout with credentials an emulator
-    does not need and logs a warning for it; the core class does not.
+    does not need and logs a warning for it; the core class does not. gcsfs also
+    logs a traceback for every failed request; the failure reaches us and is
+    reported in one line, so its logger only keeps critical messages.
     """
     if scheme == "s3":
         import s3fs
@@ -91,8 +99,27 @@ def _file_system(scheme: str):
         import gcsfs.core
 
         fs = gcsfs.core.GCSFileSystem(requests_timeout=60)
+        logging.getLogger("gcsfs").setLevel(logging.CRITICAL)
     fs.retries = 2  # s3fs retries each call 5 times by default (gcsfs' count is fixed; _bounded caps it)
     return fs
+
+
+def _configured_endpoint(scheme: str) -> str | None:
+    """The endpoint the environment points the client at, if not the provider's default."""
+    if scheme == "s3":
+        return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    host = os.environ.get("STORAGE_EMULATOR_HOST")
+    return host if host and "://" in host else (f"http://{host}" if host else None)
+
+
+def _check_reachable(url: str, endpoint: str) -> None:
+    """Fail at once on a refused connection, which the clients would retry for tens of seconds."""
+    parsed = urllib.parse.urlsplit(endpoint)
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        socket.create_connection((parsed.hostname, port), timeout=5).close()
+    except OSError as error:
+        raise StoreError(f"{url}: cannot connect to the endpoint {endpoint} ({error})") from None
 
 
 def _bounded(call: Callable, seconds: float, what: str):
@@ -152,6 +179,9 @@ def open_store(url: str) -> Store:
     bucket = rest.split("/", 1)[0]
     if not bucket:
         raise StoreError(f"{url}: no bucket named")
+    endpoint = _configured_endpoint(SCHEMES[scheme])
+    if endpoint:
+        _check_reachable(url, endpoint)
     fs = _file_system(SCHEMES[scheme])
     root = rest.rstrip("/")
 
@@ -174,8 +204,8 @@ def open_store(url: str) -> Store:
     except Exception as error:  # the clients' errors differ per store; all mean this URL cannot be used
         name = type(error).__name__
         if "Credential" in name or "Auth" in name or isinstance(error, PermissionError):
-            raise StoreError(f"{url}: no usable credentials ({name}: {_describe(error)}); set them in "
-                             f"the environment (AWS_* or GOOGLE_APPLICATION_CREDENTIALS)") from None
+            raise StoreError(f"{url}: no usable credentials ({name}: {_describe(error)}); provide "
+                             f"{CREDENTIALS[SCHEMES[scheme]]} in the environment") from None
         raise StoreError(f"{url}: cannot use the store ({name}: {_describe(error)})") from None
     return Store(url=str(url).rstrip("/"), fs=fs, root=root)
 
@@ -322,8 +352,8 @@ def settle(store: Store, number: int, listing: Listing, stale_seconds: float) ->
     if "claim" not in kinds:
         return True
     outcome = _outcome(store, number, kinds)
-    has_last_file = LAST_FILE in listing.files.get(number, {})
-    if outcome is not None and (outcome["outcome"] != "published" or has_last_file):
+    finished = LAST_FILE in listing.files.get(number, {}) or "complete" in kinds  # (maybe retired since)
+    if outcome is not None and (outcome["outcome"] != "published" or finished):
         if outcome["outcome"] != "published" and number in listing.files:
             store.remove(store.path(str(number)))  # a settled publication's leftover files
         return True

@@ -64,6 +64,12 @@ class S3Server:
             self._server.stop()
             self._server = None
 
+    def reset(self) -> None:
+        """Forget every bucket: moto's state outlives a server, so each test starts from this."""
+        import requests
+
+        requests.post(f"{self.endpoint_url}/moto-api/reset", timeout=10).raise_for_status()
+
     def create_bucket(self, name: str) -> str:
         """Make a bucket; returns its URL prefix, e.g. `s3://name`."""
         import boto3
