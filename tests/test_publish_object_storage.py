@@ -20,7 +20,7 @@ import pytest
 
 from conftest import REPO_ROOT
 from pipeline import export, store
-from pipeline.publish import PublicationRefused, fingerprint, model_directory
+from pipeline.publish import PublicationRefused, fingerprint, model_directory, publish
 from test_publish import fake_export, labelled_config
 from tests.object_storage import os_environment_with
 
@@ -393,3 +393,10 @@ def test_an_unreachable_store_fails_at_once(object_store, tmp_path):
         store.publish(fake_export(tmp_path / "e", "e"), f"{bucket}/jena", keep_versions=3)
     assert time.monotonic() - started < 5
     object_store.start()
+
+
+def test_a_local_base_path_that_is_a_file_is_a_one_line_error(tmp_path):
+    (tmp_path / "serving").write_text("not a directory")
+    with pytest.raises(ValueError, match=r"serving: is a file, not a directory; check serving.base_path"):
+        publish(fake_export(tmp_path / "e", "e"), tmp_path / "serving/jena_temperature", keep_versions=3)
+    assert (tmp_path / "serving").read_text() == "not a directory"
