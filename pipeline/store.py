@@ -44,6 +44,7 @@ import logging
 import os
 import socket
 import tempfile
+import threading
 import time
 import urllib.parse
 import uuid
@@ -62,7 +63,6 @@ WAIT_SECONDS = 3600.0       # longest wait for lower-numbered publications to se
 POLL_SECONDS = 0.5
 REACH_SECONDS = 20.0        # first contact with the store; the clients' own retries take longer
 MAX_CLAIM_ATTEMPTS = 100
-SETTLED = {"published", "refused", "identical", "abandoned"}
 
 
 class StoreError(Exception):
@@ -372,24 +372,34 @@ def settle(store: Store, number: int, listing: Listing, stale_seconds: float) ->
     return True
 
 
-class _Heartbeat:
-    """Rewrites `<N>.alive` at most every HEARTBEAT_SECONDS, so others know this publisher runs."""
+@contextlib.contextmanager
+def heartbeat(store: Store, number: int):
+    """While in the block, rewrite `<N>.alive` every HEARTBEAT_SECONDS so that others know we run,
+    however long one file takes to upload."""
+    stop = threading.Event()
 
-    def __init__(self, store: Store, number: int):
-        self.store, self.number, self.last = store, number, 0.0
+    def beat():
+        while True:
+            try:
+                store.write_json(store.record(number, "alive"), {"at": time.time()})
+            except Exception:  # noqa: BLE001  a missed beat only makes us look older; store errors surface in the caller
+                pass
+            if stop.wait(HEARTBEAT_SECONDS):
+                return
 
-    def __call__(self) -> None:
-        if time.monotonic() - self.last >= HEARTBEAT_SECONDS:
-            self.store.write_json(self.store.record(self.number, "alive"), {"at": time.time()})
-            self.last = time.monotonic()
+    thread = threading.Thread(target=beat, name=f"heartbeat-{number}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
-def wait_for_lower(store: Store, number: int, heartbeat: Callable[[], None], stale_seconds: float,
-                   wait_seconds: float) -> Listing:
+def wait_for_lower(store: Store, number: int, stale_seconds: float, wait_seconds: float) -> Listing:
     """Block until every publication numbered below `number` is settled; returns the last listing."""
     deadline = time.monotonic() + wait_seconds
     while True:
-        heartbeat()
         listing = look(store)
         pending = [lower for lower in sorted(listing.records) if lower < number
                    and not settle(store, lower, listing, stale_seconds)]
@@ -411,10 +421,33 @@ def version_fingerprint(store: Store, version: int, listing: Listing) -> str | N
         return None
 
 
-def upload(store: Store, saved_model: Path, number: int, names: list[str], heartbeat: Callable[[], None]) -> None:
+def upload(store: Store, saved_model: Path, number: int, names: list[str]) -> None:
     for name in names:
         store.fs.put_file(str(saved_model / name), store.path(str(number), name))
-        heartbeat()
+
+
+def finish(store: Store, number: int, saved_model: Path, new_fingerprint: str, listing: Listing,
+           still_blessed: Callable[[Path | None], tuple[bool, str]] | None,
+           end: Callable[[str, str], None]) -> tuple[int, bool]:
+    """Decide publication `number` against the newest complete version below it and carry it out;
+    returns (the version serving the model, whether it is new)."""
+    below = [version for version in listing.complete() if version < number]
+    newest = below[-1] if below else None
+    if newest is not None and version_fingerprint(store, newest, listing) == new_fingerprint:
+        end("identical", f"identical to version {newest}")
+        store.remove(store.path(str(number)))
+        return newest, False
+    if still_blessed is not None:
+        with tempfile.TemporaryDirectory(prefix="published-") as scratch:
+            copy = download_version(store.url, newest, Path(scratch)) if newest is not None else None
+            blessed, reason = still_blessed(copy)
+        if not blessed:
+            end("refused", reason)
+            store.remove(store.path(str(number)))
+            raise PublicationRefused(reason)
+    end("published", f"published as version {number}")
+    store.fs.put_file(str(saved_model / LAST_FILE), store.path(str(number), LAST_FILE))
+    return number, True
 
 
 def publish(saved_model: Path, url: str, keep_versions: int, protected: set[int] = frozenset(),
@@ -434,52 +467,40 @@ def publish(saved_model: Path, url: str, keep_versions: int, protected: set[int]
     new_fingerprint = fingerprint(saved_model)
     names = sorted(path.relative_to(saved_model).as_posix() for path in saved_model.rglob("*") if path.is_file())
     number = claim_number(store, Owner.this_process(), new_fingerprint)
-    heartbeat = _Heartbeat(store, number)
-    decided = False
+    decided = []  # the outcome, once written
 
-    def end(outcome: str, reason: str) -> None:
-        nonlocal decided
+    def end(outcome: str, reason: str, exclusive: bool = True) -> None:
         store.write_json(store.record(number, "outcome"), {"outcome": outcome, "reason": reason,
                                                            "fingerprint": new_fingerprint, "at": time.time()},
-                         exclusive=True)
-        decided = True
+                         exclusive=exclusive)
+        decided.append(outcome)
 
     try:
-        upload(store, saved_model, number, [name for name in names if name != LAST_FILE], heartbeat)
-        listing = wait_for_lower(store, number, heartbeat, stale_seconds, wait_seconds)
-        below = [version for version in listing.complete() if version < number]
-        newest = below[-1] if below else None
-        if newest is not None and version_fingerprint(store, newest, listing) == new_fingerprint:
-            end("identical", f"identical to version {newest}")
-            store.remove(store.path(str(number)))
-            version, created = newest, False
-        else:
-            if still_blessed is not None:
-                with tempfile.TemporaryDirectory(prefix="published-") as scratch:
-                    copy = download_version(store.url, newest, Path(scratch)) if newest is not None else None
-                    blessed, reason = still_blessed(copy)
-                if not blessed:
-                    end("refused", reason)
-                    store.remove(store.path(str(number)))
-                    raise PublicationRefused(reason)
-            end("published", f"published as version {number}")
-            store.fs.put_file(str(saved_model / LAST_FILE), store.path(str(number), LAST_FILE))
-            store.write_json(store.record(number, "complete"), {
-                "fingerprint": new_fingerprint, "at": time.time(),
-                "files": {name: (saved_model / name).stat().st_size for name in names}})
-            version, created = number, True
+        with heartbeat(store, number):
+            upload(store, saved_model, number, [name for name in names if name != LAST_FILE])
+            listing = wait_for_lower(store, number, stale_seconds, wait_seconds)
+            version, created = finish(store, number, saved_model, new_fingerprint, listing, still_blessed, end)
+            if created:
+                store.write_json(store.record(number, "complete"), {
+                    "fingerprint": new_fingerprint, "at": time.time(),
+                    "files": {name: (saved_model / name).stat().st_size for name in names}})
     except FileExistsError:
         # our outcome was written by another publication: it took us for dead
         store.remove(store.path(str(number)))
         raise StoreError(f"{store.url}: publication {number} was settled as abandoned by another publisher "
                          f"(silent for over {stale_seconds:.0f} s); nothing published") from None
     except BaseException as error:
-        if not decided:  # leave nothing loadable, and settle the number if the store still answers
-            try:
-                end("abandoned", f"publication failed: {_describe(error)}")
+        # leave nothing half-uploaded, and settle the number if the store still answers
+        try:
+            if not decided or (decided == ["published"]
+                               and not store.fs.exists(store.path(str(number), LAST_FILE))):
+                end("abandoned", f"publication failed: {_describe(error)}", exclusive=not decided)
                 store.remove(store.path(str(number)))
-            except Exception:
-                pass  # the next publication settles it once this process is gone
+        except Exception:  # noqa: BLE001
+            pass  # the next publication settles it once this process is gone
+        if isinstance(error, Exception) and not isinstance(error, (StoreError, PublicationRefused, ValueError)):
+            raise StoreError(f"{store.url}: publication {number} failed, nothing published "
+                             f"({type(error).__name__}: {_describe(error)})") from error
         raise
     complete = look(store).complete()
     retired = versions_to_retire(complete, keep_versions, set(protected))

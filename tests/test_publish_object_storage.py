@@ -400,3 +400,19 @@ def test_a_local_base_path_that_is_a_file_is_a_one_line_error(tmp_path):
     with pytest.raises(ValueError, match=r"serving: is a file, not a directory; check serving.base_path"):
         publish(fake_export(tmp_path / "e", "e"), tmp_path / "serving/jena_temperature", keep_versions=3)
     assert (tmp_path / "serving").read_text() == "not a directory"
+
+
+def test_a_store_error_mid_upload_is_one_line_and_leaves_nothing_loadable(model_url, tmp_path, monkeypatch):
+    upload = store.upload
+
+    def upload_then_fail(s, saved_model, number, names):
+        upload(s, saved_model, number, names[:2])
+        raise OSError("connection reset by peer")
+
+    monkeypatch.setattr(store, "upload", upload_then_fail)
+    with pytest.raises(store.StoreError, match=r"publication 1 failed, nothing published \(OSError: connection reset"):
+        store.publish(fake_export(tmp_path / "e", "e"), model_url, keep_versions=3)
+    assert outcome(model_url, 1)["outcome"] == "abandoned"
+    assert not [name for name in files_under(model_url) if name.startswith("1/")]
+    monkeypatch.setattr(store, "upload", upload)
+    assert store.publish(fake_export(tmp_path / "f", "f"), model_url, keep_versions=3).version == 2

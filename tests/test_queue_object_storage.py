@@ -64,4 +64,14 @@ def test_two_queued_experiments_publish_two_distinct_versions_to_s3(pipeline_rep
     assert fs.find(f"{root}/.publications") == sorted(
         f"{root}/.publications/{n}.{kind}" for n in (1, 2) for kind in ("alive", "claim", "complete", "outcome"))
 
-    print(pipeline_repo.dvc("exp", "show", "--json").stdout)
+
+    # each experiment's models/publication.json, as committed in its experiment ref
+    refs = pipeline_repo.run("git", "for-each-ref", "refs/exps", "--format=%(refname)").stdout.split()
+    records = [json.loads(pipeline_repo.run("git", "show", f"{ref}:models/publication.json").stdout)
+               for ref in refs if ref.count("/") == 4]
+    assert sorted((record["published"], record["version"], record["path"]) for record in records) == [
+        (True, 1, f"{url}/1"), (True, 2, f"{url}/2")]
+    claims = [json.loads(fs.cat_file(f"{root}/.publications/{n}.claim"))["started"] for n in (1, 2)]
+    completes = [json.loads(fs.cat_file(f"{root}/.publications/{n}.complete"))["at"] for n in (1, 2)]
+    print(f"claims at +0 s and +{claims[1] - claims[0]:.1f} s; version 1 complete at +{completes[0] - claims[0]:.1f} s, "
+          f"version 2 at +{completes[1] - claims[0]:.1f} s")
