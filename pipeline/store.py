@@ -254,9 +254,8 @@ def complete_versions(url: str) -> list[int]:
     return look(open_store(url)).complete()
 
 
-def download_version(url: str, version: int, destination: Path) -> Path:
+def download_version(store: Store, version: int, destination: Path) -> Path:
     """Copy version `version` into `destination/<version>/`; returns that directory."""
-    store = open_store(url)
     target = Path(destination) / str(version)
     for relative in look(store).files.get(version, {}):
         (target / relative).parent.mkdir(parents=True, exist_ok=True)
@@ -275,12 +274,13 @@ def newest_published(directory):
         version = newest_version(Path(directory))
         yield version, (Path(directory) / str(version) if version is not None else None)
         return
-    versions = complete_versions(str(directory))
+    store = open_store(str(directory))
+    versions = look(store).complete()
     if not versions:
         yield None, None
         return
     with tempfile.TemporaryDirectory(prefix="published-") as scratch:
-        yield versions[-1], download_version(str(directory), versions[-1], Path(scratch))
+        yield versions[-1], download_version(store, versions[-1], Path(scratch))
 
 
 # --- publication --------------------------------------------------------------------------------
@@ -439,7 +439,7 @@ def finish(store: Store, number: int, saved_model: Path, new_fingerprint: str, l
         return newest, False
     if still_blessed is not None:
         with tempfile.TemporaryDirectory(prefix="published-") as scratch:
-            copy = download_version(store.url, newest, Path(scratch)) if newest is not None else None
+            copy = download_version(store, newest, Path(scratch)) if newest is not None else None
             blessed, reason = still_blessed(copy)
         if not blessed:
             end("refused", reason)
