@@ -274,13 +274,25 @@ def newest_published(directory):
         version = newest_version(Path(directory))
         yield version, (Path(directory) / str(version) if version is not None else None)
         return
-    store = open_store(str(directory))
-    versions = look(store).complete()
+    versions = complete_versions(str(directory))
     if not versions:
         yield None, None
         return
+    with local_version(directory, versions[-1]) as saved_model:
+        yield versions[-1], saved_model
+
+
+@contextlib.contextmanager
+def local_version(directory, version: int):
+    """A local directory holding `version` of the model at `directory`: in place, or copied from a store."""
+    if not is_store_url(directory):
+        yield Path(directory) / str(version)
+        return
+    store = open_store(str(directory))
+    if version not in look(store).complete():
+        raise StoreError(f"{directory}: no complete version {version}")
     with tempfile.TemporaryDirectory(prefix="published-") as scratch:
-        yield versions[-1], download_version(store, versions[-1], Path(scratch))
+        yield download_version(store, version, Path(scratch))
 
 
 # --- publication --------------------------------------------------------------------------------

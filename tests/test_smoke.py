@@ -220,3 +220,29 @@ def test_external_mode_checks_a_server_someone_else_runs(workspace):
     assert result.returncode == 0, result.stderr
     metrics = json.loads((workspace / "metrics/smoke.json").read_text())
     assert metrics["server"] == "external" and metrics["rest_checked"] and metrics["version"] == 1
+
+
+def test_external_mode_with_the_versions_in_s3(workspace, s3_server):
+    """serving.base_path on s3://: the version is read from the store (the reference runs on a copy of it)
+    while a server someone else runs (here over a local mirror, as `serving.sync` keeps one) is checked."""
+    from pipeline import store
+
+    base_path = f"{s3_server.create_bucket('models')}/serving"
+    local = workspace / "models/serving/jena_temperature"
+    assert store.publish(local / "1", f"{base_path}/jena_temperature", keep_versions=5).version == 1
+    grpc_port, rest_port = free_port(), free_port()
+    with started_server(server_command("embedded", grpc_port, rest_port, "jena_temperature", local)):
+        result = smoke_with(workspace, {"serving.base_path": base_path, "smoke.server": "external",
+                                        "smoke.target": f"127.0.0.1:{grpc_port}"}, s3_server.environment)
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((workspace / "metrics/smoke.json").read_text())
+    assert metrics["server"] == "external" and metrics["version"] == 1
+    assert metrics["max_abs_difference_degC"] <= 1e-4
+
+
+def test_a_store_without_the_version_fails_smoke_in_one_line(workspace, s3_server):
+    base_path = f"{s3_server.create_bucket('models')}/serving"
+    result = smoke_with(workspace, {"serving.base_path": base_path}, s3_server.environment)
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"smoke: FAILED: {base_path}/jena_temperature: no complete version 1")
