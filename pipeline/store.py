@@ -16,20 +16,20 @@ hidden name, rename under a lock file) becomes:
    more than every number claimed or present. Of two publishers, on any
    machines, one gets N and the other tries N+1. Claims are kept, so a number
    is never given twice (they play `.last_version`'s part).
-2. Upload every file into `<N>/` except `saved_model.pb`. TensorFlow Serving
-   loads a version when `saved_model.pb` appears, so without it nothing loads.
-3. Wait until every lower claim is settled (published, refused or abandoned):
+2. Wait until every lower claim is settled (published, refused or abandoned):
    publications settle in the order of their numbers, as under the local lock.
-4. Decide. Against the newest complete version below N: identical fingerprint,
+3. Decide. Against the newest complete version below N: identical fingerprint,
    or no longer blessed (`still_blessed`), ends the claim with no version.
    Otherwise `.publications/<N>.outcome` is created conditionally saying
    "published": this is the point of no return.
-5. Upload `saved_model.pb` (the version is now loadable), then the completion
-   record `.publications/<N>.complete` (the version's files and sizes).
-6. Retention, as locally: the newest `keep_versions` and labelled versions stay.
+4. Upload every file into `<N>/`, `saved_model.pb` last: TensorFlow Serving
+   loads a version when `saved_model.pb` is there, so nothing loads before the
+   version is complete. Then the completion record `.publications/<N>.complete`
+   (the version's files and sizes).
+5. Retention, as locally: the newest `keep_versions` and labelled versions stay.
 
-A killed publisher leaves a claim without an outcome (or an outcome without
-`saved_model.pb`): never loadable. The next publication settles it as
+A killed publisher leaves a claim without an outcome, or an outcome and files
+without `saved_model.pb`: never loadable. The next publication settles it as
 "abandoned" and deletes its files, once its owner is known to be dead (same
 host, process gone) or silent for `stale_seconds` (a live publisher rewrites
 `.publications/<N>.alive` while it uploads and waits). The "abandoned" outcome
@@ -438,16 +438,21 @@ def upload(store: Store, saved_model: Path, number: int, names: list[str]) -> No
         store.fs.put_file(str(saved_model / name), store.path(str(number), name))
 
 
-def finish(store: Store, number: int, saved_model: Path, new_fingerprint: str, listing: Listing,
-           still_blessed: Callable[[Path | None], tuple[bool, str]] | None,
+def finish(store: Store, number: int, saved_model: Path, names: list[str], new_fingerprint: str,
+           listing: Listing, still_blessed: Callable[[Path | None], tuple[bool, str]] | None,
            end: Callable[[str, str], None]) -> tuple[int, bool]:
     """Decide publication `number` against the newest complete version below it and carry it out;
-    returns (the version serving the model, whether it is new)."""
+    returns (the version serving the model, whether it is new).
+
+    Files are uploaded only once the decision is made, with saved_model.pb last:
+    TensorFlow Serving on gs:// tries to load a numeric directory as soon as it
+    lists it (and retries a few times, a minute apart), so the time a version
+    directory exists without saved_model.pb is kept to the upload itself.
+    """
     below = [version for version in listing.complete() if version < number]
     newest = below[-1] if below else None
     if newest is not None and version_fingerprint(store, newest, listing) == new_fingerprint:
         end("identical", f"identical to version {newest}")
-        store.remove(store.path(str(number)))
         return newest, False
     if still_blessed is not None:
         with tempfile.TemporaryDirectory(prefix="published-") as scratch:
@@ -455,9 +460,9 @@ def finish(store: Store, number: int, saved_model: Path, new_fingerprint: str, l
             blessed, reason = still_blessed(copy)
         if not blessed:
             end("refused", reason)
-            store.remove(store.path(str(number)))
             raise PublicationRefused(reason)
     end("published", f"published as version {number}")
+    upload(store, saved_model, number, [name for name in names if name != LAST_FILE])
     store.fs.put_file(str(saved_model / LAST_FILE), store.path(str(number), LAST_FILE))
     return number, True
 
@@ -489,9 +494,9 @@ def publish(saved_model: Path, url: str, keep_versions: int, protected: set[int]
 
     try:
         with heartbeat(store, number):
-            upload(store, saved_model, number, [name for name in names if name != LAST_FILE])
             listing = wait_for_lower(store, number, stale_seconds, wait_seconds)
-            version, created = finish(store, number, saved_model, new_fingerprint, listing, still_blessed, end)
+            version, created = finish(store, number, saved_model, names, new_fingerprint, listing, still_blessed,
+                                      end)
             if created:
                 store.write_json(store.record(number, "complete"), {
                     "fingerprint": new_fingerprint, "at": time.time(),

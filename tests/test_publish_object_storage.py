@@ -80,9 +80,9 @@ def test_first_publication_uploads_saved_model_pb_after_every_other_file(model_u
     assert version_files[-1] == "1/saved_model.pb"
     assert sorted(version_files) == sorted(f"1/{path.relative_to(exported).as_posix()}"
                                            for path in exported.rglob("*") if path.is_file())
-    # claim first; the decision before the last file; the completion record after it
+    # claim first; the decision before any file of the version; the completion record after the last
     assert names[0] == ".publications/1.claim"
-    assert names.index(".publications/1.outcome") < names.index("1/saved_model.pb")
+    assert names.index(".publications/1.outcome") < names.index(version_files[0])
     assert names.index("1/saved_model.pb") < names.index(".publications/1.complete")
     assert store.complete_versions(model_url) == [1]
     complete = json.loads(fsspec.core.url_to_fs(model_url)[0].cat_file(
@@ -264,7 +264,7 @@ def test_a_killed_upload_is_never_loadable_and_is_cleaned_up_by_the_next_publica
 
     left = files_under(model_url)
     assert "1/saved_model.pb" not in left and any(name.startswith("1/") for name in left)
-    assert ".publications/1.outcome" not in left
+    assert ".publications/1.complete" not in left
     assert store.complete_versions(model_url) == []
 
     result = store.publish(fake_export(tmp_path / "next", "next"), model_url, keep_versions=3)
