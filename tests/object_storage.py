@@ -64,6 +64,15 @@ class S3Server:
             self._server.stop()
             self._server = None
 
+    def close(self) -> None:
+        """Stops the server and forgets every bucket: moto's state is process-wide and would leak into the next test."""
+        import requests
+
+        if self._server is None:  # stopped by a fault test: the state is still there
+            self.start()
+        requests.post(f"{self.endpoint_url}/moto-api/reset", timeout=10).raise_for_status()
+        self.stop()
+
     def create_bucket(self, name: str) -> str:
         """Make a bucket; returns its URL prefix, e.g. `s3://name`."""
         import boto3
