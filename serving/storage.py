@@ -104,7 +104,7 @@ def _bounded(url: str, call, *args, timeout: float = STORE_TIMEOUT_SECONDS, **kw
     """Runs one store call within ``timeout``; failures other than a missing object become StoreUnavailable."""
     try:
         return call(*args, timeout=timeout, **kwargs)
-    except (FileNotFoundError, BadBasePath):
+    except FileNotFoundError:
         raise
     except Exception as error:  # refused, reset, timed out, 5xx, credentials: all "try again later"
         detail = str(error).splitlines()[0] if str(error) else "no answer"

@@ -102,6 +102,15 @@ def test_exit_codes_name_the_problem(s3_server, tmp_path):
     empty = run_sync(s3_server, f"{bucket}/nothing-yet", dest, "--once")
     assert empty.returncode == 4 and "No objects under base path" in empty.stderr
 
+    anonymous = {name: value for name, value in os_environment_with(s3_server).items() if "AWS_" not in name
+                 or name == "AWS_ENDPOINT_URL"}
+    no_credentials = subprocess.run([sys.executable, "-m", "serving.sync", f"{bucket}/jena", str(dest), "--once"],
+                                    cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
+                                    env={**anonymous, "AWS_EC2_METADATA_DISABLED": "true",
+                                         "AWS_CONFIG_FILE": "/dev/null", "AWS_SHARED_CREDENTIALS_FILE": "/dev/null"})
+    assert no_credentials.returncode == 3 and "Unable to locate credentials" in no_credentials.stderr, \
+        no_credentials.stderr
+
     s3_server.stop()
     started = time.monotonic()
     down = run_sync(s3_server, f"{bucket}/jena", dest, "--once")
