@@ -1,9 +1,11 @@
 """Fixtures for the serving tests: free ports, server processes, small SavedModels.
 
 Servers run as ``python -m serving.model_server`` subprocesses and are
-reached only through the official gRPC stubs and plain HTTP. TF Serving's
-official test models come from ``../shared/tfserving-testdata`` beside the
-repository root (present in CI).
+reached only through the official gRPC stubs and plain HTTP. Tests of TF
+Serving's official test models run on models of the same kinds built here
+(``generated_testdata.py``), and again on TF Serving's own copies in
+``../shared/tfserving-testdata`` when that folder is beside the repository
+root (our machines and CI have it; a fresh clone elsewhere need not).
 """
 
 import os
@@ -20,7 +22,8 @@ import pytest
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-TESTDATA = REPO_ROOT.parent / "shared" / "tfserving-testdata"
+SHARED_TESTDATA = REPO_ROOT.parent / "shared" / "tfserving-testdata"
+TESTDATA_SOURCES = ["generated"] + (["shared"] if SHARED_TESTDATA.is_dir() else [])
 STARTUP_TIMEOUT_SECONDS = 120
 
 
@@ -83,9 +86,19 @@ class ServerProcess:
 
 
 @pytest.fixture(scope="session")
-def testdata() -> Path:
-    assert TESTDATA.is_dir(), f"TF Serving test models missing at {TESTDATA} (../shared beside the repo root)"
-    return TESTDATA
+def generated_testdata(tmp_path_factory) -> Path:
+    """TF Serving's test models and config files, built once per session."""
+    from tests.serving.generated_testdata import build_testdata
+
+    return build_testdata(tmp_path_factory.mktemp("tfserving-testdata"))
+
+
+@pytest.fixture(scope="session", params=TESTDATA_SOURCES)
+def testdata(request) -> Path:
+    """The folder of TF Serving's test models: the generated one, then the shared one when present."""
+    if request.param == "shared":
+        return SHARED_TESTDATA
+    return request.getfixturevalue("generated_testdata")
 
 
 @pytest.fixture(scope="session")
