@@ -66,6 +66,8 @@ UNSUPPORTED_FLAGS = [
     ("mixed_precision", str, "", "mixed precision is not supported"),
     ("enable_serialization_as_tensor_content", "bool", False,
      "responses are always written in the typed *_val fields"),
+    ("use_alts_credentials", "bool", False,
+     "grpcio cannot make ALTS server credentials (gRPC answers creds==NULL); use --ssl_config_file"),
 ]
 
 IMPLEMENTED_FLAGS = [
@@ -97,7 +99,6 @@ IMPLEMENTED_FLAGS = [
     ("monitoring_config_file", str, ""),
     ("enable_grpc_healthcheck_service", "bool", False),
     ("ssl_config_file", str, ""),
-    ("use_alts_credentials", "bool", False),
     ("tensorflow_session_config_file", str, ""),
     ("host", str, "127.0.0.1"),
 ]
@@ -150,6 +151,8 @@ def _configure_logging() -> None:
 
 def _check_flags(flags) -> None:
     """Refuses what TF Serving refuses, and every flag that would silently change nothing here."""
+    if flags.use_alts_credentials and flags.ssl_config_file:  # TF Serving's own check comes first
+        raise config_files.ConfigError("Either use_alts_credentials must be false or ssl_config_file must be empty.")
     for name, kind, default, why in UNSUPPORTED_FLAGS:
         value = getattr(flags, name)
         if value != default and not (name == "enable_per_model_batching_parameters" and not flags.enable_batching):
@@ -158,8 +161,6 @@ def _check_flags(flags) -> None:
     if flags.per_process_gpu_memory_fraction and tf.config.list_physical_devices("GPU"):
         raise config_files.ConfigError("--per_process_gpu_memory_fraction is not supported by this ModelServer "
                                        "on a machine with GPUs", code="UNIMPLEMENTED")
-    if flags.use_alts_credentials and flags.ssl_config_file:
-        raise config_files.ConfigError("Either use_alts_credentials must be false or ssl_config_file must be empty.")
     if flags.batching_parameters_file and not flags.enable_batching:
         raise config_files.ConfigError("server_options.batching_parameters_file is set without setting "
                                        "server_options.enable_batching to true.")
@@ -195,13 +196,16 @@ def _configure_tensorflow(flags) -> None:
         tf.config.threading.set_intra_op_parallelism_threads(intra)
     if inter:
         tf.config.threading.set_inter_op_parallelism_threads(inter)
+    if from_file:
+        log.info("TensorFlow threads from --tensorflow_session_config_file: intra_op %d, inter_op %d "
+                 "(0: TensorFlow's choice; the parallelism flags take precedence)", intra, inter)
 
 
 def _server_credentials(flags):
-    """TF Serving's BuildServerCredentials: ALTS, TLS from an SSLConfig file, or plaintext (None)."""
-    if flags.use_alts_credentials:
-        log.info("Using ALTS credentials")
-        return grpc.alts_server_credentials()
+    """TF Serving's BuildServerCredentials: TLS from an SSLConfig file, or plaintext (None).
+
+    As in TF Serving, ``client_verify`` requires and verifies a client certificate (against
+    ``custom_ca``), and the same credentials go on the TCP port and the UNIX socket."""
     if not flags.ssl_config_file:
         log.info("Using InsecureServerCredentials")
         return None

@@ -36,7 +36,8 @@ def free_port() -> int:
 class ServerProcess:
     """One model server subprocess with its ports and log file."""
 
-    def __init__(self, log_dir: Path, *flags: str, rest: bool = True, launcher: tuple = ()):
+    def __init__(self, log_dir: Path, *flags: str, rest: bool = True, launcher: tuple = (),
+                 channel_credentials: grpc.ChannelCredentials | None = None):
         self.port = free_port()
         self.rest_port = free_port() if rest else 0
         self.log_path = log_dir / f"server-{self.port}.log"
@@ -44,7 +45,8 @@ class ServerProcess:
                    f"--rest_api_port={self.rest_port}", *flags]
         self._log = open(self.log_path, "wb")
         self.process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=self._log, stderr=subprocess.STDOUT)
-        self.channel = grpc.insecure_channel(f"127.0.0.1:{self.port}")
+        self.channel = (grpc.secure_channel(f"127.0.0.1:{self.port}", channel_credentials) if channel_credentials
+                        else grpc.insecure_channel(f"127.0.0.1:{self.port}"))
         self.predict_stub = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
         self._wait_until_up()
 
