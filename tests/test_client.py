@@ -90,3 +90,14 @@ def test_cli_rejects_broken_input_before_calling_the_server(tmp_path):
     broken.write_text(to_csv_text(make_readings(periods=12)).replace("990", "x990", 1))
     result = run_client(str(broken), "--target", "127.0.0.1:9")
     assert result.returncode == 2 and "column 'p (mbar)'" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_cli_tls_options_are_checked_before_calling_the_server(tmp_path):
+    csv = tmp_path / "recent.csv"
+    csv.write_text(to_csv_text(make_readings(periods=6 * 24 * 6)))
+    lonely = run_client(str(csv), "--target", "127.0.0.1:9", "--tls-cert", str(tmp_path / "client.pem"))
+    assert lonely.returncode == 2 and "--tls-cert and --tls-key go together" in lonely.stderr
+    missing = run_client(str(csv), "--target", "127.0.0.1:9", "--tls-ca", str(tmp_path / "absent.pem"))
+    assert missing.returncode == 2 and "absent.pem: No such file or directory" in missing.stderr
+    rest = run_client(str(csv), "--rest", "--tls")
+    assert rest.returncode == 2 and "--tls applies to gRPC" in rest.stderr
