@@ -262,7 +262,6 @@ def main(argv=None) -> int:
     try:  # every flag and file is checked before a model loads or a port opens
         _check_flags(flags)
         _configure_tensorflow(flags)
-        credentials = _server_credentials(flags)
         if flags.model_config_file:
             server_config = config_files.parse_model_server_config(flags.model_config_file)
         elif flags.model_base_path:
@@ -276,6 +275,7 @@ def main(argv=None) -> int:
                     if flags.enable_batching else None)
         monitoring = config_files.parse_monitoring_config(flags.monitoring_config_file)
         channel_arguments = config_files.parse_grpc_channel_arguments(flags.grpc_channel_arguments)
+        credentials = _server_credentials(flags)
     except config_files.ConfigError as error:
         if error.parse_error:  # what TF Serving's protobuf library logs before the status
             log.error("%s", error.parse_error)
