@@ -10,6 +10,7 @@ ports: the test holds both ports itself, so a server that tried to bind them
 would fail with a different error instead.
 """
 
+import contextlib
 import socket
 import subprocess
 import sys
@@ -101,16 +102,22 @@ def test_mutual_tls_requires_a_client_certificate_from_the_custom_ca(tls_files, 
 
 
 # ------------------------------------------------------ refusing to start
-def run_with_ports_held(*flags: str) -> subprocess.CompletedProcess:
-    """Runs a server to its exit while this process holds its gRPC and REST ports."""
+@contextlib.contextmanager
+def held_ports():
+    """Two loopback ports this process listens on: a server that tried to bind them would fail."""
     with socket.socket() as grpc_holder, socket.socket() as rest_holder:
         for holder in (grpc_holder, rest_holder):
             holder.bind(("127.0.0.1", 0))
             holder.listen()
+        yield grpc_holder.getsockname()[1], rest_holder.getsockname()[1]
+
+
+def run_with_ports_held(*flags: str) -> subprocess.CompletedProcess:
+    """Runs a server process to its exit while this process holds its gRPC and REST ports."""
+    with held_ports() as (grpc_port, rest_port):
         return subprocess.run(
-            [sys.executable, "-m", "serving.model_server", f"--port={grpc_holder.getsockname()[1]}",
-             f"--rest_api_port={rest_holder.getsockname()[1]}", *flags],
-            cwd=REPO_ROOT, capture_output=True, text=True, timeout=180)
+            [sys.executable, "-m", "serving.model_server", f"--port={grpc_port}", f"--rest_api_port={rest_port}",
+             *flags], cwd=REPO_ROOT, capture_output=True, text=True, timeout=180)
 
 
 def test_a_server_that_starts_would_be_seen_binding_held_ports(tmp_path):
@@ -160,15 +167,25 @@ def test_an_unusable_ssl_config_stops_startup_before_any_port(generated_testdata
     (["--tensorflow_session_config_file={session_config}"],
      "sets allow_soft_placement, gpu_options, which this ModelServer cannot apply"),
 ])
-def test_flags_that_would_be_ignored_stop_startup(generated_testdata, tmp_path, flags, wording):
+def test_flags_that_would_be_ignored_stop_startup(generated_testdata, tmp_path, capsys, flags, wording):
+    """In this process (these checks come before TensorFlow or gRPC is used), with the ports held all the same."""
+    from serving import model_server
+
     session_config = tmp_path / "session.config"
     session_config.write_text("intra_op_parallelism_threads: 1 allow_soft_placement: true "
                               "gpu_options { allow_growth: true }")
-    result = run_with_ports_held(*(flag.format(session_config=session_config) for flag in flags),
-                                 f"--model_base_path={generated_testdata / 'saved_model_half_plus_two_cpu'}")
-    assert result.returncode != 0
-    assert wording in result.stderr
-    assert "bind" not in result.stderr
+    with held_ports() as (grpc_port, rest_port):
+        try:
+            returncode = model_server.main([
+                f"--port={grpc_port}", f"--rest_api_port={rest_port}",
+                *(flag.format(session_config=session_config) for flag in flags),
+                f"--model_base_path={generated_testdata / 'saved_model_half_plus_two_cpu'}"])
+        finally:
+            model_server.log.handlers.clear()  # main() logs to this test's captured stderr
+    stderr = capsys.readouterr().err
+    assert returncode == 1
+    assert wording in stderr
+    assert "bind" not in stderr and "Adding model" not in stderr
 
 
 def test_session_config_threads_are_applied(generated_testdata, tmp_path):
