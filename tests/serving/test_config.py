@@ -1,4 +1,7 @@
-"""Model config files: version policy, labels, TF1 fallback, reload by RPC and by polling."""
+"""Model config files: version policy, labels, TF1 models, warm-up, reload by RPC and by polling.
+
+Runs on TF Serving's test models as generated here, and on its own copies when ``../shared`` has them.
+"""
 
 import json
 import subprocess

@@ -1,6 +1,8 @@
-"""TF Serving's own test model saved_model_half_plus_two_cpu, over gRPC and REST.
+"""TF Serving's test model saved_model_half_plus_two_cpu, over gRPC and REST.
 
-One server for the module, started like TF Serving's integration-test
+Runs on the model as ``generated_testdata.py`` builds it, and again on TF
+Serving's own copy when ``../shared`` has it (the ``testdata`` fixture).
+One server per copy, started like TF Serving's integration-test
 harness (UNIX socket, channel arguments, REST timeout), plus monitoring and
 the gRPC health service.
 """

@@ -21,7 +21,7 @@ import requests
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-from tests.serving.conftest import REPO_ROOT, ServerProcess, free_port
+from tests.serving.conftest import REPO_ROOT, ServerProcess
 from tests.tls_helper import make_tls_files
 
 pytestmark = pytest.mark.slow
