@@ -88,7 +88,8 @@ def single_model_config(model_name: str, model_base_path: str):
     config = model_server_config_pb2.ModelServerConfig()
     model = config.model_config_list.config.add()
     model.name = model_name
-    model.base_path = os.path.abspath(model_base_path)
+    # URLs (s3://, gs://) stay as given; local paths become absolute, as TF Serving's do.
+    model.base_path = model_base_path if "://" in model_base_path else os.path.abspath(model_base_path)
     model.model_platform = "tensorflow"
     return config
 

@@ -8,15 +8,20 @@ refuse to start when set (``UNSUPPORTED_FLAGS``), and the harmless ones
 no effect and are named in one startup log line (``NO_EFFECT_FLAGS``).
 Every file a flag names is parsed before any port is opened.
 ``--host`` (ours) chooses the bind address and defaults to loopback.
+``--model_cache_dir`` (ours) keeps the local copies of s3:// and gs:// base
+paths (default: a temporary directory removed at exit; serving/storage.py).
 Unknown flags are an error (exit code 2). SIGTERM and SIGINT shut the server
 down cleanly: servers stop accepting, in-flight requests finish, models unload.
 """
 
 import argparse
+import atexit
 import logging
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import threading
 import time
 
@@ -32,6 +37,7 @@ from serving.grpc_server import GrpcServer  # noqa: E402
 from serving.manager import ManagerOptions, ModelManager  # noqa: E402
 from serving.monitoring import Metrics  # noqa: E402
 from serving.rest_server import RestApi, RestServer  # noqa: E402
+from serving.storage import BadBasePath, ModelCache, is_remote, list_versions  # noqa: E402
 
 log = logging.getLogger("serving")
 
@@ -101,6 +107,7 @@ IMPLEMENTED_FLAGS = [
     ("ssl_config_file", str, ""),
     ("tensorflow_session_config_file", str, ""),
     ("host", str, "127.0.0.1"),
+    ("model_cache_dir", str, ""),
 ]
 
 
@@ -251,6 +258,19 @@ class ConfigFilePoller:
             self._applied = config
 
 
+def _check_remote_base_paths(server_config) -> None:
+    """Refuses a remote base path that can never work (BadBasePath); an unreachable store is retried on polls."""
+    for model in server_config.model_config_list.config:
+        if is_remote(model.base_path):
+            try:
+                list_versions(model.base_path)
+            except BadBasePath:
+                raise
+            except OSError as error:
+                log.warning("Base path %s of model %s cannot be listed yet (%s); retrying every poll",
+                            model.base_path, model.name, error)
+
+
 def main(argv=None) -> int:
     flags = build_parser().parse_args(argv)
     if flags.version:
@@ -276,12 +296,20 @@ def main(argv=None) -> int:
         monitoring = config_files.parse_monitoring_config(flags.monitoring_config_file)
         channel_arguments = config_files.parse_grpc_channel_arguments(flags.grpc_channel_arguments)
         credentials = _server_credentials(flags)
+        _check_remote_base_paths(server_config)
     except config_files.ConfigError as error:
         if error.parse_error:  # what TF Serving's protobuf library logs before the status
             log.error("%s", error.parse_error)
         print(f"Failed to start server. Error: {error.code}: {error}", file=sys.stderr)
         return 1
+    except BadBasePath as error:
+        print(f"Failed to start server. Error: INVALID_ARGUMENT: {error}", file=sys.stderr)
+        return 1
 
+    # Local copies of remote (s3://, gs://) versions; a directory of our own unless one is given.
+    cache_dir = flags.model_cache_dir or tempfile.mkdtemp(prefix="model-cache-")
+    if not flags.model_cache_dir:
+        atexit.register(shutil.rmtree, cache_dir, ignore_errors=True)
     metrics = Metrics()
     options = ManagerOptions(
         file_system_poll_wait_seconds=flags.file_system_poll_wait_seconds,
@@ -294,6 +322,7 @@ def main(argv=None) -> int:
         prepare_servable=(lambda servable: setattr(servable, "batcher", Batcher(servable.execute, batching)))
         if batching else None,
         on_load_attempt=metrics.record_load_attempt,
+        local_base_path=ModelCache(cache_dir).local_base_path,
     )
     manager = ModelManager(options)
     try:

@@ -129,7 +129,7 @@ def s3_server(monkeypatch):
     server = S3Server().start()
     apply_environment(monkeypatch, server)
     yield server
-    server.stop()
+    server.close()
     forget_clients()
 
 
