@@ -119,3 +119,33 @@ def pipeline_repo(tmp_path) -> PipelineRepo:
     repo.run("git", "-c", "user.name=test", "-c", "user.email=test@example.com", "add", "-A")
     repo.run("git", "-c", "user.name=test", "-c", "user.email=test@example.com", "commit", "-q", "-m", "copy")
     return repo
+
+
+@pytest.fixture
+def s3_server(monkeypatch):
+    """moto's S3 on 127.0.0.1, this process's clients pointed at it; `.create_bucket(name)` -> `s3://name`."""
+    from tests.object_storage import S3Server, apply_environment, forget_clients
+
+    server = S3Server().start()
+    apply_environment(monkeypatch, server)
+    yield server
+    server.stop()
+    forget_clients()
+
+
+@pytest.fixture
+def gcs_server(monkeypatch):
+    """gcp-storage-emulator on 127.0.0.1, this process's clients pointed at it; `.create_bucket(name)` -> `gs://name`."""
+    from tests.object_storage import GcsServer, apply_environment, forget_clients
+
+    server = GcsServer().start()
+    apply_environment(monkeypatch, server)
+    yield server
+    server.close()
+    forget_clients()
+
+
+@pytest.fixture(params=["s3", "gs"])
+def object_store(request):
+    """Each store in turn: the test runs once on S3 and once on GCS."""
+    return request.getfixturevalue({"s3": "s3_server", "gs": "gcs_server"}[request.param])

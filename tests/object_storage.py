@@ -1,0 +1,127 @@
+"""S3 and GCS on loopback: moto's server mode and gcp-storage-emulator, run by the tests.
+
+Each store is a real HTTP server of that protocol on 127.0.0.1, inside the test
+process. `environment` holds what any client needs to reach it (ours, DVC's, a
+subprocess): the standard variables, as in production, never params. A store can
+be stopped and started again on the same port with its objects kept, which is how
+the fault tests make an outage.
+"""
+
+import os
+import socket
+import tempfile
+
+from gcp_storage_emulator.server import create_server
+from moto.server import ThreadedMotoServer
+
+LOOPBACK = "127.0.0.1"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind((LOOPBACK, 0))
+        return probe.getsockname()[1]
+
+
+def forget_clients() -> None:
+    """fsspec caches file systems per arguments; a new server on a new port needs new clients."""
+    import gcsfs
+    import s3fs
+
+    s3fs.S3FileSystem.clear_instance_cache()
+    gcsfs.GCSFileSystem.clear_instance_cache()
+
+
+class S3Server:
+    """moto's S3 on loopback. Its objects live in moto's process-wide state, so they survive a restart."""
+
+    scheme = "s3"
+
+    def __init__(self):
+        self.port = free_port()
+        self._server = None
+
+    @property
+    def endpoint_url(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}"
+
+    @property
+    def environment(self) -> dict[str, str]:
+        return {
+            "AWS_ENDPOINT_URL": self.endpoint_url,
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
+
+    def start(self) -> "S3Server":
+        self._server = ThreadedMotoServer(ip_address=LOOPBACK, port=self.port, verbose=False)
+        self._server.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
+
+    def create_bucket(self, name: str) -> str:
+        """Make a bucket; returns its URL prefix, e.g. `s3://name`."""
+        import boto3
+
+        boto3.client("s3", endpoint_url=self.endpoint_url, region_name="us-east-1",
+                     aws_access_key_id="testing", aws_secret_access_key="testing").create_bucket(Bucket=name)
+        return f"s3://{name}"
+
+
+class GcsServer:
+    """gcp-storage-emulator on loopback, keeping its objects in a directory so they survive a restart."""
+
+    scheme = "gs"
+
+    def __init__(self):
+        self.port = free_port()
+        self._data = tempfile.TemporaryDirectory(prefix="gcs-emulator-")
+        self._server = None
+
+    @property
+    def endpoint_url(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}"
+
+    @property
+    def environment(self) -> dict[str, str]:
+        return {"STORAGE_EMULATOR_HOST": self.endpoint_url, "GOOGLE_CLOUD_PROJECT": "wetterfrosch-test"}
+
+    def start(self) -> "GcsServer":
+        self._server = create_server(LOOPBACK, self.port, in_memory=False, data_dir=self._data.name)
+        self._server.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
+
+    def close(self) -> None:
+        self.stop()
+        self._data.cleanup()
+
+    def create_bucket(self, name: str) -> str:
+        """Make a bucket; returns its URL prefix, e.g. `gs://name`."""
+        import requests
+
+        answer = requests.post(f"{self.endpoint_url}/storage/v1/b", params={"project": "wetterfrosch-test"},
+                               json={"name": name}, timeout=10)
+        answer.raise_for_status()
+        return f"gs://{name}"
+
+
+def apply_environment(monkeypatch, server) -> None:
+    """Point this process's clients at `server`, as the standard variables do in production."""
+    for name, value in server.environment.items():
+        monkeypatch.setenv(name, value)
+    forget_clients()
+
+
+def os_environment_with(server) -> dict[str, str]:
+    """The current environment plus `server`'s, for subprocesses."""
+    return {**os.environ, **server.environment}
