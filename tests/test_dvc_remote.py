@@ -9,10 +9,12 @@ data and model. A `git clone` of that repository starts with an empty cache,
 """
 
 import hashlib
+import re
 
 import boto3
 import pytest
 
+from conftest import REPO_ROOT
 from test_pipeline_e2e import quick
 
 pytestmark = pytest.mark.slow
@@ -68,3 +70,11 @@ def test_second_clone_pulls_outputs_from_s3_and_reruns_nothing(pipeline_repo, s3
     rerun = clone.dvc("repro")
     assert "Running stage" not in rerun.stdout, rerun.stdout
     assert "Stage 'smoke' didn't change, skipping" in rerun.stdout, rerun.stdout
+
+
+def test_readme_and_ci_workflow_show_the_commands_this_test_runs():
+    for path in ("README.md", ".github/workflows/pipeline.yml"):
+        text = (REPO_ROOT / path).read_text()
+        assert re.search(r"dvc remote add (--local )?-d storage \S+", text), path
+        assert re.search(r"dvc remote modify (--local )?storage endpointurl", text), path
+        assert "dvc pull" in text and "dvc push" in text, path
