@@ -6,16 +6,19 @@ strict: a misspelt field fails) of the oldest and the newest Kubernetes we
 support. Then their content: TF Serving's image is the release of the
 tensorflow pinned in constraints.txt, the flags, probes and ports, the model
 name and base paths agree with params.yaml and serving/models.config, the S3
-sidecar mirrors into the directory TF Serving watches, and rollouts and drains
-keep capacity. Offline and fast: nothing is applied to a cluster.
+sidecar mirrors into the directory TF Serving watches (its command lines run
+against moto's S3 on 127.0.0.1), and rollouts and drains keep capacity.
+Offline and fast: nothing is applied to a cluster.
 """
 
 import ast
 import importlib.metadata
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import kubernetes_validate
@@ -241,6 +244,56 @@ def test_s3_overlay_mirrors_into_the_directory_tf_serving_watches():
         assert not any(credentials[name].get("optional") for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"))
     assert int(flags(sidecar["args"])["--poll_seconds"]) >= 30, "each poll LISTs the bucket, per replica"
     assert not any(item["name"].startswith("AWS_") for item in serving.get("env", [])), "TF Serving needs no S3 keys"
+
+
+@needs_kubectl
+def test_s3_overlay_sync_commands_fill_the_directory_tf_serving_watches(s3_server, tmp_path):
+    """The init container's and the sidecar's own command lines, run against S3 on loopback.
+
+    The emptyDir becomes a temporary directory and the Secret the test store's
+    AWS_* variables; everything else is taken from the rendered overlay.
+    """
+    import fsspec
+
+    spec = pod_spec("overlays/s3")
+    (model,) = served_models_config("overlays/s3").model_config_list.config
+    empty_dir = tmp_path / "emptyDir"
+
+    def command_line(sync: dict) -> list[str]:
+        environment = container_environment("overlays/s3", sync)
+        (mount,) = [item for item in sync["volumeMounts"] if model.base_path.startswith(item["mountPath"] + "/")]
+        args = [expand(arg, environment) for arg in sync["args"]]
+        args = [str(empty_dir) + arg[len(mount["mountPath"]):] if arg == model.base_path else arg for arg in args]
+        return [sys.executable if part == "python" else part for part in sync["command"]] + args
+
+    once = command_line(container(spec, "model-sync-once", init=True))
+    source = once[3]
+    s3_server.create_bucket(source.split("/")[2])
+    store, _ = fsspec.core.url_to_fs(source)
+    for version, complete in ((1, True), (2, True), (3, False)):  # 3: an upload still under way
+        store.pipe(f"{source}/{version}/variables/variables.index", b"index %d" % version)
+        if complete:
+            store.pipe(f"{source}/{version}/saved_model.pb", b"graph %d" % version)
+    watched = empty_dir / model.base_path[len("/models/"):]
+
+    result = subprocess.run(once, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert sorted(path.name for path in watched.iterdir()) == ["1", "2"]
+    assert (watched / "2/saved_model.pb").read_bytes() == b"graph 2"
+
+    store.pipe(f"{source}/3/saved_model.pb", b"graph 3")  # the upload completes
+    store.rm(f"{source}/1", recursive=True)  # and version 1 is retired at the source
+    sidecar = subprocess.Popen(command_line(container(spec, "model-sync")), cwd=REPO_ROOT,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60  # the first poll starts at once; the next is --poll_seconds later
+        while sorted(path.name for path in watched.iterdir()) != ["2", "3"] and time.monotonic() < deadline:
+            assert sidecar.poll() is None, sidecar.stderr.read()
+            time.sleep(0.2)
+        assert sorted(path.name for path in watched.iterdir()) == ["2", "3"]
+    finally:
+        sidecar.send_signal(signal.SIGTERM)  # what the kubelet sends when the pod stops
+        assert sidecar.wait(timeout=60) == 0, sidecar.stderr.read()
 
 
 # --- capacity --------------------------------------------------------------------------------------------------
