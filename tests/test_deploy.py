@@ -443,4 +443,4 @@ def test_sync_image_installs_pinned_packages_that_cover_what_serving_sync_import
     provided = {module for module, owners in importlib.metadata.packages_distributions().items()
                 if any(owner.lower().replace("_", "-") in distributions for owner in owners)}
     missing = third_party_imports(sync_module, REPO_ROOT / "serving") - provided
-    assert not missing, f"serving.sync imports {sorted(missing)}, which the image's `pip install {' '.join(installs)}` lacks"
+    assert not missing, f"serving.sync imports {sorted(missing)}: not in the image's `pip install {' '.join(installs)}`"
