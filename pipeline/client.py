@@ -3,6 +3,7 @@
     python -m pipeline.client recent.csv --model-name jena_temperature
         [--target localhost:8500] [--rest] [--version N | --label stable]
         [--max-fill-hours H] [--json]
+        [--tls] [--tls-ca ca.pem] [--tls-cert client.pem --tls-key client.key]
 
 In:  a Jena-format CSV (10-minute or hourly rows) holding at least the
      model's history (5 days by default); it is cleaned and averaged into hours
@@ -19,6 +20,9 @@ the forecast horizon from the model's own `valid_time` output (the moment its
 temperature is for). The measurements' order is the Jena CSV's
 (`pipeline.schema`), the same code the model was trained with. Short gaps in
 the recent readings are interpolated only when asked (`--max-fill-hours`).
+`--tls` talks gRPC over TLS (a server started with `--ssl_config_file`),
+trusting the system's CAs or the one in `--tls-ca`; `--tls-cert` and
+`--tls-key` present a client certificate (for `client_verify: true`).
 
 The library part (`latest_window`, `GrpcForecaster`, `RestForecaster`) talks
 to TensorFlow Serving or our own ModelServer through the official gRPC stubs
@@ -143,8 +147,9 @@ class Forecast:
 class GrpcForecaster:
     """PredictionService client for the served model's `serving_default` signature."""
 
-    def __init__(self, target: str, model_name: str, timeout: float = TIMEOUT_SECONDS):
-        self.channel = grpc.insecure_channel(target)
+    def __init__(self, target: str, model_name: str, timeout: float = TIMEOUT_SECONDS,
+                 credentials: grpc.ChannelCredentials | None = None):
+        self.channel = grpc.secure_channel(target, credentials) if credentials else grpc.insecure_channel(target)
         self.stub = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
         self.model_name, self.timeout = model_name, timeout
 
@@ -230,6 +235,21 @@ def forecast_line(answer: dict) -> str:
             f"{answer['last_reading']}): {answer['temperature_degC']:.1f} C (model {answer['model_name']}{version})")
 
 
+def tls_credentials(ca_file=None, cert_file=None, key_file=None) -> grpc.ChannelCredentials:
+    """TLS for a gRPC channel: trust ``ca_file`` (else the system's CAs), present ``cert_file``/``key_file`` if given."""
+    if bool(cert_file) != bool(key_file):
+        raise ValueError("a client certificate needs both its certificate and its key file")
+
+    def read(path):
+        with open(path, "rb") as handle:
+            return handle.read()
+
+    return grpc.ssl_channel_credentials(
+        root_certificates=read(ca_file) if ca_file else None,
+        private_key=read(key_file) if key_file else None,
+        certificate_chain=read(cert_file) if cert_file else None)
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m pipeline.client", description=__doc__.split("\n\n")[0])
     parser.add_argument("csv", help="Jena-format CSV with at least the model's history (the last 5 days)")
@@ -242,13 +262,32 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--max-fill-hours", type=int, default=0,
                         help="interpolate gaps of up to this many hours in the readings (default 0: none)")
     parser.add_argument("--json", action="store_true", help="print the answer as a JSON object")
-    return parser.parse_args(argv)
+    tls = parser.add_argument_group("TLS (gRPC)")
+    tls.add_argument("--tls", action="store_true", help="use TLS (implied by the options below)")
+    tls.add_argument("--tls-ca", help="PEM file of the CA that signed the server's certificate (default: system CAs)")
+    tls.add_argument("--tls-cert", help="PEM file of a client certificate, for servers that verify clients")
+    tls.add_argument("--tls-key", help="PEM file of the client certificate's private key")
+    args = parser.parse_args(argv)
+    args.tls = args.tls or any((args.tls_ca, args.tls_cert, args.tls_key))
+    if args.tls and args.rest:
+        parser.error("--tls applies to gRPC; TF Serving's REST API is plain HTTP")
+    if bool(args.tls_cert) != bool(args.tls_key):
+        parser.error("--tls-cert and --tls-key go together")
+    return args
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     target = args.target or ("localhost:8501" if args.rest else "localhost:8500")
-    forecaster = (RestForecaster if args.rest else GrpcForecaster)(target, args.model_name)
+    try:
+        credentials = tls_credentials(args.tls_ca, args.tls_cert, args.tls_key) if args.tls else None
+    except OSError as error:
+        print(f"client: {error.filename}: {error.strerror}", file=sys.stderr)
+        return 2
+    if args.rest:
+        forecaster = RestForecaster(target, args.model_name)
+    else:
+        forecaster = GrpcForecaster(target, args.model_name, credentials=credentials)
     try:
         readings = read_raw_csv(args.csv)
         lookback = forecaster.lookback_hours(args.version, args.label)

@@ -11,7 +11,10 @@ The server is chosen by `smoke.server`:
   loopback ports over the watched directory (local, s3:// or gs://; the
   in-process reference runs on a temporary copy of the version from a store);
 - `binary`:   `tensorflow_model_server` from PATH with the very same flags;
-- `external`: a server already running at `smoke.target` (e.g. docker compose).
+- `external`: a server already running at `smoke.target` (e.g. docker compose),
+  over TLS when `smoke.tls_ca_file` (the CA that signed the server's
+  certificate) is set, with a client certificate from `smoke.tls_cert_file`
+  and `smoke.tls_key_file` for servers that verify clients.
 Everything after that is the same code for all three, through the official
 gRPC stubs: wait until the version is AVAILABLE, check the signature, send
 single and batched Predict requests built from real test windows to that exact
@@ -39,7 +42,7 @@ from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc
 
 from pipeline import schema
 from pipeline.atomic import write_json
-from pipeline.client import GrpcForecaster, RestForecaster
+from pipeline.client import GrpcForecaster, RestForecaster, tls_credentials
 from pipeline.config import EVALUATE_METRICS, PUBLICATION_RECORD, SMOKE_METRICS, WINDOWS_DIR, load_params
 from pipeline.publish import model_directory, read_model_card, version_numbers
 from pipeline.store import StoreError, complete_versions, is_store_url, local_version
@@ -218,10 +221,23 @@ def compare(name: str, served: dict[str, np.ndarray], reference: dict[str, np.nd
     return worst_temperature
 
 
+def grpc_credentials(smoke: dict):
+    """TLS channel credentials from `smoke.tls_*` (None: plaintext)."""
+    ca_file, cert_file, key_file = smoke.get("tls_ca_file"), smoke.get("tls_cert_file"), smoke.get("tls_key_file")
+    if not (ca_file or cert_file or key_file):
+        return None
+    try:
+        return tls_credentials(ca_file, cert_file, key_file)
+    except ValueError as error:
+        raise SmokeFailure(f"params.yaml: smoke.tls_cert_file and smoke.tls_key_file: {error}") from None
+    except OSError as error:
+        raise SmokeFailure(f"params.yaml: smoke.tls_*: {error.filename}: {error.strerror}") from None
+
+
 def check_served_model(target: str, rest_target: str | None, model_name: str, version: int, saved_model: Path,
-                       windows, expected_mae: float, smoke: dict, process=None) -> dict:
+                       windows, expected_mae: float, smoke: dict, process=None, credentials=None) -> dict:
     """All checks against a running server; returns the smoke metrics."""
-    forecaster = GrpcForecaster(target, model_name)
+    forecaster = GrpcForecaster(target, model_name, credentials=credentials)
     try:
         print(f"smoke: waiting for {model_name} version {version} at {target}", flush=True)
         wait_until_available(forecaster.channel, model_name, version, smoke["timeout_seconds"], process)
@@ -277,8 +293,13 @@ def main() -> None:
             windows = load_windows(WINDOWS_DIR)
             checks = dict(model_name=serving["model_name"], version=version, saved_model=saved_model,
                           windows=windows, expected_mae=expected_mae, smoke=smoke)
+            credentials = grpc_credentials(smoke)
             if kind == "external":
-                metrics = check_served_model(smoke["target"], smoke.get("rest_target"), **checks)
+                metrics = check_served_model(smoke["target"], smoke.get("rest_target"), **checks,
+                                             credentials=credentials)
+            elif credentials is not None:
+                raise SmokeFailure(f"params.yaml: smoke.tls_* apply to smoke.server 'external'; "
+                                   f"the {kind} server the stage starts speaks plaintext")
             elif kind in ("embedded", "binary"):
                 grpc_port, rest_port = free_port(), free_port()
                 command = server_command(kind, grpc_port, rest_port, serving["model_name"], directory)

@@ -2,11 +2,14 @@
 
 * ``--model_config_file``: a ``tensorflow.serving.ModelServerConfig`` (proto
   from the tensorflow-serving-api package).
-* ``--batching_parameters_file``: ``tensorflow.serving.BatchingParameters``
-  and ``--monitoring_config_file``: ``tensorflow.serving.MonitoringConfig``.
-  The pip package does not ship these two protos, so this module declares
-  compatible messages at run time (same field names and numbers) and parses
-  the files with protobuf's own text-format parser.
+* ``--batching_parameters_file``: ``tensorflow.serving.BatchingParameters``,
+  ``--monitoring_config_file``: ``tensorflow.serving.MonitoringConfig`` and
+  ``--ssl_config_file``: ``tensorflow.serving.SSLConfig``. The pip package
+  does not ship these three protos, so this module declares compatible
+  messages at run time (same names, field names and numbers) and parses the
+  files with protobuf's own text-format parser.
+* ``--tensorflow_session_config_file``: a ``tensorflow.ConfigProto`` (from
+  TensorFlow).
 * ``--grpc_channel_arguments``: ``key=value`` pairs separated by commas.
 """
 
@@ -19,7 +22,17 @@ from tensorflow_serving.config import model_server_config_pb2
 
 
 class ConfigError(Exception):
-    """A configuration file that cannot be read or parsed."""
+    """A configuration file or flag that cannot be used.
+
+    ``code`` is the status TF Serving reports it with; ``parse_error`` is the
+    text-format parser's own complaint (naming the proto, line and column),
+    which TF Serving's protobuf library logs before the status.
+    """
+
+    def __init__(self, message: str, code: str = "INVALID_ARGUMENT", parse_error: str | None = None):
+        super().__init__(message)
+        self.code = code
+        self.parse_error = parse_error
 
 
 def _read_text(path: str) -> str:
@@ -27,14 +40,22 @@ def _read_text(path: str) -> str:
         with open(path, encoding="utf-8") as handle:
             return handle.read()
     except OSError as error:
-        raise ConfigError(f"Could not read file '{path}': {error.strerror}") from error
+        code = {FileNotFoundError: "NOT_FOUND", PermissionError: "PERMISSION_DENIED"}.get(type(error), "UNKNOWN")
+        raise ConfigError(f"{path}; {error.strerror}", code=code) from error
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"Invalid protobuf file: '{path}'",
+                          parse_error=f"{path} is not UTF-8 text: {error}") from error
 
 
 def _parse_into(text: str, message, path: str):
+    """TF Serving's ParseProtoTextFile: status ``Invalid protobuf file: '<path>'``."""
     try:
         text_format.Parse(text, message)
     except text_format.ParseError as error:
-        raise ConfigError(f"Invalid protobuf file: '{path}': {error}") from error
+        position = f"{error.GetLine()}:{error.GetColumn()}: " if error.GetLine() is not None else ""
+        detail = str(error).split(" : ", 1)[-1]
+        raise ConfigError(f"Invalid protobuf file: '{path}'", parse_error=(
+            f"Error parsing text-format {message.DESCRIPTOR.full_name}: {position}{detail}")) from error
     return message
 
 
@@ -67,13 +88,14 @@ def single_model_config(model_name: str, model_base_path: str):
     config = model_server_config_pb2.ModelServerConfig()
     model = config.model_config_list.config.add()
     model.name = model_name
-    model.base_path = os.path.abspath(model_base_path)
+    # URLs (s3://, gs://) stay as given; local paths become absolute, as TF Serving's do.
+    model.base_path = model_base_path if "://" in model_base_path else os.path.abspath(model_base_path)
     model.model_platform = "tensorflow"
     return config
 
 
 def _build_message_classes():
-    """Declares BatchingParameters and MonitoringConfig like TF Serving's protos."""
+    """Declares BatchingParameters, MonitoringConfig and SSLConfig like TF Serving's protos."""
     file_proto = descriptor_pb2.FileDescriptorProto(
         name="wetterfrosch_serving/tf_serving_configs.proto",
         package="tensorflow.serving",
@@ -113,16 +135,20 @@ def _build_message_classes():
     add_message("MonitoringConfig", [
         ("prometheus_config", message_kind, ".tensorflow.serving.PrometheusConfig", optional),
     ])
+    add_message("SSLConfig", [  # tensorflow_serving/config/ssl_config.proto
+        ("server_key", field.TYPE_STRING, None, optional),
+        ("server_cert", field.TYPE_STRING, None, optional),
+        ("custom_ca", field.TYPE_STRING, None, optional),
+        ("client_verify", field.TYPE_BOOL, None, optional),
+    ])
     pool = descriptor_pool.Default()
     pool.Add(file_proto)
     file_descriptor = pool.FindFileByName(file_proto.name)
-    return (
-        message_factory.GetMessageClass(file_descriptor.message_types_by_name["BatchingParameters"]),
-        message_factory.GetMessageClass(file_descriptor.message_types_by_name["MonitoringConfig"]),
-    )
+    return tuple(message_factory.GetMessageClass(file_descriptor.message_types_by_name[name])
+                 for name in ("BatchingParameters", "MonitoringConfig", "SSLConfig"))
 
 
-BatchingParametersProto, MonitoringConfigProto = _build_message_classes()
+BatchingParametersProto, MonitoringConfigProto, SSLConfigProto = _build_message_classes()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -178,6 +204,35 @@ def parse_monitoring_config(path: str | None) -> MonitoringConfig:
         prometheus_enabled=prometheus.enable,
         prometheus_path=prometheus.path or MonitoringConfig.prometheus_path,
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class SslConfig:
+    """PEM texts for the gRPC port's TLS; ``client_verify`` requires a client certificate signed by ``custom_ca``."""
+
+    server_key: str
+    server_cert: str
+    custom_ca: str
+    client_verify: bool
+
+
+def parse_ssl_config(path: str) -> SslConfig:
+    """Reads --ssl_config_file. TF Serving hands these fields to gRPC as they are; gRPC would
+    refuse the missing ones only when the server starts, so they are refused here, naming the file."""
+    proto = _parse_into(_read_text(path), SSLConfigProto(), path)
+    missing = [name for name in ("server_key", "server_cert") if not getattr(proto, name).strip()]
+    if missing:
+        raise ConfigError(f"SSLConfig in '{path}' has no {' and no '.join(missing)}")
+    if proto.client_verify and not proto.custom_ca.strip():
+        raise ConfigError(f"SSLConfig in '{path}' sets client_verify but no custom_ca to verify client certificates with")
+    return SslConfig(proto.server_key, proto.server_cert, proto.custom_ca, proto.client_verify)
+
+
+def parse_session_config(path: str):
+    """Reads --tensorflow_session_config_file (a text ``tensorflow.ConfigProto``)."""
+    from tensorflow.core.protobuf import config_pb2
+
+    return _parse_into(_read_text(path), config_pb2.ConfigProto(), path)
 
 
 def parse_grpc_channel_arguments(text: str) -> list[tuple[str, int | str]]:

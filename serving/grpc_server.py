@@ -6,7 +6,9 @@ would answer. The standard ``grpc.health.v1`` service is added on request.
 Messages of any size up to INT_MAX are accepted, as in TF Serving, and extra
 channel arguments come from ``--grpc_channel_arguments`` (which may lower that
 limit: ``grpc.max_receive_message_length=N`` answers larger requests with
-RESOURCE_EXHAUSTED).
+RESOURCE_EXHAUSTED). With ``credentials`` (TLS or ALTS, built by
+``model_server.py`` as TF Serving builds them) both listening addresses are
+secure; otherwise plaintext.
 
 The handlers are coroutines, served one of two ways:
 
@@ -208,7 +210,8 @@ class GrpcServer:
     """Owns the gRPC server (and with ``asynchronous`` its event-loop thread): TCP port, optional UNIX socket, services."""
 
     def __init__(self, manager, metrics: Metrics, host: str, port: int, socket_path: str,
-                 channel_arguments: list, max_threads: int, enable_health: bool, asynchronous: bool):
+                 channel_arguments: list, max_threads: int, enable_health: bool, asynchronous: bool,
+                 credentials: grpc.ServerCredentials | None = None):
         # As in TF Serving, --grpc_channel_arguments override the INT_MAX message sizes (gRPC keeps
         # the first of two values for one key, so the defaults go only where the user set none).
         chosen = {key for key, _ in channel_arguments}
@@ -241,15 +244,21 @@ class GrpcServer:
             for name in ("",) + SERVICE_NAMES:
                 self._run(self._health.set(name, health_pb2.HealthCheckResponse.SERVING))
         self.addresses = []
+
+        def listen(address):  # TF Serving puts the same credentials on the TCP port and the UNIX socket
+            if credentials is None:
+                return self._server.add_insecure_port(address)
+            return self._server.add_secure_port(address, credentials)
+
         try:
             if port:
-                bound = self._server.add_insecure_port(f"{host}:{port}")
+                bound = listen(f"{host}:{port}")
                 self.addresses.append(f"{host}:{bound}")
             if socket_path:
                 socket_path = os.path.abspath(socket_path)
                 if os.path.exists(socket_path) and stat.S_ISSOCK(os.stat(socket_path).st_mode):
                     os.unlink(socket_path)
-                self._server.add_insecure_port(f"unix:{socket_path}")
+                listen(f"unix:{socket_path}")
                 self.addresses.append(f"unix:{socket_path}")
         except Exception:
             self._release_threads()

@@ -10,7 +10,9 @@ It follows TensorFlow Serving's ServerCore / AspiredVersionsManager:
   ``file_system_poll_wait_seconds`` (0: once at start). A base path that
   cannot be listed changes nothing (loaded versions keep serving), and no
   failure ends the polling: it is logged once per streak of failing polls,
-  and once more when polls succeed again.
+  and once more when polls succeed again. A remote base path (``s3://``,
+  ``gs://``) is listed and loaded through a local mirror of its complete
+  versions (the ``local_base_path`` hook, serving/storage.py).
 * The version policy picks the aspired versions: ``latest { num_versions }``
   (default 1), ``all`` or ``specific { versions }``.
 * Aspired versions that are not loaded are loaded in the background (state
@@ -37,7 +39,6 @@ import dataclasses
 import errno
 import logging
 import os
-import re
 import threading
 from typing import Callable
 
@@ -47,6 +48,7 @@ from tensorflow_serving.config import model_server_config_pb2
 from serving.config import ConfigError, validate_model_server_config
 from serving.errors import ServingError, failed_precondition, invalid_argument, not_found
 from serving.servable import Servable
+from serving.storage import parse_version
 
 log = logging.getLogger("serving")
 
@@ -75,6 +77,9 @@ class ManagerOptions:
     prepare_servable: Callable[[Servable], None] | None = None
     # Called with (model base path, "OK" or error code name) per load attempt.
     on_load_attempt: Callable[[str, str], None] | None = None
+    # Turns a base path into the local directory its versions are listed and loaded from, given the model's
+    # version policy (aspired versions from those found): remote base paths are mirrored (serving/storage.py).
+    local_base_path: Callable[[str, Callable[[set[int]], set[int]]], str] | None = None
 
 
 @dataclasses.dataclass
@@ -90,21 +95,6 @@ class _Model:
 
 def servable_id(name: str, version: int) -> str:
     return f"{{name: {name} version: {version}}}"
-
-
-# absl::SimpleAtoi, which TF Serving's FileSystemStoragePathSource parses names with:
-# ASCII whitespace around, an optional sign, ASCII decimal digits, within int64.
-_VERSION_NAME = re.compile(r"[ \t\n\v\f\r]*([+-]?[0-9]+)[ \t\n\v\f\r]*", re.ASCII)
-INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
-
-
-def parse_version(name: str) -> int | None:
-    """A base path child's version number as TF Serving reads it, or None (ignored)."""
-    match = _VERSION_NAME.fullmatch(name)
-    if not match:
-        return None
-    version = int(match.group(1))
-    return version if INT64_MIN <= version <= INT64_MAX else None
 
 
 def version_directories(base_path: str) -> dict[int, str]:
@@ -244,7 +234,7 @@ class ModelManager:
                 continue
             base_path = model.config.base_path
             try:
-                on_disk = version_directories(base_path)
+                on_disk = version_directories(self._local_base_path(model.config))
             except OSError as error:
                 # As in TF Serving, a base path that cannot be listed changes nothing: loaded versions keep serving.
                 self._note_failure(f"model {name}", "FileSystemStoragePathSource encountered a filesystem access "
@@ -258,6 +248,11 @@ class ModelManager:
                 continue
             self._note_recovery(f"model {name}", f"Base path {base_path} of servable {name} can be read again")
         return started
+
+    def _local_base_path(self, config: model_server_config_pb2.ModelConfig) -> str:
+        if self.options.local_base_path is None:
+            return config.base_path
+        return self.options.local_base_path(config.base_path, lambda found: aspired_versions(config, found))
 
     def _reconcile(self, model: _Model, on_disk: dict[int, str]) -> list[threading.Thread]:
         name = model.config.name

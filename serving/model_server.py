@@ -1,23 +1,33 @@
 """Entry point: ``python -m serving.model_server --model_base_path=... [flags]``.
 
 Accepts every flag of TensorFlow Serving's ``tensorflow_model_server`` with
-its default; the ones this server implements behave like TF Serving's, the
-rest are accepted, have no effect and are named in one startup log line.
+its default. The ones this server implements behave like TF Serving's. Of
+the rest, those that would change security, answers or resource limits
+refuse to start when set (``UNSUPPORTED_FLAGS``), and the harmless ones
+(performance tuning, hardware this server does not use) are accepted, have
+no effect and are named in one startup log line (``NO_EFFECT_FLAGS``).
+Every file a flag names is parsed before any port is opened.
 ``--host`` (ours) chooses the bind address and defaults to loopback.
+``--model_cache_dir`` (ours) keeps the local copies of s3:// and gs:// base
+paths (default: a temporary directory removed at exit; serving/storage.py).
 Unknown flags are an error (exit code 2). SIGTERM and SIGINT shut the server
 down cleanly: servers stop accepting, in-flight requests finish, models unload.
 """
 
 import argparse
+import atexit
 import logging
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import threading
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import grpc  # noqa: E402
 import tensorflow as tf  # noqa: E402  (after the log level is set)
 
 from serving import config as config_files  # noqa: E402
@@ -27,35 +37,43 @@ from serving.grpc_server import GrpcServer  # noqa: E402
 from serving.manager import ManagerOptions, ModelManager  # noqa: E402
 from serving.monitoring import Metrics  # noqa: E402
 from serving.rest_server import RestApi, RestServer  # noqa: E402
+from serving.storage import BadBasePath, ModelCache, is_remote, list_versions  # noqa: E402
 
 log = logging.getLogger("serving")
 
 SERVER_VERSION = "2.21.0-wetterfrosch"
 CPUS = os.cpu_count() or 1
 
-# Flags TensorFlow Serving has that change nothing here.
-ACCEPTED_ONLY_FLAGS = [
-    ("enable_per_model_batching_parameters", "bool", False),
-    ("num_load_threads", int, 0),
+# Flags TensorFlow Serving has that change nothing a client or operator can rely on here:
+# tuning of TF Serving's own loader and runtime, and hardware this server does not use.
+NO_EFFECT_FLAGS = [
+    ("num_load_threads", int, 0),  # versions load on a thread each
     ("num_unload_threads", int, 0),
     ("flush_filesystem_caches", "bool", True),
-    ("tensorflow_session_config_file", str, ""),
-    ("use_alts_credentials", "bool", False),
-    ("ssl_config_file", str, ""),
-    ("platform_config_file", str, ""),
-    ("per_process_gpu_memory_fraction", float, 0.0),
     ("remove_unused_fields_from_bundle_metagraph", "bool", True),
-    ("prefer_tflite_model", "bool", False),
-    ("num_tflite_pools", int, 1),
+    ("per_process_gpu_memory_fraction", float, 0.0),  # refused below if a GPU is visible
+    ("num_tflite_pools", int, 1),  # only with --prefer_tflite_model, which is refused
     ("num_tflite_interpreters_per_pool", int, 1),
-    ("enable_signature_method_name_check", "bool", False),
     ("xla_cpu_compilation_enabled", "bool", False),
     ("xla_gpu_compilation_enabled", "bool", False),
-    ("enable_profiler", "bool", True),
-    ("thread_pool_factory_config_file", str, ""),
-    ("mixed_precision", str, ""),
+    ("enable_profiler", "bool", True),  # no profiler service: its RPCs answer UNIMPLEMENTED
     ("skip_initialize_tpu", "bool", False),
-    ("enable_serialization_as_tensor_content", "bool", False),
+]
+
+# Flags that would change answers, security or resource limits and are not implemented:
+# any value but the default refuses to start (flag, type, default, why).
+UNSUPPORTED_FLAGS = [
+    ("enable_per_model_batching_parameters", "bool", False,
+     "per-model batching_params.pbtxt is not read; use --batching_parameters_file"),
+    ("platform_config_file", str, "", "platform configs are not supported; use the flags"),
+    ("prefer_tflite_model", "bool", False, "TFLite models are not supported"),
+    ("enable_signature_method_name_check", "bool", False, "signature method names are not checked"),
+    ("thread_pool_factory_config_file", str, "", "custom thread pools are not supported"),
+    ("mixed_precision", str, "", "mixed precision is not supported"),
+    ("enable_serialization_as_tensor_content", "bool", False,
+     "responses are always written in the typed *_val fields"),
+    ("use_alts_credentials", "bool", False,
+     "grpcio cannot make ALTS server credentials (gRPC answers creds==NULL); use --ssl_config_file"),
 ]
 
 IMPLEMENTED_FLAGS = [
@@ -86,7 +104,10 @@ IMPLEMENTED_FLAGS = [
     ("version", "bool", False),
     ("monitoring_config_file", str, ""),
     ("enable_grpc_healthcheck_service", "bool", False),
+    ("ssl_config_file", str, ""),
+    ("tensorflow_session_config_file", str, ""),
     ("host", str, "127.0.0.1"),
+    ("model_cache_dir", str, ""),
 ]
 
 
@@ -105,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="A ModelServer speaking TensorFlow Serving's gRPC and REST APIs.",
         allow_abbrev=False,
     )
-    for name, kind, default in IMPLEMENTED_FLAGS + ACCEPTED_ONLY_FLAGS:
+    for name, kind, default, *_ in IMPLEMENTED_FLAGS + NO_EFFECT_FLAGS + UNSUPPORTED_FLAGS:
         if kind == "bool":
             parser.add_argument(f"--{name}", type=_parse_bool, nargs="?", const=True, default=default)
         else:
@@ -135,13 +156,72 @@ def _configure_logging() -> None:
     tf.get_logger().setLevel(logging.ERROR)
 
 
+def _check_flags(flags) -> None:
+    """Refuses what TF Serving refuses, and every flag that would silently change nothing here."""
+    if flags.use_alts_credentials and flags.ssl_config_file:  # TF Serving's own check comes first
+        raise config_files.ConfigError("Either use_alts_credentials must be false or ssl_config_file must be empty.")
+    for name, kind, default, why in UNSUPPORTED_FLAGS:
+        value = getattr(flags, name)
+        if value != default and not (name == "enable_per_model_batching_parameters" and not flags.enable_batching):
+            raise config_files.ConfigError(f"--{name}={value} is not supported by this ModelServer: {why}",
+                                           code="UNIMPLEMENTED")
+    if flags.per_process_gpu_memory_fraction and tf.config.list_physical_devices("GPU"):
+        raise config_files.ConfigError("--per_process_gpu_memory_fraction is not supported by this ModelServer "
+                                       "on a machine with GPUs", code="UNIMPLEMENTED")
+    if flags.batching_parameters_file and not flags.enable_batching:
+        raise config_files.ConfigError("server_options.batching_parameters_file is set without setting "
+                                       "server_options.enable_batching to true.")
+    if (flags.tensorflow_intra_op_parallelism > 0 and flags.tensorflow_inter_op_parallelism > 0
+            and flags.tensorflow_session_parallelism > 0):
+        raise config_files.ConfigError(
+            "Either configure server_options.tensorflow_session_parallelism or "
+            "(server_options.tensorflow_intra_op_parallelism, server_options.tensorflow_inter_op_parallelism) "
+            "separately. You cannot configure all.")
+
+
+SESSION_CONFIG_FIELDS = {"intra_op_parallelism_threads", "inter_op_parallelism_threads"}
+
+
 def _configure_tensorflow(flags) -> None:
-    intra = flags.tensorflow_intra_op_parallelism or flags.tensorflow_session_parallelism
-    inter = flags.tensorflow_inter_op_parallelism or flags.tensorflow_session_parallelism
+    """Thread pools from the parallelism flags, else from --tensorflow_session_config_file."""
+    from_file = {}
+    if flags.tensorflow_session_config_file:
+        session_config = config_files.parse_session_config(flags.tensorflow_session_config_file)
+        unsupported = sorted(field.name for field, _ in session_config.ListFields()
+                             if field.name not in SESSION_CONFIG_FIELDS)
+        if unsupported:
+            raise config_files.ConfigError(
+                f"--tensorflow_session_config_file '{flags.tensorflow_session_config_file}' sets "
+                f"{', '.join(unsupported)}, which this ModelServer cannot apply (it applies only "
+                f"{' and '.join(sorted(SESSION_CONFIG_FIELDS))})", code="UNIMPLEMENTED")
+        from_file = {field.name: value for field, value in session_config.ListFields()}
+    intra = (flags.tensorflow_intra_op_parallelism or flags.tensorflow_session_parallelism
+             or from_file.get("intra_op_parallelism_threads", 0))
+    inter = (flags.tensorflow_inter_op_parallelism or flags.tensorflow_session_parallelism
+             or from_file.get("inter_op_parallelism_threads", 0))
     if intra:
         tf.config.threading.set_intra_op_parallelism_threads(intra)
     if inter:
         tf.config.threading.set_inter_op_parallelism_threads(inter)
+    if from_file:
+        log.info("TensorFlow threads from --tensorflow_session_config_file: intra_op %d, inter_op %d "
+                 "(0: TensorFlow's choice; the parallelism flags take precedence)", intra, inter)
+
+
+def _server_credentials(flags):
+    """TF Serving's BuildServerCredentials: TLS from an SSLConfig file, or plaintext (None).
+
+    As in TF Serving, ``client_verify`` requires and verifies a client certificate (against
+    ``custom_ca``), and the same credentials go on the TCP port and the UNIX socket."""
+    if not flags.ssl_config_file:
+        log.info("Using InsecureServerCredentials")
+        return None
+    ssl = config_files.parse_ssl_config(flags.ssl_config_file)
+    log.info("Using SSL credentials")
+    return grpc.ssl_server_credentials(
+        [(ssl.server_key.encode(), ssl.server_cert.encode())],
+        root_certificates=ssl.custom_ca.encode() or None,
+        require_client_auth=ssl.client_verify)
 
 
 class ConfigFilePoller:
@@ -165,6 +245,8 @@ class ConfigFilePoller:
             try:
                 config = config_files.parse_model_server_config(self._path)
             except config_files.ConfigError as error:
+                if error.parse_error:
+                    log.error("%s", error.parse_error)
                 log.error("Failed to read ModelServerConfig file: %s (keeping the running config)", error)
                 continue
             if config == self._applied:
@@ -176,16 +258,30 @@ class ConfigFilePoller:
             self._applied = config
 
 
+def _check_remote_base_paths(server_config) -> None:
+    """Refuses a remote base path that can never work (BadBasePath); an unreachable store is retried on polls."""
+    for model in server_config.model_config_list.config:
+        if is_remote(model.base_path):
+            try:
+                list_versions(model.base_path)
+            except BadBasePath:
+                raise
+            except OSError as error:
+                log.warning("Base path %s of model %s cannot be listed yet (%s); retrying every poll",
+                            model.base_path, model.name, error)
+
+
 def main(argv=None) -> int:
     flags = build_parser().parse_args(argv)
     if flags.version:
         print(f"TensorFlow ModelServer: {SERVER_VERSION}\nTensorFlow Library: {tf.__version__}")
         return 0
     _configure_logging()
-    _configure_tensorflow(flags)
     log.info("Flags accepted for compatibility that have no effect here: %s",
-             ", ".join(f"--{name}" for name, _, _ in ACCEPTED_ONLY_FLAGS))
-    try:
+             ", ".join(f"--{name}" for name, _, _ in NO_EFFECT_FLAGS))
+    try:  # every flag and file is checked before a model loads or a port opens
+        _check_flags(flags)
+        _configure_tensorflow(flags)
         if flags.model_config_file:
             server_config = config_files.parse_model_server_config(flags.model_config_file)
         elif flags.model_base_path:
@@ -199,10 +295,21 @@ def main(argv=None) -> int:
                     if flags.enable_batching else None)
         monitoring = config_files.parse_monitoring_config(flags.monitoring_config_file)
         channel_arguments = config_files.parse_grpc_channel_arguments(flags.grpc_channel_arguments)
+        credentials = _server_credentials(flags)
+        _check_remote_base_paths(server_config)
     except config_files.ConfigError as error:
-        print(f"Failed to start server. Error: {error}", file=sys.stderr)
+        if error.parse_error:  # what TF Serving's protobuf library logs before the status
+            log.error("%s", error.parse_error)
+        print(f"Failed to start server. Error: {error.code}: {error}", file=sys.stderr)
+        return 1
+    except BadBasePath as error:
+        print(f"Failed to start server. Error: INVALID_ARGUMENT: {error}", file=sys.stderr)
         return 1
 
+    # Local copies of remote (s3://, gs://) versions; a directory of our own unless one is given.
+    cache_dir = flags.model_cache_dir or tempfile.mkdtemp(prefix="model-cache-")
+    if not flags.model_cache_dir:
+        atexit.register(shutil.rmtree, cache_dir, ignore_errors=True)
     metrics = Metrics()
     options = ManagerOptions(
         file_system_poll_wait_seconds=flags.file_system_poll_wait_seconds,
@@ -215,6 +322,7 @@ def main(argv=None) -> int:
         prepare_servable=(lambda servable: setattr(servable, "batcher", Batcher(servable.execute, batching)))
         if batching else None,
         on_load_attempt=metrics.record_load_attempt,
+        local_base_path=ModelCache(cache_dir).local_base_path,
     )
     manager = ModelManager(options)
     try:
@@ -232,7 +340,7 @@ def main(argv=None) -> int:
     try:
         grpc_server = GrpcServer(manager, metrics, flags.host, flags.port, flags.grpc_socket_path,
                                  channel_arguments, flags.grpc_max_threads, flags.enable_grpc_healthcheck_service,
-                                 asynchronous=flags.enable_batching)
+                                 asynchronous=flags.enable_batching, credentials=credentials)
         grpc_server.start()
         for address in grpc_server.addresses:
             log.info("Running gRPC ModelServer at %s ...", address)

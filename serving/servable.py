@@ -1,17 +1,23 @@
 """One loaded SavedModel version and the inference calls it answers.
 
-A ``Servable`` loads ``<base_path>/<version>`` with ``tf.saved_model.load``.
-Older TF1 SavedModels that TF2's loader rejects (such as TF Serving's
-``saved_model_half_plus_three``) are loaded the TF1 way instead: into a
-``tf.compat.v1.Session`` with ``tf.compat.v1.saved_model.loader.load``.
+A ``Servable`` loads ``<base_path>/<version>``. TF1 SavedModels (no object
+graph, such as TF Serving's own test models) are loaded as TF Serving loads
+every model: into a session (``tf.compat.v1.saved_model.loader.load``), and
+each signature runs through a callable made from the session with its feed
+and fetch tensor names, which is C++ ``Session::Run``: no client-side shape
+check, so a graph that accepts a shape answers as in TF Serving, and one
+that does not fails with TensorFlow's own runtime error. TF2 SavedModels
+load with ``tf.saved_model.load`` (falling back to the session loader if it
+fails) and run through their concrete functions.
 
 Signature metadata is read straight from ``saved_model.pb`` so that
 GetModelMetadata reports exactly the SignatureDefs TensorFlow Serving reports.
-Every Predict input is checked against its SignatureDef (names, dtype, fixed
-dimensions) before the model runs, with TensorFlow Serving's error wording.
-Like TensorFlow Serving, an input may leave out trailing dimensions of size 1
-(a scalar per instance for a ``[-1, 1]`` input): it is fed with those
-dimensions added and they are dropped again from the outputs.
+Every Predict input is checked against its SignatureDef (names, dtype) before
+the model runs, with TensorFlow Serving's error wording. For TF2 functions,
+which refuse other shapes anyway, fixed dimensions are checked too, and an
+input may leave out trailing dimensions of size 1 as in TF Serving (a scalar
+per instance for a ``[-1, 1]`` input): it is fed with those dimensions added
+and they are dropped again from the outputs.
 
 ``execute`` is the raw model call and ``run`` the one every request uses:
 with batching on, ``batcher`` merges it with concurrent calls. A Predict is
@@ -28,7 +34,7 @@ import threading
 import grpc
 import numpy as np
 import tensorflow as tf
-from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
+from tensorflow.core.protobuf import config_pb2, meta_graph_pb2, saved_model_pb2
 from tensorflow_serving.apis import (
     classification_pb2,
     get_model_metadata_pb2,
@@ -110,23 +116,26 @@ class Servable:
             name: signature for name, signature in meta_graph.signature_def.items()
         }
         self._session = None
+        self._session_callables = {}  # signature name -> (input aliases, output aliases, callable)
+        self._session_callables_lock = threading.Lock()
         self._loaded = None
         self._functions = {}
-        self._load(tags)
+        self._load(tags, is_tf1=not meta_graph.HasField("object_graph_def"))
         self.batcher = None  # set by the server when batching is on
         self._in_flight = 0
         self._drained = threading.Condition()
 
     # ----------------------------------------------------------------- loading
-    def _load(self, tags: set[str]) -> None:
-        try:
-            loaded = tf.saved_model.load(self.path, tags=list(tags))
-            self._functions = dict(loaded.signatures)
-            self._loaded = loaded
-            return
-        except Exception as tf2_error:  # fall back to the TF1 loader below
-            log.info("tf.saved_model.load failed for %s (%s); loading as a TF1 SavedModel",
-                     self.path, str(tf2_error).splitlines()[0][:200])
+    def _load(self, tags: set[str], is_tf1: bool) -> None:
+        if not is_tf1:
+            try:
+                loaded = tf.saved_model.load(self.path, tags=list(tags))
+                self._functions = dict(loaded.signatures)
+                self._loaded = loaded
+                return
+            except Exception as tf2_error:  # fall back to the TF1 loader below
+                log.info("tf.saved_model.load failed for %s (%s); loading as a TF1 SavedModel",
+                         self.path, str(tf2_error).splitlines()[0][:200])
         graph = tf.Graph()
         session = tf.compat.v1.Session(graph=graph)
         try:
@@ -168,6 +177,7 @@ class Servable:
             self._drained.wait_for(lambda: self._in_flight == 0)
         if self.batcher is not None:
             self.batcher.close()
+        self._session_callables = {}  # released before their session
         if self._session is not None:
             self._session.close()
         self._functions = {}
@@ -212,10 +222,9 @@ class Servable:
         """Runs one signature on validated inputs; returns every output."""
         try:
             if self._session is not None:
-                signature = self.signature_defs[signature_name]
-                fetches = {alias: info.name for alias, info in signature.outputs.items()}
-                feeds = {signature.inputs[alias].name: value for alias, value in inputs.items()}
-                return self._session.run(fetches, feed_dict=feeds)
+                input_aliases, output_aliases, run_session = self._session_callable(signature_name)
+                results = run_session(*(inputs[alias] for alias in input_aliases))
+                return dict(zip(output_aliases, results))
             function = self._functions[signature_name]
             results = function(**{alias: tf.constant(value) for alias, value in inputs.items()})
             return {alias: tensor.numpy() for alias, tensor in results.items()}
@@ -223,6 +232,21 @@ class Servable:
             raise invalid_argument(_first_line(error)) from error
         except tf.errors.OpError as error:
             raise ServingError(status_code_from_number(error.error_code), _first_line(error)) from error
+
+    def _session_callable(self, signature_name: str):
+        """The signature as ``Session::Run`` with its tensor names (made once, then reused)."""
+        with self._session_callables_lock:
+            entry = self._session_callables.get(signature_name)
+            if entry is None:
+                signature = self.signature_defs[signature_name]
+                input_aliases, output_aliases = sorted(signature.inputs), sorted(signature.outputs)
+                options = config_pb2.CallableOptions(
+                    feed=[signature.inputs[alias].name for alias in input_aliases],
+                    fetch=[signature.outputs[alias].name for alias in output_aliases])
+                # The public Session.run checks fed shapes in Python; TF Serving's C++ Session::Run does not.
+                entry = (input_aliases, output_aliases, self._session._make_callable_from_options(options))
+                self._session_callables[signature_name] = entry
+        return entry
 
     def run(self, signature_name: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The model call of every request: through the batcher when batching is on."""
@@ -234,7 +258,7 @@ class Servable:
     def prepare(self, signature_name: str, inputs: dict[str, np.ndarray], output_filter=()) -> ModelCall:
         """Validates inputs against the signature and resolves the outputs to return."""
         resolved, signature = self.signature(signature_name)
-        feeds, added_unit_dims = _prepare_inputs(signature, inputs)
+        feeds, added_unit_dims = _prepare_inputs(signature, inputs, check_shapes=self._session is None)
         return ModelCall(resolved, feeds, _select_outputs(signature, output_filter), added_unit_dims)
 
     def selected_outputs(self, call: ModelCall, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -336,8 +360,9 @@ def _first_line(error: Exception) -> str:
     return text.strip().splitlines()[0] if text.strip() else type(error).__name__
 
 
-def _prepare_inputs(signature, inputs: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], int]:
-    """Checks names, dtypes and shapes; returns the feeds and added unit dims."""
+def _prepare_inputs(signature, inputs: dict[str, np.ndarray],
+                    check_shapes: bool) -> tuple[dict[str, np.ndarray], int]:
+    """Checks names, dtypes and (``check_shapes``) shapes; returns the feeds and added unit dims."""
     expected = set(signature.inputs)
     received = set(inputs)
     if len(received) != len(expected):
@@ -364,8 +389,9 @@ def _prepare_inputs(signature, inputs: dict[str, np.ndarray]) -> tuple[dict[str,
                 f"Expects arg[{index}] to be {tensors.dtype_name(info.dtype)} but "
                 f"{tensors.dtype_name(received_dtype)} is provided"
             )
-        value, added = _fit_shape(alias, info, value)
-        added_unit_dims = max(added_unit_dims, added)
+        if check_shapes:
+            value, added = _fit_shape(alias, info, value)
+            added_unit_dims = max(added_unit_dims, added)
         feeds[alias] = value
     return feeds, added_unit_dims
 

@@ -127,10 +127,9 @@ def s3_server(monkeypatch):
     from tests.object_storage import S3Server, apply_environment, forget_clients
 
     server = S3Server().start()
-    server.reset()
     apply_environment(monkeypatch, server)
     yield server
-    server.stop()
+    server.close()
     forget_clients()
 
 

@@ -64,11 +64,14 @@ class S3Server:
             self._server.stop()
             self._server = None
 
-    def reset(self) -> None:
-        """Forget every bucket: moto's state outlives a server, so each test starts from this."""
+    def close(self) -> None:
+        """Stops the server and forgets every bucket: moto's state is process-wide and would leak into the next test."""
         import requests
 
+        if self._server is None:  # stopped by a fault test: the state is still there
+            self.start()
         requests.post(f"{self.endpoint_url}/moto-api/reset", timeout=10).raise_for_status()
+        self.stop()
 
     def create_bucket(self, name: str) -> str:
         """Make a bucket; returns its URL prefix, e.g. `s3://name`."""
@@ -131,3 +134,34 @@ def apply_environment(monkeypatch, server) -> None:
 def os_environment_with(server) -> dict[str, str]:
     """The current environment plus `server`'s, for subprocesses."""
     return {**os.environ, **server.environment}
+
+
+def version_files(saved_model_dir) -> list:
+    """A SavedModel's files in the order publishers upload them: saved_model.pb last."""
+    from pathlib import Path
+
+    files = [path for path in sorted(Path(saved_model_dir).rglob("*")) if path.is_file()]
+    return sorted(files, key=lambda path: path.name == "saved_model.pb")
+
+
+def upload_version(base_url: str, version, saved_model_dir, without_saved_model: bool = False) -> None:
+    """Uploads a SavedModel under `base_url/<version>/` with plain fsspec, saved_model.pb last.
+
+    Stands in for a publisher (TFX's Pusher, pipeline/store.py): `without_saved_model` stops
+    before the last file, as an upload killed at the end would.
+    """
+    import fsspec
+
+    store, _ = fsspec.core.url_to_fs(base_url)
+    for path in version_files(saved_model_dir):
+        if without_saved_model and path.name == "saved_model.pb":
+            return
+        relative = path.relative_to(saved_model_dir).as_posix()
+        store.put_file(str(path), f"{base_url}/{version}/{relative}")
+
+
+def delete_version(base_url: str, version) -> None:
+    import fsspec
+
+    store, _ = fsspec.core.url_to_fs(base_url)
+    store.rm(f"{base_url}/{version}", recursive=True)

@@ -9,7 +9,10 @@ import pytest
 
 from conftest import REPO_ROOT, make_readings, to_csv_text
 from pipeline import schema
-from pipeline.client import Forecast, ForecastError, forecast_answer, forecast_line, latest_window, tensor_proto, to_array
+from pipeline.client import (
+    Forecast, ForecastError, forecast_answer, forecast_line, latest_window, tensor_proto, to_array,
+)
+from pipeline.client import main as client_main
 
 
 def test_latest_window_from_ten_minute_rows():
@@ -90,3 +93,16 @@ def test_cli_rejects_broken_input_before_calling_the_server(tmp_path):
     broken.write_text(to_csv_text(make_readings(periods=12)).replace("990", "x990", 1))
     result = run_client(str(broken), "--target", "127.0.0.1:9")
     assert result.returncode == 2 and "column 'p (mbar)'" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_cli_tls_options_are_checked_before_calling_the_server(tmp_path, capsys):
+    csv = tmp_path / "recent.csv"
+    csv.write_text(to_csv_text(make_readings(periods=6 * 24 * 6)))
+    base = [str(csv), "--model-name", "m", "--target", "127.0.0.1:9"]
+    for flags, wording in ((["--tls-cert", str(tmp_path / "client.pem")], "--tls-cert and --tls-key go together"),
+                           (["--rest", "--tls"], "--tls applies to gRPC")):
+        with pytest.raises(SystemExit) as exited:
+            client_main(base + flags)
+        assert exited.value.code == 2 and wording in capsys.readouterr().err
+    assert client_main(base + ["--tls-ca", str(tmp_path / "absent.pem")]) == 2
+    assert "absent.pem: No such file or directory" in capsys.readouterr().err

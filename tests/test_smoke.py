@@ -16,10 +16,12 @@ import pytest
 from tensorflow.core.protobuf import meta_graph_pb2
 
 from conftest import REPO_ROOT, run_stage, set_params
+from pipeline.client import tls_credentials
 from pipeline.smoke import (
     SmokeFailure, compare, described, documented_signature, free_port, server_command, started_server,
     version_to_check, wait_until_available,
 )
+from tests.tls_helper import make_tls_files
 
 pytestmark = pytest.mark.slow
 
@@ -246,3 +248,45 @@ def test_a_store_without_the_version_fails_smoke_in_one_line(workspace, s3_serve
     assert result.returncode != 0
     assert result.stderr.strip().splitlines()[-1] == (
         f"smoke: FAILED: {base_path}/jena_temperature: no complete version 1")
+
+
+def test_external_mode_and_the_client_over_mutual_tls(workspace, tmp_path):
+    tls = make_tls_files(tmp_path / "tls")
+    grpc_port, rest_port = free_port(), free_port()
+    directory = workspace / "models/serving/jena_temperature"
+    command = server_command("embedded", grpc_port, rest_port, "jena_temperature", directory)
+    client_files = {"ca": str(tls / "ca.pem"), "cert": str(tls / "client.pem"), "key": str(tls / "client.key")}
+    with started_server(command + [f"--ssl_config_file={tls / 'mtls.config'}"]) as server:
+        credentials = tls_credentials(client_files["ca"], client_files["cert"], client_files["key"])
+        with grpc.secure_channel(f"127.0.0.1:{grpc_port}", credentials) as channel:
+            wait_until_available(channel, "jena_temperature", 1, 120, server)
+        result = smoke_with(workspace, {
+            "smoke.server": "external", "smoke.target": f"127.0.0.1:{grpc_port}",
+            "smoke.tls_ca_file": client_files["ca"], "smoke.tls_cert_file": client_files["cert"],
+            "smoke.tls_key_file": client_files["key"]})
+        csv = str(workspace / "data/raw/jena_climate_2009_2016.csv")
+        answers = [
+            subprocess.run([sys.executable, "-m", "pipeline.client", csv, "--model-name", "jena_temperature",
+                            "--target", f"127.0.0.1:{grpc_port}", *flags],
+                           cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, env=without_tf_log_level())
+            for flags in (["--tls-ca", client_files["ca"], "--tls-cert", client_files["cert"],
+                           "--tls-key", client_files["key"]],
+                          ["--tls-ca", client_files["ca"]],  # no client certificate
+                          [])]  # plaintext
+    assert result.returncode == 0, result.stderr
+    assert json.loads((workspace / "metrics/smoke.json").read_text())["server"] == "external"
+    with_certificate, without_certificate, plaintext = answers
+    assert with_certificate.returncode == 0, with_certificate.stderr
+    assert with_certificate.stdout.startswith("forecast for 2009-02-15 06:00")
+    for refused in (without_certificate, plaintext):
+        assert refused.returncode == 1 and "UNAVAILABLE" in refused.stderr and "Traceback" not in refused.stderr
+
+
+def test_tls_params_with_a_server_the_stage_starts_are_an_error(workspace, tmp_path):
+    tls = make_tls_files(tmp_path / "tls")
+    result = smoke_with(workspace, {"smoke.tls_ca_file": str(tls / "ca.pem")})
+    assert result.returncode != 0
+    assert ("smoke: FAILED: params.yaml: smoke.tls_* apply to smoke.server 'external'; "
+            "the embedded server the stage starts speaks plaintext") in result.stderr
+    missing = smoke_with(workspace, {"smoke.server": "external", "smoke.tls_ca_file": "/nonexistent/ca.pem"})
+    assert "smoke: FAILED: params.yaml: smoke.tls_*: /nonexistent/ca.pem: No such file or directory" in missing.stderr

@@ -1,9 +1,11 @@
 """Fixtures for the serving tests: free ports, server processes, small SavedModels.
 
 Servers run as ``python -m serving.model_server`` subprocesses and are
-reached only through the official gRPC stubs and plain HTTP. TF Serving's
-official test models come from ``../shared/tfserving-testdata`` beside the
-repository root (present in CI).
+reached only through the official gRPC stubs and plain HTTP. Tests of TF
+Serving's official test models run on models of the same kinds built here
+(``generated_testdata.py``), and again on TF Serving's own copies in
+``../shared/tfserving-testdata`` when that folder is beside the repository
+root (our machines and CI have it; a fresh clone elsewhere need not).
 """
 
 import os
@@ -20,7 +22,8 @@ import pytest
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-TESTDATA = REPO_ROOT.parent / "shared" / "tfserving-testdata"
+SHARED_TESTDATA = REPO_ROOT.parent / "shared" / "tfserving-testdata"
+TESTDATA_SOURCES = ["generated"] + (["shared"] if SHARED_TESTDATA.is_dir() else [])
 STARTUP_TIMEOUT_SECONDS = 120
 
 
@@ -33,7 +36,8 @@ def free_port() -> int:
 class ServerProcess:
     """One model server subprocess with its ports and log file."""
 
-    def __init__(self, log_dir: Path, *flags: str, rest: bool = True, launcher: tuple = ()):
+    def __init__(self, log_dir: Path, *flags: str, rest: bool = True, launcher: tuple = (),
+                 channel_credentials: grpc.ChannelCredentials | None = None):
         self.port = free_port()
         self.rest_port = free_port() if rest else 0
         self.log_path = log_dir / f"server-{self.port}.log"
@@ -41,7 +45,8 @@ class ServerProcess:
                    f"--rest_api_port={self.rest_port}", *flags]
         self._log = open(self.log_path, "wb")
         self.process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=self._log, stderr=subprocess.STDOUT)
-        self.channel = grpc.insecure_channel(f"127.0.0.1:{self.port}")
+        self.channel = (grpc.secure_channel(f"127.0.0.1:{self.port}", channel_credentials) if channel_credentials
+                        else grpc.insecure_channel(f"127.0.0.1:{self.port}"))
         self.predict_stub = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
         self._wait_until_up()
 
@@ -83,9 +88,19 @@ class ServerProcess:
 
 
 @pytest.fixture(scope="session")
-def testdata() -> Path:
-    assert TESTDATA.is_dir(), f"TF Serving test models missing at {TESTDATA} (../shared beside the repo root)"
-    return TESTDATA
+def generated_testdata(tmp_path_factory) -> Path:
+    """TF Serving's test models and config files, built once per session."""
+    from tests.serving.generated_testdata import build_testdata
+
+    return build_testdata(tmp_path_factory.mktemp("tfserving-testdata"))
+
+
+@pytest.fixture(scope="session", params=TESTDATA_SOURCES)
+def testdata(request) -> Path:
+    """The folder of TF Serving's test models: the generated one, then the shared one when present."""
+    if request.param == "shared":
+        return SHARED_TESTDATA
+    return request.getfixturevalue("generated_testdata")
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,7 @@
-"""Model config files: version policy, labels, TF1 fallback, reload by RPC and by polling."""
+"""Model config files: version policy, labels, TF1 models, warm-up, reload by RPC and by polling.
+
+Runs on TF Serving's test models as generated here, and on its own copies when ``../shared`` has them.
+"""
 
 import json
 import subprocess
@@ -84,6 +87,31 @@ def test_all_policy_labels_and_tf1_fallback(server, testdata):
         predict(server, "two", label="nope")
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert caught.value.details() == "Unrecognized servable version label: nope"
+
+
+def test_tf1_only_model_is_fed_like_tf_servings_session_run(server):
+    """half_plus_three's x:0 records no shape: TF Serving feeds a [1] tensor as it is and answers 4.0."""
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "three"
+    request.inputs["x"].CopyFrom(tf.make_tensor_proto([2.0], dtype=tf.float32))
+    response = server.predict_stub.Predict(request, timeout=10)
+    assert tf.make_ndarray(response.outputs["y"]).tolist() == [4.0]
+    answer = requests.post(f"{server.rest}/v1/models/three:predict", json={"instances": [2.0, 4.0]})
+    assert (answer.status_code, answer.json()) == (200, {"predictions": [4.0, 5.0]})
+    request.inputs["x"].CopyFrom(tf.make_tensor_proto([2.0], dtype=tf.float64))
+    with pytest.raises(grpc.RpcError) as caught:
+        server.predict_stub.Predict(request, timeout=10)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert caught.value.details() == "Expects arg[0] to be float but double is provided"
+
+
+def test_warmup_records_are_replayed(server, testdata):
+    """Our generated 124 carries a warm-up file of 3 records; TF Serving's copy has none."""
+    warmup = testdata / "saved_model_half_plus_two_2_versions" / "00000124" / "assets.extra" / "tf_serving_warmup_requests"
+    replayed = sum(1 for _ in tf.data.TFRecordDataset(str(warmup))) if warmup.exists() else 0
+    line = f"Finished reading warmup data for model at {warmup}. Number of warmup records read: {replayed}."
+    assert (line in server.log_text()) == (replayed > 0)
+    assert replayed in (0, 3)
 
 
 def test_reload_rejects_label_on_unavailable_version_and_keeps_serving(server, testdata):
