@@ -290,3 +290,17 @@ def test_tls_params_with_a_server_the_stage_starts_are_an_error(workspace, tmp_p
             "the embedded server the stage starts speaks plaintext") in result.stderr
     missing = smoke_with(workspace, {"smoke.server": "external", "smoke.tls_ca_file": "/nonexistent/ca.pem"})
     assert "smoke: FAILED: params.yaml: smoke.tls_*: /nonexistent/ca.pem: No such file or directory" in missing.stderr
+
+
+def test_embedded_mode_serves_and_checks_the_version_in_s3(workspace, s3_server):
+    """`dvc repro` with an s3:// base path: the stage's own ModelServer reads the store, as TF Serving does gs://."""
+    from pipeline import store
+
+    base_path = f"{s3_server.create_bucket('models')}/serving"
+    assert store.publish(workspace / "models/serving/jena_temperature/1", f"{base_path}/jena_temperature",
+                         keep_versions=5).version == 1
+    result = smoke_with(workspace, {"serving.base_path": base_path}, s3_server.environment)
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((workspace / "metrics/smoke.json").read_text())
+    assert metrics["server"] == "embedded" and metrics["version"] == 1
+    assert metrics["max_abs_difference_degC"] <= 1e-4
