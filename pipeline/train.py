@@ -190,7 +190,8 @@ def main() -> None:
         live.log_metric("best/val_mae", val_mae, plot=False)
     save_model(model)
     seconds = time.perf_counter() - started
-    print(f"train: best validation MAE {val_mae:.3f} degC at epoch {epoch} of {len(history.epoch)} "
+    print(f"train: best validation MAE of the +{windows.horizon} h median {val_mae:.3f} degC "
+          f"at epoch {epoch} of {len(history.epoch)} "
           f"({seconds / len(history.epoch):.1f} s per epoch); saved {MODEL_PATH}")
 
 
