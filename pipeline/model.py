@@ -100,10 +100,9 @@ class QuantileHead(keras.layers.Layer):
         output, history = inputs
         output = ops.reshape(output, (-1, self.horizon, len(self.quantiles)))
         median = output[..., 0]
-        spreads = ops.softplus(output[..., 1:])
-        below = self.median  # the first `below` spreads reach down, the rest up
-        downward = -ops.flip(ops.cumsum(spreads[..., :below], axis=-1), axis=-1)
-        upward = ops.cumsum(spreads[..., below:], axis=-1)
+        spreads = ops.softplus(output[..., 1:])  # the first `self.median` reach down, the rest up
+        downward = -ops.flip(ops.cumsum(spreads[..., :self.median], axis=-1), axis=-1)
+        upward = ops.cumsum(spreads[..., self.median:], axis=-1)
         offsets = ops.concatenate([downward, ops.zeros_like(median)[..., None], upward], axis=-1)
         standardised = median[..., None] + offsets
         base = history[:, -1, TEMPERATURE_INDEX][:, None, None] if self.residual else self.mean
@@ -139,8 +138,8 @@ def build_model(normalization: dict, model_params: dict) -> keras.Model:
     """A fresh, uncompiled forecaster for the window stage's `normalization.json`.
 
     `model_params`: `cell` (gru or lstm), `layers`, `units`, `dropout`,
-    `recurrent_dropout`, `residual` and `quantiles`. Weights are drawn from Keras' global
-    seed (see `keras.utils.set_random_seed`).
+    `recurrent_dropout`, `residual` and `quantiles`. Weights are drawn from
+    Keras' global seed (see `keras.utils.set_random_seed`).
     """
     cell = model_params["cell"]
     if cell not in RECURRENT_CELLS:
@@ -149,7 +148,7 @@ def build_model(normalization: dict, model_params: dict) -> keras.Model:
         raise ValueError(f"model.layers must be at least 1, got {model_params['layers']}")
     lookback, horizon = normalization["lookback_hours"], normalization["horizon_hours"]
     quantiles = model_params["quantiles"]
-    median_position(quantiles)
+    median_position(quantiles)  # a clear error before any layer is built
     history, timestamps = (keras.Input(shape=shape[1:], dtype=dtype, name=name)
                            for name, (dtype, shape) in schema.served_signature(lookback)["inputs"].items())
 
@@ -172,7 +171,7 @@ def build_model(normalization: dict, model_params: dict) -> keras.Model:
     output = keras.layers.Dense(horizon * len(quantiles), name="head")(x)
 
     target = normalization["feature_names"].index(schema.TEMPERATURE)
-    temperature = QuantileHead(
+    quantiles_degC = QuantileHead(
         normalization["mean"][target],
         normalization["std"][target],
         model_params["residual"],
@@ -181,4 +180,4 @@ def build_model(normalization: dict, model_params: dict) -> keras.Model:
         name=schema.QUANTILES_OUTPUT,
     )([output, history])
     inputs = {schema.HISTORY_INPUT: history, schema.TIMESTAMPS_INPUT: timestamps}
-    return keras.Model(inputs, temperature, name="wetterfrosch")
+    return keras.Model(inputs, quantiles_degC, name="wetterfrosch")

@@ -211,7 +211,8 @@ def test_a_band_outside_the_coverage_goal_is_not_blessed_however_good_the_median
                                  coverage_goal=[0.78, 0.82])
     assert metrics["blessed"] is True and metrics["band_coverage"] == pytest.approx(0.8)
     assert metrics["band_coverage_final_hour"] == pytest.approx(0.8)
-    assert metrics["test_mae_1h_degC"] == pytest.approx(0.25) and metrics["test_mae_all_hours_degC"] == pytest.approx(0.25)
+    assert metrics["test_mae_1h_degC"] == pytest.approx(0.25)
+    assert metrics["test_mae_all_hours_degC"] == pytest.approx(0.25)
     # pinball loss of the true quantiles of U(0, 1): mean over levels of q(1 - q)/2
     assert metrics["mean_pinball_loss_degC"] == pytest.approx(np.mean([0.045, 0.125, 0.045]), rel=1e-3)
 

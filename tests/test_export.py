@@ -103,7 +103,8 @@ def test_predictions_equal_the_keras_models_on_raw_windows(serving_default, mode
     np.testing.assert_allclose(answer["temperature_path_degC"].numpy(), quantiles[..., 1], rtol=0, atol=1e-4)
     np.testing.assert_allclose(answer["temperature_quantiles_degC"].numpy(), quantiles, rtol=0, atol=1e-4)
     assert (np.diff(answer["temperature_quantiles_degC"].numpy(), axis=-1) >= 0).all()
-    np.testing.assert_array_equal(answer["quantile_levels"].numpy(), np.tile(np.float32([0.1, 0.5, 0.9]), (len(starts), 1)))
+    levels = np.tile(np.float32([0.1, 0.5, 0.9]), (len(starts), 1))
+    np.testing.assert_array_equal(answer["quantile_levels"].numpy(), levels)
     # valid_time is the last target hour's time: the horizon comes from the model itself
     np.testing.assert_array_equal(answer["valid_time"].numpy(), windows.timestamps[windows.target_rows(starts)[:, -1]])
 

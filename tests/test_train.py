@@ -147,7 +147,9 @@ def test_hour_weights_give_the_last_hour_its_share_and_the_others_the_rest():
 
 def test_the_mae_metric_is_the_last_hours_median_error():
     metric = FinalHourMedianMAE(median=1)
-    metric.update_state(np.array([[0.0, 1.0], [0.0, -2.0]]), np.array([[[9, 9, 9], [0, 2, 3]], [[9, 9, 9], [-9, 0, 9]]]))
+    observed = np.array([[0.0, 1.0], [0.0, -2.0]])
+    forecast = np.array([[[9, 9, 9], [0, 2, 3]], [[9, 9, 9], [-9, 0, 9]]])  # last hour's medians 2 and 0
+    metric.update_state(observed, forecast)
     assert metric.name == "mae" and float(metric.result()) == pytest.approx((1 + 2) / 2)
 
 
