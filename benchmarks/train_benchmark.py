@@ -17,14 +17,17 @@ It prints, per seed and configuration, the test split's MAE of the median at
 +24 h and at +1 h, the 10-90 % band's coverage and mean width, persistence's
 MAE at +24 h, the epochs run and the median seconds per epoch after the first
 (which includes building the graph), then the mean and spread over the seeds
-and the ratios hourly / single measured in this run.
+and the ratios hourly / single measured in this run. On a shared machine the
+training runs' epoch times follow the neighbours' load, so the time ratio is
+also measured apart: both configurations train one epoch in turn,
+`--timing-rounds` times (after one round that builds the graphs).
 
 Targets (issue 13): +24 h median MAE at most 0.02 C worse than single; +1 h MAE
 well below +24 h; coverage 78-82 %; seconds per epoch at most 1.3x single's.
 With `--repro`, the wall time of `dvc repro evaluate` is timed too (earlier
 target: raw data to evaluated model under 8 minutes).
 
-    python benchmarks/train_benchmark.py [--seeds 42 43] [--epochs N] [--repro] [--keep]
+    python benchmarks/train_benchmark.py [--seeds 42 43] [--epochs N] [--timing-rounds 3] [--repro] [--keep]
 """
 
 import argparse
@@ -42,7 +45,8 @@ import numpy as np
 import yaml
 
 from pipeline.evaluate import forecasts, mae
-from pipeline.train import train
+from pipeline.model import build_model
+from pipeline.train import compile_model, make_dataset, seed_everything, train
 from pipeline.window import load_windows
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -127,11 +131,42 @@ def measure(windows, params: dict) -> dict:
     return figures
 
 
+def interleaved_epoch_seconds(windows, params_by_name: dict[str, dict], rounds: int) -> dict[str, list[float]]:
+    """Seconds of single training epochs (validation included), the configurations taking turns epoch by
+    epoch, so that both see the same background load on a shared machine; the first round, which builds
+    the graphs, is left out."""
+    fits = {}
+    for name, params in params_by_name.items():
+        seed_everything(params["seed"])
+        model = compile_model(build_model(windows.normalization, params["model"]), params["model"]["quantiles"],
+                              windows.horizon, params["train"])
+        batch_size = params["train"]["batch_size"]
+        training = make_dataset(windows, windows.starts["train"], batch_size, shuffle_seed=params["seed"])
+        validation = make_dataset(windows, windows.starts["validation"], batch_size)
+        fits[name] = (model, training, validation)
+    seconds = {name: [] for name in fits}
+    for _ in range(rounds + 1):
+        for name, (model, training, validation) in fits.items():
+            started = time.perf_counter()
+            model.fit(training, validation_data=validation, epochs=1, shuffle=False, verbose=0)
+            seconds[name].append(time.perf_counter() - started)
+    return {name: values[1:] for name, values in seconds.items()}
+
+
 def spread(values: list[float]) -> str:
     """Mean and, over several seeds, the range."""
     if len(values) == 1:
         return f"{values[0]:.3f}"
     return f"{statistics.mean(values):.3f} ({min(values):.3f}-{max(values):.3f})"
+
+
+def report_timing(seconds: dict[str, list[float]]) -> None:
+    for name, values in seconds.items():
+        print(f"{name}: seconds per epoch, interleaved: {', '.join(f'{value:.1f}' for value in values)} "
+              f"(median {statistics.median(values):.1f})")
+    ratios = [hourly / single for single, hourly in zip(seconds["single"], seconds["hourly"])]
+    print(f"hourly / single, seconds per epoch, interleaved: {', '.join(f'{r:.2f}' for r in ratios)}; "
+          f"median {statistics.median(ratios):.2f}   (target <= 1.3)")
 
 
 def report(runs: dict[str, list[dict]]) -> None:
@@ -159,7 +194,10 @@ def report(runs: dict[str, list[dict]]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[42, 43], help="seeds to train with (default 42 43)")
+    parser.add_argument("--seeds", type=int, nargs="*", default=[42, 43],
+                        help="seeds to train and score with (default 42 43; none: only the interleaved timing)")
+    parser.add_argument("--timing-rounds", type=int, default=3,
+                        help="interleaved epochs timed per configuration after the training runs (default 3; 0: none)")
     parser.add_argument("--epochs", type=int, default=None, help="override params.yaml's epochs (default: keep)")
     parser.add_argument("--repro", action="store_true", help="also time `dvc repro evaluate` (default params)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary repository and print its path")
@@ -179,6 +217,13 @@ def main() -> None:
                 figures = measure(windows, configured(params, overrides, seed, arguments.epochs))
                 runs[name].append({"seed": seed, **figures})
                 print(f"--- {name}, seed {seed}: {figures}", flush=True)
+        timing = None
+        if arguments.timing_rounds:
+            print("\n--- interleaved timing", flush=True)
+            seed = arguments.seeds[0] if arguments.seeds else params["seed"]
+            timing = interleaved_epoch_seconds(
+                windows, {name: configured(params, overrides, seed, None) for name, overrides in CONFIGURATIONS.items()},
+                arguments.timing_rounds)
         model_seconds = timed_dvc(root, "repro", "evaluate") if arguments.repro else None
     finally:
         if arguments.keep:
@@ -186,7 +231,10 @@ def main() -> None:
         else:
             shutil.rmtree(scratch, ignore_errors=True)
 
-    report(runs)
+    if arguments.seeds:
+        report(runs)
+    if timing is not None:
+        report_timing(timing)
     print(f"dvc repro window (data): {data_seconds:.1f} s")
     if model_seconds is not None:
         print(f"dvc repro evaluate (train and evaluate, default params): {model_seconds:.1f} s; "
