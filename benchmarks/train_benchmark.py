@@ -131,10 +131,11 @@ def measure(windows, params: dict) -> dict:
     return figures
 
 
-def interleaved_epoch_seconds(windows, params_by_name: dict[str, dict], rounds: int) -> dict[str, list[float]]:
-    """Seconds of single training epochs (validation included), the configurations taking turns epoch by
-    epoch, so that both see the same background load on a shared machine; the first round, which builds
-    the graphs, is left out."""
+def interleaved_epoch_seconds(windows, params_by_name: dict[str, dict], rounds: int) -> dict[str, dict]:
+    """Wall and CPU seconds (all of this process's threads) of single training epochs, validation
+    included, the configurations taking turns epoch by epoch, so that both see the same background
+    load on a shared machine; the first round, which builds the graphs, is left out. CPU seconds
+    count this process's work only, so they vary less with a neighbour's load than wall seconds."""
     fits = {}
     for name, params in params_by_name.items():
         seed_everything(params["seed"])
@@ -144,13 +145,14 @@ def interleaved_epoch_seconds(windows, params_by_name: dict[str, dict], rounds: 
         training = make_dataset(windows, windows.starts["train"], batch_size, shuffle_seed=params["seed"])
         validation = make_dataset(windows, windows.starts["validation"], batch_size)
         fits[name] = (model, training, validation)
-    seconds = {name: [] for name in fits}
+    seconds = {name: {"wall": [], "cpu": []} for name in fits}
     for _ in range(rounds + 1):
         for name, (model, training, validation) in fits.items():
-            started = time.perf_counter()
+            wall, cpu = time.perf_counter(), time.process_time()
             model.fit(training, validation_data=validation, epochs=1, shuffle=False, verbose=0)
-            seconds[name].append(time.perf_counter() - started)
-    return {name: values[1:] for name, values in seconds.items()}
+            seconds[name]["wall"].append(time.perf_counter() - wall)
+            seconds[name]["cpu"].append(time.process_time() - cpu)
+    return {name: {kind: values[1:] for kind, values in kinds.items()} for name, kinds in seconds.items()}
 
 
 def spread(values: list[float]) -> str:
@@ -160,13 +162,15 @@ def spread(values: list[float]) -> str:
     return f"{statistics.mean(values):.3f} ({min(values):.3f}-{max(values):.3f})"
 
 
-def report_timing(seconds: dict[str, list[float]]) -> None:
-    for name, values in seconds.items():
-        print(f"{name}: seconds per epoch, interleaved: {', '.join(f'{value:.1f}' for value in values)} "
-              f"(median {statistics.median(values):.1f})")
-    ratios = [hourly / single for single, hourly in zip(seconds["single"], seconds["hourly"])]
-    print(f"hourly / single, seconds per epoch, interleaved: {', '.join(f'{r:.2f}' for r in ratios)}; "
-          f"median {statistics.median(ratios):.2f}   (target <= 1.3)")
+def report_timing(seconds: dict[str, dict]) -> None:
+    for kind in ("wall", "cpu"):
+        for name, kinds in seconds.items():
+            values = kinds[kind]
+            print(f"{name}: {kind} seconds per epoch, interleaved: {', '.join(f'{value:.1f}' for value in values)} "
+                  f"(median {statistics.median(values):.1f})")
+        ratios = [hourly / single for single, hourly in zip(seconds["single"][kind], seconds["hourly"][kind])]
+        print(f"hourly / single, {kind} seconds per epoch: {', '.join(f'{r:.2f}' for r in ratios)}; "
+              f"median {statistics.median(ratios):.2f}   (target <= 1.3)")
 
 
 def report(runs: dict[str, list[dict]]) -> None:
