@@ -1,23 +1,28 @@
-"""Forecast client: ask a served Jena model for the temperature a day ahead.
+"""Forecast client: ask a served Jena model for the next 24 hours, hour by hour, with a band.
 
     python -m pipeline.client recent.csv --model-name jena_temperature
         [--target localhost:8500] [--rest] [--version N | --label stable]
-        [--max-fill-hours H] [--json]
+        [--max-fill-hours H] [--brief | --json]
         [--tls] [--tls-ca ca.pem] [--tls-cert client.pem --tls-key client.key]
 
 In:  a Jena-format CSV (10-minute or hourly rows) holding at least the
      model's history (5 days by default); it is cleaned and averaged into hours
      by the pipeline's own prepare code, and its latest complete window is sent
      to the server.
-Out: one line, e.g. `forecast for 2017-01-02 00:00 (24 h after the last
-     reading at 2017-01-01 00:00): 1.2 C (model jena_temperature, version 1)`,
-     or with `--json` the same as a JSON object.
+Out: a table of the hours ahead (hour, valid time, median, the band between
+     the outer quantiles, 10-90 % by default); with `--brief` one line, e.g.
+     `forecast for 2017-01-02 00:00 (24 h after the last reading at
+     2017-01-01 00:00): 1.2 C (model jena_temperature, version 1)`; with
+     `--json` a JSON object with the same line's fields plus `quantile_levels`
+     and `hours` (per hour its offset, valid time, median and quantiles). A
+     model that serves only `temperature_degC` (versions before the hourly
+     forecast) gets the single line, and its JSON no `hours`.
 
 Everything about the model comes from the served model itself, not from a
 copy of params.yaml: the history length and the number of measurements from
 the signature's `history` shape (GetModelMetadata, or REST `.../metadata`),
 the forecast horizon from the model's own `valid_time` output (the moment its
-temperature is for). The measurements' order is the Jena CSV's
+temperature is for), the quantile levels from its `quantile_levels` output. The measurements' order is the Jena CSV's
 (`pipeline.schema`), the same code the model was trained with. Short gaps in
 the recent readings are interpolated only when asked (`--max-fill-hours`).
 `--tls` talks gRPC over TLS (a server started with `--ssl_config_file`),
@@ -68,6 +73,9 @@ with _native_stderr_silenced():
 SIGNATURE = schema.SIGNATURE_NAME
 HISTORY, TIMESTAMPS = schema.HISTORY_INPUT, schema.TIMESTAMPS_INPUT
 TEMPERATURE, VALID_TIME = schema.TEMPERATURE_OUTPUT, schema.VALID_TIME_OUTPUT
+# Outputs of the hourly forecast; a model from before it serves none of them.
+HOURLY_OUTPUTS = {"paths": schema.PATH_OUTPUT, "quantiles": schema.QUANTILES_OUTPUT,
+                  "levels": schema.QUANTILE_LEVELS_OUTPUT}
 TIMEOUT_SECONDS = 30.0
 DTYPES = {np.dtype(np.float32): types_pb2.DT_FLOAT, np.dtype(np.int64): types_pb2.DT_INT64}
 
@@ -138,10 +146,13 @@ def history_shape(lookback: int, measurements: int) -> int:
 
 @dataclass
 class Forecast:
-    temperatures_degC: np.ndarray   # [batch]
-    valid_times: np.ndarray         # [batch], unix seconds
+    temperatures_degC: np.ndarray   # [batch], the median at the last hour
+    valid_times: np.ndarray         # [batch], unix seconds of the last hour
     model_name: str
     version: int | None
+    paths: np.ndarray | None = None      # [batch, hours], the medians of the hours +1 .. +horizon
+    quantiles: np.ndarray | None = None  # [batch, hours, levels]
+    levels: np.ndarray | None = None     # [batch, levels], the quantiles' levels
 
 
 class GrpcForecaster:
@@ -172,8 +183,10 @@ class GrpcForecaster:
         """history [batch, lookback, 14] float32 and timestamps [batch, lookback] int64 -> forecasts."""
         request = predict_request(self.model_name, history, timestamps, version, label)
         response = self.stub.Predict(request, timeout=self.timeout)
+        hourly = {field: to_array(response.outputs[name]) for field, name in HOURLY_OUTPUTS.items()
+                  if name in response.outputs}
         return Forecast(to_array(response.outputs[TEMPERATURE]), to_array(response.outputs[VALID_TIME]),
-                        response.model_spec.name, response.model_spec.version.value)
+                        response.model_spec.name, response.model_spec.version.value, **hourly)
 
     def close(self):
         self.channel.close()
@@ -209,24 +222,42 @@ class RestForecaster:
         body = {"signature_name": SIGNATURE,
                 "inputs": {HISTORY: np.asarray(history).tolist(), TIMESTAMPS: np.asarray(timestamps).tolist()}}
         outputs = self._call("POST", self._url(version, label) + ":predict", json=body)["outputs"]
+        hourly = {field: np.asarray(outputs[name], np.float32) for field, name in HOURLY_OUTPUTS.items()
+                  if name in outputs}
         return Forecast(np.asarray(outputs[TEMPERATURE], np.float32), np.asarray(outputs[VALID_TIME], np.int64),
-                        self.model_name, version)
+                        self.model_name, version, **hourly)
 
     def close(self):
         self.session.close()
 
 
+def _time(unix_seconds: int) -> str:
+    return f"{pd.Timestamp(unix_seconds, unit='s'):%Y-%m-%d %H:%M}"
+
+
 def forecast_answer(last_timestamp: int, forecast: Forecast) -> dict:
-    """The first forecast of a batch as plain values: valid time, horizon, temperature, model."""
+    """The first forecast of a batch as plain values: valid time, horizon, temperature, model and,
+    from a model that forecasts every hour, the quantile levels and per hour (+1 .. +horizon) its
+    valid time, median and quantiles."""
     valid_time = int(forecast.valid_times[0])
-    return {
-        "valid_time": f"{pd.Timestamp(valid_time, unit='s'):%Y-%m-%d %H:%M}",
-        "last_reading": f"{pd.Timestamp(last_timestamp, unit='s'):%Y-%m-%d %H:%M}",
+    answer = {
+        "valid_time": _time(valid_time),
+        "last_reading": _time(last_timestamp),
         "horizon_hours": (valid_time - last_timestamp) // 3600,
         "temperature_degC": round(float(forecast.temperatures_degC[0]), 2),
         "model_name": forecast.model_name,
         "version": forecast.version or None,
     }
+    if forecast.paths is not None and forecast.quantiles is not None and forecast.levels is not None:
+        hours = len(forecast.paths[0])
+        answer["quantile_levels"] = [round(float(level), 4) for level in forecast.levels[0]]
+        answer["hours"] = [
+            {"hour": hour, "valid_time": _time(valid_time - (hours - hour) * 3600),
+             "median_degC": round(float(median), 2),
+             "quantiles_degC": [round(float(value), 2) for value in quantiles]}
+            for hour, median, quantiles in zip(range(1, hours + 1), forecast.paths[0], forecast.quantiles[0])
+        ]
+    return answer
 
 
 def forecast_line(answer: dict) -> str:
@@ -250,6 +281,23 @@ def tls_credentials(ca_file=None, cert_file=None, key_file=None) -> grpc.Channel
         certificate_chain=read(cert_file) if cert_file else None)
 
 
+def forecast_table(answer: dict) -> str:
+    """The hours ahead as a short table: hour, valid time, median and the band between the outer
+    quantiles; the single line for a model that forecasts one hour only."""
+    if "hours" not in answer:
+        return forecast_line(answer)
+    version = f", version {answer['version']}" if answer["version"] else ""
+    low, high = answer["quantile_levels"][0], answer["quantile_levels"][-1]
+    band = f"{low:.0%}-{high:.0%} band"
+    lines = [f"forecast after the last reading at {answer['last_reading']} (model {answer['model_name']}{version})",
+             f"{'hour':>5}  {'valid time':<16}  {'median':>7}  {band:>15}"]
+    for hour in answer["hours"]:
+        quantiles = hour["quantiles_degC"]
+        lines.append(f"{'+' + str(hour['hour']) + ' h':>5}  {hour['valid_time']:<16}  {hour['median_degC']:>5.1f} C  "
+                     f"{quantiles[0]:>5.1f} .. {quantiles[-1]:>5.1f} C")
+    return "\n".join(lines)
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m pipeline.client", description=__doc__.split("\n\n")[0])
     parser.add_argument("csv", help="Jena-format CSV with at least the model's history (the last 5 days)")
@@ -261,7 +309,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     which.add_argument("--label", help="ask the version with this label (e.g. stable)")
     parser.add_argument("--max-fill-hours", type=int, default=0,
                         help="interpolate gaps of up to this many hours in the readings (default 0: none)")
-    parser.add_argument("--json", action="store_true", help="print the answer as a JSON object")
+    output = parser.add_mutually_exclusive_group()
+    output.add_argument("--brief", action="store_true", help="print only the last hour's forecast, on one line")
+    output.add_argument("--json", action="store_true",
+                        help="print the answer as a JSON object, every hour's median and quantiles included")
     tls = parser.add_argument_group("TLS (gRPC)")
     tls.add_argument("--tls", action="store_true", help="use TLS (implied by the options below)")
     tls.add_argument("--tls-ca", help="PEM file of the CA that signed the server's certificate (default: system CAs)")
@@ -308,7 +359,7 @@ def main(argv=None) -> int:
     finally:
         forecaster.close()
     answer = forecast_answer(int(timestamps[-1]), forecast)
-    print(json.dumps(answer) if args.json else forecast_line(answer))
+    print(json.dumps(answer) if args.json else forecast_line(answer) if args.brief else forecast_table(answer))
     return 0
 
 
