@@ -2,7 +2,7 @@
 
     python -m pipeline.client recent.csv --model-name jena_temperature
         [--target localhost:8500] [--rest] [--version N | --label stable]
-        [--max-fill-hours H] [--brief | --json]
+        [--model-card VERSION_DIR] [--max-fill-hours H] [--brief | --json]
         [--tls] [--tls-ca ca.pem] [--tls-cert client.pem --tls-key client.key]
 
 In:  a Jena-format CSV (10-minute or hourly rows) holding at least the
@@ -22,9 +22,12 @@ Everything about the model comes from the served model itself, not from a
 copy of params.yaml: the history length and the number of measurements from
 the signature's `history` shape (GetModelMetadata, or REST `.../metadata`),
 the forecast horizon from the model's own `valid_time` output (the moment its
-temperature is for), the quantile levels from its `quantile_levels` output. The measurements' order is the Jena CSV's
-(`pipeline.schema`), the same code the model was trained with. Short gaps in
-the recent readings are interpolated only when asked (`--max-fill-hours`).
+temperature is for), the quantile levels from its `quantile_levels` output.
+What TF Serving's API cannot tell, the order of the measurements and how
+much gap filling the model was trained with, comes from the version's model
+card (`--model-card`, the card export writes into `assets.extra/`); without
+one, the order is the Jena CSV's (`pipeline.schema`) and short gaps are
+interpolated only when asked (`--max-fill-hours`).
 `--tls` talks gRPC over TLS (a server started with `--ssl_config_file`),
 trusting the system's CAs or the one in `--tls-ca`; `--tls-cert` and
 `--tls-key` present a client certificate (for `client_verify: true`).
@@ -84,8 +87,12 @@ class ForecastError(RuntimeError):
     """The input or the server did not allow a forecast; the message says why."""
 
 
-def latest_window(readings: pd.DataFrame, lookback_hours: int, max_fill_hours: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """The last `lookback_hours` complete hourly rows: history [lookback, 14] and timestamps [lookback]."""
+def latest_window(readings: pd.DataFrame, lookback_hours: int, max_fill_hours: int = 0,
+                  measurements: list[str] = schema.MEASUREMENTS) -> tuple[np.ndarray, np.ndarray]:
+    """The last `lookback_hours` complete hourly rows: history [lookback, 14] and timestamps [lookback].
+
+    `measurements` is the order of the history's columns (the model card's, when the client has it).
+    """
     hourly, _ = prepare(readings, max_fill_hours)
     window = hourly.iloc[-lookback_hours:]
     if len(window) < lookback_hours:
@@ -97,7 +104,36 @@ def latest_window(readings: pd.DataFrame, lookback_hours: int, max_fill_hours: i
             f"{incomplete[0]:%Y-%m-%d %H:%M} ({len(incomplete)} hours; --max-fill-hours interpolates short gaps)"
         )
     timestamps = window.index.to_numpy(dtype="datetime64[s]").astype(np.int64)
-    return window[schema.MEASUREMENTS].to_numpy(np.float32), timestamps
+    return window[measurements].to_numpy(np.float32), timestamps
+
+
+@dataclass
+class ModelCard:
+    """What the client takes from a version's model card: the name, measurement order and gap filling."""
+
+    model_name: str
+    measurements: list[str]
+    max_fill_hours: int
+
+
+def read_model_card(path: str) -> ModelCard:
+    """The model card of an exported version: its directory or its `model_card.json`."""
+    card_file = os.path.join(path, schema.MODEL_CARD_FILE) if os.path.isdir(path) else path
+    try:
+        with open(card_file, encoding="utf-8") as handle:
+            card = json.load(handle)
+        measurements = list(card["measurements"])
+        max_fill_hours = int(card["params"]["prepare"]["max_fill_hours"])
+        model_name = str(card["model_name"])
+    except OSError as error:
+        raise ForecastError(f"{card_file}: {error.strerror}") from None
+    except (ValueError, KeyError, TypeError) as error:
+        raise ForecastError(f"{card_file}: not a model card ({type(error).__name__}: {error})") from None
+    unknown = sorted(set(measurements) - set(schema.MEASUREMENTS))
+    if unknown or len(measurements) != len(schema.MEASUREMENTS):
+        raise ForecastError(f"{card_file}: the model reads {measurements}, which are not the Jena CSV's "
+                            f"{len(schema.MEASUREMENTS)} measurements (unknown: {unknown})")
+    return ModelCard(model_name, measurements, max_fill_hours)
 
 
 def tensor_proto(array) -> "tensor_pb2.TensorProto":
@@ -301,14 +337,19 @@ def forecast_table(answer: dict) -> str:
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m pipeline.client", description=__doc__.split("\n\n")[0])
     parser.add_argument("csv", help="Jena-format CSV with at least the model's history (the last 5 days)")
-    parser.add_argument("--model-name", required=True, help="the served model's name (params.yaml: serving.model_name)")
+    parser.add_argument("--model-name", help="the served model's name (params.yaml: serving.model_name); "
+                                             "default: the model card's")
+    parser.add_argument("--model-card", metavar="PATH",
+                        help="an exported version (directory) or its assets.extra/model_card.json: the model's name, "
+                             "its measurements' order and its gap filling (max_fill_hours) are taken from it")
     parser.add_argument("--target", default=None, help="host:port (default localhost:8500, or :8501 with --rest)")
     parser.add_argument("--rest", action="store_true", help="use the REST API instead of gRPC")
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--version", type=int, help="ask this exact version")
     which.add_argument("--label", help="ask the version with this label (e.g. stable)")
-    parser.add_argument("--max-fill-hours", type=int, default=0,
-                        help="interpolate gaps of up to this many hours in the readings (default 0: none)")
+    parser.add_argument("--max-fill-hours", type=int, default=None,
+                        help="interpolate gaps of up to this many hours in the readings "
+                             "(default: the model card's, without one 0: none)")
     output = parser.add_mutually_exclusive_group()
     output.add_argument("--brief", action="store_true", help="print only the last hour's forecast, on one line")
     output.add_argument("--json", action="store_true",
@@ -324,6 +365,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error("--tls applies to gRPC; TF Serving's REST API is plain HTTP")
     if bool(args.tls_cert) != bool(args.tls_key):
         parser.error("--tls-cert and --tls-key go together")
+    if not (args.model_name or args.model_card):
+        parser.error("say which model: --model-name NAME or --model-card PATH")
     return args
 
 
@@ -332,17 +375,23 @@ def main(argv=None) -> int:
     target = args.target or ("localhost:8501" if args.rest else "localhost:8500")
     try:
         credentials = tls_credentials(args.tls_ca, args.tls_cert, args.tls_key) if args.tls else None
+        card = read_model_card(args.model_card) if args.model_card else ModelCard(args.model_name, schema.MEASUREMENTS, 0)
     except OSError as error:
         print(f"client: {error.filename}: {error.strerror}", file=sys.stderr)
         return 2
+    except ForecastError as error:
+        print(f"client: {error}", file=sys.stderr)
+        return 2
+    model_name = args.model_name or card.model_name
+    max_fill_hours = card.max_fill_hours if args.max_fill_hours is None else args.max_fill_hours
     if args.rest:
-        forecaster = RestForecaster(target, args.model_name)
+        forecaster = RestForecaster(target, model_name)
     else:
-        forecaster = GrpcForecaster(target, args.model_name, credentials=credentials)
+        forecaster = GrpcForecaster(target, model_name, credentials=credentials)
     try:
         readings = read_raw_csv(args.csv)
         lookback = forecaster.lookback_hours(args.version, args.label)
-        history, timestamps = latest_window(readings, lookback, args.max_fill_hours)
+        history, timestamps = latest_window(readings, lookback, max_fill_hours, card.measurements)
         forecast = forecaster.predict(history[None], timestamps[None], args.version, args.label)
     except FileNotFoundError:
         print(f"client: {args.csv}: no such file", file=sys.stderr)

@@ -40,6 +40,10 @@ SENTINEL_COLUMNS = [WIND_SPEED, MAX_WIND_SPEED]
 READING_INTERVAL_MINUTES = 10
 CSV_NAME = "jena_climate_2009_2016.csv"
 
+# Each exported version carries its model card here (TF Serving ignores assets.extra/
+# but for warm-up): where the model came from and what it reads, in JSON.
+MODEL_CARD_FILE = "assets.extra/model_card.json"
+
 # The served model's `serving_default` signature: the names the model, the
 # export, the smoke stage and the forecast client share.
 SIGNATURE_NAME = "serving_default"

@@ -1,5 +1,6 @@
 """The forecast client's input handling and command line (the served path is in test_smoke)."""
 
+import json
 import subprocess
 import sys
 
@@ -10,7 +11,8 @@ import pytest
 from conftest import REPO_ROOT, make_readings, to_csv_text
 from pipeline import schema
 from pipeline.client import (
-    Forecast, ForecastError, forecast_answer, forecast_line, forecast_table, latest_window, tensor_proto, to_array,
+    Forecast, ForecastError, forecast_answer, forecast_line, forecast_table, latest_window, read_model_card,
+    tensor_proto, to_array,
 )
 from pipeline.client import main as client_main
 
@@ -149,3 +151,44 @@ def test_cli_tls_options_are_checked_before_calling_the_server(tmp_path, capsys)
 def test_cli_brief_and_json_exclude_each_other(tmp_path):
     result = run_client(str(tmp_path / "recent.csv"), "--brief", "--json")
     assert result.returncode == 2 and "not allowed with argument" in result.stderr
+
+
+def write_card(directory, **changes):
+    card = {"model_name": "jena_temperature", "measurements": schema.MEASUREMENTS,
+            "params": {"prepare": {"max_fill_hours": 3}}, **changes}
+    (directory / "assets.extra").mkdir(parents=True)
+    (directory / schema.MODEL_CARD_FILE).write_text(json.dumps(card))
+    return directory
+
+
+def test_the_model_card_gives_name_measurement_order_and_gap_filling(tmp_path):
+    reordered = [*schema.MEASUREMENTS[1:], schema.MEASUREMENTS[0]]
+    version = write_card(tmp_path / "7", measurements=reordered)
+    for path in (version, version / schema.MODEL_CARD_FILE):
+        card = read_model_card(str(path))
+        assert (card.model_name, card.measurements, card.max_fill_hours) == ("jena_temperature", reordered, 3)
+
+    readings = make_readings(periods=6 * 24 * 6)
+    in_csv_order, _ = latest_window(readings, 120)
+    in_card_order, _ = latest_window(readings, 120, measurements=reordered)
+    np.testing.assert_array_equal(in_card_order, np.roll(in_csv_order, -1, axis=1))
+
+
+def test_a_card_that_is_missing_broken_or_reads_other_measurements_is_named(tmp_path):
+    with pytest.raises(ForecastError, match="absent.*No such file"):
+        read_model_card(str(tmp_path / "absent"))
+    broken = tmp_path / "broken.json"
+    broken.write_text("{")
+    with pytest.raises(ForecastError, match="broken.json: not a model card"):
+        read_model_card(str(broken))
+    foreign = write_card(tmp_path / "3", measurements=[*schema.MEASUREMENTS[:-1], "snow (cm)"])
+    with pytest.raises(ForecastError, match=r"model_card.json: the model reads .*unknown: \['snow \(cm\)'\]"):
+        read_model_card(str(foreign))
+
+
+def test_cli_needs_a_model_name_or_card(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "pipeline.client", str(tmp_path / "recent.csv")], cwd=REPO_ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "--model-name NAME or --model-card PATH" in result.stderr
+    result = run_client(str(tmp_path / "recent.csv"), "--model-card", str(tmp_path / "absent"))
+    assert result.returncode == 2 and "absent" in result.stderr and "Traceback" not in result.stderr

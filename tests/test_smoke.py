@@ -100,13 +100,17 @@ def test_forecast_client_asks_the_served_model(workspace):
             wait_until_available(channel, "jena_temperature", 1, 120, server)
         csv = str(workspace / "data/raw/jena_climate_2009_2016.csv")
         answers = [
-            subprocess.run([sys.executable, "-m", "pipeline.client", csv, "--model-name", "jena_temperature", *flags],
+            subprocess.run([sys.executable, "-m", "pipeline.client", csv, *flags],
                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, env=without_tf_log_level())
-            for flags in (["--target", f"127.0.0.1:{grpc_port}", "--brief"],
-                          ["--rest", "--target", f"127.0.0.1:{rest_port}", "--json"],
-                          ["--target", f"127.0.0.1:{grpc_port}"])
+            for flags in (["--model-name", "jena_temperature", "--target", f"127.0.0.1:{grpc_port}", "--brief"],
+                          ["--model-name", "jena_temperature", "--rest", "--target", f"127.0.0.1:{rest_port}", "--json"],
+                          ["--model-name", "jena_temperature", "--target", f"127.0.0.1:{grpc_port}"],
+                          # the name, measurement order and gap filling from the version's model card
+                          ["--model-card", str(directory / "1"), "--target", f"127.0.0.1:{grpc_port}", "--brief"])
         ]
-    grpc_answer, rest_answer, table_answer = answers
+    grpc_answer, rest_answer, table_answer, card_answer = answers
+    assert card_answer.returncode == 0, card_answer.stderr
+    assert card_answer.stdout == grpc_answer.stdout
     assert grpc_answer.returncode == 0, grpc_answer.stderr
     assert grpc_answer.stderr == ""  # no TensorFlow start-up noise
     # The synthetic range ends 2009-02-15 00:00: the latest complete hour is the last row; the
