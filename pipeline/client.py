@@ -1,25 +1,33 @@
-"""Forecast client: ask a served Jena model for the temperature a day ahead.
+"""Forecast client: ask a served Jena model for the next 24 hours, hour by hour, with a band.
 
     python -m pipeline.client recent.csv --model-name jena_temperature
         [--target localhost:8500] [--rest] [--version N | --label stable]
-        [--max-fill-hours H] [--json]
+        [--model-card VERSION_DIR] [--max-fill-hours H] [--brief | --json]
         [--tls] [--tls-ca ca.pem] [--tls-cert client.pem --tls-key client.key]
 
 In:  a Jena-format CSV (10-minute or hourly rows) holding at least the
      model's history (5 days by default); it is cleaned and averaged into hours
      by the pipeline's own prepare code, and its latest complete window is sent
      to the server.
-Out: one line, e.g. `forecast for 2017-01-02 00:00 (24 h after the last
-     reading at 2017-01-01 00:00): 1.2 C (model jena_temperature, version 1)`,
-     or with `--json` the same as a JSON object.
+Out: a table of the hours ahead (hour, valid time, median, the band between
+     the outer quantiles, 10-90 % by default); with `--brief` one line, e.g.
+     `forecast for 2017-01-02 00:00 (24 h after the last reading at
+     2017-01-01 00:00): 1.2 C (model jena_temperature, version 1)`; with
+     `--json` a JSON object with the same line's fields plus `quantile_levels`
+     and `hours` (per hour its offset, valid time, median and quantiles). A
+     model that serves only `temperature_degC` (versions before the hourly
+     forecast) gets the single line, and its JSON no `hours`.
 
 Everything about the model comes from the served model itself, not from a
 copy of params.yaml: the history length and the number of measurements from
 the signature's `history` shape (GetModelMetadata, or REST `.../metadata`),
 the forecast horizon from the model's own `valid_time` output (the moment its
-temperature is for). The measurements' order is the Jena CSV's
-(`pipeline.schema`), the same code the model was trained with. Short gaps in
-the recent readings are interpolated only when asked (`--max-fill-hours`).
+temperature is for), the quantile levels from its `quantile_levels` output.
+What TF Serving's API cannot tell, the order of the measurements and how
+much gap filling the model was trained with, comes from the version's model
+card (`--model-card`, the card export writes into `assets.extra/`); without
+one, the order is the Jena CSV's (`pipeline.schema`) and short gaps are
+interpolated only when asked (`--max-fill-hours`).
 `--tls` talks gRPC over TLS (a server started with `--ssl_config_file`),
 trusting the system's CAs or the one in `--tls-ca`; `--tls-cert` and
 `--tls-key` present a client certificate (for `client_verify: true`).
@@ -68,6 +76,9 @@ with _native_stderr_silenced():
 SIGNATURE = schema.SIGNATURE_NAME
 HISTORY, TIMESTAMPS = schema.HISTORY_INPUT, schema.TIMESTAMPS_INPUT
 TEMPERATURE, VALID_TIME = schema.TEMPERATURE_OUTPUT, schema.VALID_TIME_OUTPUT
+# Outputs of the hourly forecast; a model from before it serves none of them.
+HOURLY_OUTPUTS = {"paths": schema.PATH_OUTPUT, "quantiles": schema.QUANTILES_OUTPUT,
+                  "levels": schema.QUANTILE_LEVELS_OUTPUT}
 TIMEOUT_SECONDS = 30.0
 DTYPES = {np.dtype(np.float32): types_pb2.DT_FLOAT, np.dtype(np.int64): types_pb2.DT_INT64}
 
@@ -76,8 +87,12 @@ class ForecastError(RuntimeError):
     """The input or the server did not allow a forecast; the message says why."""
 
 
-def latest_window(readings: pd.DataFrame, lookback_hours: int, max_fill_hours: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """The last `lookback_hours` complete hourly rows: history [lookback, 14] and timestamps [lookback]."""
+def latest_window(readings: pd.DataFrame, lookback_hours: int, max_fill_hours: int = 0,
+                  measurements: list[str] = schema.MEASUREMENTS) -> tuple[np.ndarray, np.ndarray]:
+    """The last `lookback_hours` complete hourly rows: history [lookback, 14] and timestamps [lookback].
+
+    `measurements` is the order of the history's columns (the model card's, when the client has it).
+    """
     hourly, _ = prepare(readings, max_fill_hours)
     window = hourly.iloc[-lookback_hours:]
     if len(window) < lookback_hours:
@@ -89,7 +104,36 @@ def latest_window(readings: pd.DataFrame, lookback_hours: int, max_fill_hours: i
             f"{incomplete[0]:%Y-%m-%d %H:%M} ({len(incomplete)} hours; --max-fill-hours interpolates short gaps)"
         )
     timestamps = window.index.to_numpy(dtype="datetime64[s]").astype(np.int64)
-    return window[schema.MEASUREMENTS].to_numpy(np.float32), timestamps
+    return window[measurements].to_numpy(np.float32), timestamps
+
+
+@dataclass
+class ModelCard:
+    """What the client takes from a version's model card: the name, measurement order and gap filling."""
+
+    model_name: str
+    measurements: list[str]
+    max_fill_hours: int
+
+
+def read_model_card(path: str) -> ModelCard:
+    """The model card of an exported version: its directory or its `model_card.json`."""
+    card_file = os.path.join(path, schema.MODEL_CARD_FILE) if os.path.isdir(path) else path
+    try:
+        with open(card_file, encoding="utf-8") as handle:
+            card = json.load(handle)
+        measurements = list(card["measurements"])
+        max_fill_hours = int(card["params"]["prepare"]["max_fill_hours"])
+        model_name = str(card["model_name"])
+    except OSError as error:
+        raise ForecastError(f"{card_file}: {error.strerror}") from None
+    except (ValueError, KeyError, TypeError) as error:
+        raise ForecastError(f"{card_file}: not a model card ({type(error).__name__}: {error})") from None
+    unknown = sorted(set(measurements) - set(schema.MEASUREMENTS))
+    if unknown or len(measurements) != len(schema.MEASUREMENTS):
+        raise ForecastError(f"{card_file}: the model reads {measurements}, which are not the Jena CSV's "
+                            f"{len(schema.MEASUREMENTS)} measurements (unknown: {unknown})")
+    return ModelCard(model_name, measurements, max_fill_hours)
 
 
 def tensor_proto(array) -> "tensor_pb2.TensorProto":
@@ -138,10 +182,13 @@ def history_shape(lookback: int, measurements: int) -> int:
 
 @dataclass
 class Forecast:
-    temperatures_degC: np.ndarray   # [batch]
-    valid_times: np.ndarray         # [batch], unix seconds
+    temperatures_degC: np.ndarray   # [batch], the median at the last hour
+    valid_times: np.ndarray         # [batch], unix seconds of the last hour
     model_name: str
     version: int | None
+    paths: np.ndarray | None = None      # [batch, hours], the medians of the hours +1 .. +horizon
+    quantiles: np.ndarray | None = None  # [batch, hours, levels]
+    levels: np.ndarray | None = None     # [batch, levels], the quantiles' levels
 
 
 class GrpcForecaster:
@@ -172,8 +219,10 @@ class GrpcForecaster:
         """history [batch, lookback, 14] float32 and timestamps [batch, lookback] int64 -> forecasts."""
         request = predict_request(self.model_name, history, timestamps, version, label)
         response = self.stub.Predict(request, timeout=self.timeout)
+        hourly = {field: to_array(response.outputs[name]) for field, name in HOURLY_OUTPUTS.items()
+                  if name in response.outputs}
         return Forecast(to_array(response.outputs[TEMPERATURE]), to_array(response.outputs[VALID_TIME]),
-                        response.model_spec.name, response.model_spec.version.value)
+                        response.model_spec.name, response.model_spec.version.value, **hourly)
 
     def close(self):
         self.channel.close()
@@ -209,24 +258,42 @@ class RestForecaster:
         body = {"signature_name": SIGNATURE,
                 "inputs": {HISTORY: np.asarray(history).tolist(), TIMESTAMPS: np.asarray(timestamps).tolist()}}
         outputs = self._call("POST", self._url(version, label) + ":predict", json=body)["outputs"]
+        hourly = {field: np.asarray(outputs[name], np.float32) for field, name in HOURLY_OUTPUTS.items()
+                  if name in outputs}
         return Forecast(np.asarray(outputs[TEMPERATURE], np.float32), np.asarray(outputs[VALID_TIME], np.int64),
-                        self.model_name, version)
+                        self.model_name, version, **hourly)
 
     def close(self):
         self.session.close()
 
 
+def _time(unix_seconds: int) -> str:
+    return f"{pd.Timestamp(unix_seconds, unit='s'):%Y-%m-%d %H:%M}"
+
+
 def forecast_answer(last_timestamp: int, forecast: Forecast) -> dict:
-    """The first forecast of a batch as plain values: valid time, horizon, temperature, model."""
+    """The first forecast of a batch as plain values: valid time, horizon, temperature, model and,
+    from a model that forecasts every hour, the quantile levels and per hour (+1 .. +horizon) its
+    valid time, median and quantiles."""
     valid_time = int(forecast.valid_times[0])
-    return {
-        "valid_time": f"{pd.Timestamp(valid_time, unit='s'):%Y-%m-%d %H:%M}",
-        "last_reading": f"{pd.Timestamp(last_timestamp, unit='s'):%Y-%m-%d %H:%M}",
+    answer = {
+        "valid_time": _time(valid_time),
+        "last_reading": _time(last_timestamp),
         "horizon_hours": (valid_time - last_timestamp) // 3600,
         "temperature_degC": round(float(forecast.temperatures_degC[0]), 2),
         "model_name": forecast.model_name,
         "version": forecast.version or None,
     }
+    if forecast.paths is not None and forecast.quantiles is not None and forecast.levels is not None:
+        hours = len(forecast.paths[0])
+        answer["quantile_levels"] = [round(float(level), 4) for level in forecast.levels[0]]
+        answer["hours"] = [
+            {"hour": hour, "valid_time": _time(valid_time - (hours - hour) * 3600),
+             "median_degC": round(float(median), 2),
+             "quantiles_degC": [round(float(value), 2) for value in quantiles]}
+            for hour, median, quantiles in zip(range(1, hours + 1), forecast.paths[0], forecast.quantiles[0])
+        ]
+    return answer
 
 
 def forecast_line(answer: dict) -> str:
@@ -250,18 +317,43 @@ def tls_credentials(ca_file=None, cert_file=None, key_file=None) -> grpc.Channel
         certificate_chain=read(cert_file) if cert_file else None)
 
 
+def forecast_table(answer: dict) -> str:
+    """The hours ahead as a short table: hour, valid time, median and the band between the outer
+    quantiles; the single line for a model that forecasts one hour only."""
+    if "hours" not in answer:
+        return forecast_line(answer)
+    version = f", version {answer['version']}" if answer["version"] else ""
+    low, high = answer["quantile_levels"][0], answer["quantile_levels"][-1]
+    band = f"{low:.0%}-{high:.0%} band"
+    lines = [f"forecast after the last reading at {answer['last_reading']} (model {answer['model_name']}{version})",
+             f"{'hour':>5}  {'valid time':<16}  {'median':>7}  {band:>15}"]
+    for hour in answer["hours"]:
+        quantiles = hour["quantiles_degC"]
+        lines.append(f"{'+' + str(hour['hour']) + ' h':>5}  {hour['valid_time']:<16}  {hour['median_degC']:>5.1f} C  "
+                     f"{quantiles[0]:>5.1f} .. {quantiles[-1]:>5.1f} C")
+    return "\n".join(lines)
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m pipeline.client", description=__doc__.split("\n\n")[0])
     parser.add_argument("csv", help="Jena-format CSV with at least the model's history (the last 5 days)")
-    parser.add_argument("--model-name", required=True, help="the served model's name (params.yaml: serving.model_name)")
+    parser.add_argument("--model-name", help="the served model's name (params.yaml: serving.model_name); "
+                                             "default: the model card's")
+    parser.add_argument("--model-card", metavar="PATH",
+                        help="an exported version (directory) or its assets.extra/model_card.json: the model's name, "
+                             "its measurements' order and its gap filling (max_fill_hours) are taken from it")
     parser.add_argument("--target", default=None, help="host:port (default localhost:8500, or :8501 with --rest)")
     parser.add_argument("--rest", action="store_true", help="use the REST API instead of gRPC")
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--version", type=int, help="ask this exact version")
     which.add_argument("--label", help="ask the version with this label (e.g. stable)")
-    parser.add_argument("--max-fill-hours", type=int, default=0,
-                        help="interpolate gaps of up to this many hours in the readings (default 0: none)")
-    parser.add_argument("--json", action="store_true", help="print the answer as a JSON object")
+    parser.add_argument("--max-fill-hours", type=int, default=None,
+                        help="interpolate gaps of up to this many hours in the readings "
+                             "(default: the model card's, without one 0: none)")
+    output = parser.add_mutually_exclusive_group()
+    output.add_argument("--brief", action="store_true", help="print only the last hour's forecast, on one line")
+    output.add_argument("--json", action="store_true",
+                        help="print the answer as a JSON object, every hour's median and quantiles included")
     tls = parser.add_argument_group("TLS (gRPC)")
     tls.add_argument("--tls", action="store_true", help="use TLS (implied by the options below)")
     tls.add_argument("--tls-ca", help="PEM file of the CA that signed the server's certificate (default: system CAs)")
@@ -273,6 +365,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error("--tls applies to gRPC; TF Serving's REST API is plain HTTP")
     if bool(args.tls_cert) != bool(args.tls_key):
         parser.error("--tls-cert and --tls-key go together")
+    if not (args.model_name or args.model_card):
+        parser.error("say which model: --model-name NAME or --model-card PATH")
     return args
 
 
@@ -281,17 +375,23 @@ def main(argv=None) -> int:
     target = args.target or ("localhost:8501" if args.rest else "localhost:8500")
     try:
         credentials = tls_credentials(args.tls_ca, args.tls_cert, args.tls_key) if args.tls else None
+        card = read_model_card(args.model_card) if args.model_card else ModelCard(args.model_name, schema.MEASUREMENTS, 0)
     except OSError as error:
         print(f"client: {error.filename}: {error.strerror}", file=sys.stderr)
         return 2
+    except ForecastError as error:
+        print(f"client: {error}", file=sys.stderr)
+        return 2
+    model_name = args.model_name or card.model_name
+    max_fill_hours = card.max_fill_hours if args.max_fill_hours is None else args.max_fill_hours
     if args.rest:
-        forecaster = RestForecaster(target, args.model_name)
+        forecaster = RestForecaster(target, model_name)
     else:
-        forecaster = GrpcForecaster(target, args.model_name, credentials=credentials)
+        forecaster = GrpcForecaster(target, model_name, credentials=credentials)
     try:
         readings = read_raw_csv(args.csv)
         lookback = forecaster.lookback_hours(args.version, args.label)
-        history, timestamps = latest_window(readings, lookback, args.max_fill_hours)
+        history, timestamps = latest_window(readings, lookback, max_fill_hours, card.measurements)
         forecast = forecaster.predict(history[None], timestamps[None], args.version, args.label)
     except FileNotFoundError:
         print(f"client: {args.csv}: no such file", file=sys.stderr)
@@ -308,7 +408,7 @@ def main(argv=None) -> int:
     finally:
         forecaster.close()
     answer = forecast_answer(int(timestamps[-1]), forecast)
-    print(json.dumps(answer) if args.json else forecast_line(answer))
+    print(json.dumps(answer) if args.json else forecast_line(answer) if args.brief else forecast_table(answer))
     return 0
 
 

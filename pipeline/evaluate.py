@@ -1,26 +1,34 @@
 """Stage 5, evaluate: score the model on the test split against two baselines, and bless it.
 
 In:  models/model.keras, data/windows/, params `evaluate.*` (`margin`,
-     `tolerance`, `climatology_window_days`, `plot_days`) and
+     `tolerance`, `climatology_window_days`, `plot_days`, `coverage_goal`) and
      `serving.base_path` / `serving.model_name`: the directory TensorFlow
      Serving watches (local, s3:// or gs://), whose newest version is the
      published model (from a store, its newest complete version is copied
      into a temporary directory to be scored).
-Out: metrics/evaluate.json: test MAE and RMSE in degC of the model, of
-     persistence (the temperature 24 h later equals the last observed one) and
-     of climatology (the training years' mean temperature for that day of the
-     year and hour), the model's skill over persistence, the published
-     version and its MAE measured on these same test samples, the test data's
-     fingerprint, and the blessing with its reason; and the data of three
-     plots in plots/evaluate/: predictions.csv (predicted and observed
-     temperature over the first `plot_days` of the test period),
-     mae_by_month.csv (MAE of model, persistence and the published version by
-     month of the year) and residuals.csv (histogram of predicted - observed).
+Out: metrics/evaluate.json: test MAE and RMSE in degC of the model's median
+     at +horizon (24 h), of persistence (the temperature 24 h later equals the
+     last observed one) and of climatology (the training years' mean
+     temperature for that day of the year and hour), the model's skill over
+     persistence, the median's MAE at +1 h and over all hours, the mean
+     pinball loss, the coverage and mean width of the band between the outer
+     quantiles (10-90 % by default), the published version and its MAE
+     measured on these same test samples, the test data's fingerprint, and
+     the blessing with its reason; and the data of five plots in
+     plots/evaluate/: predictions.csv (predicted median and band and the
+     observed temperature at +24 h over the first `plot_days` of the test
+     period), by_horizon.csv (for every hour +1 .. +24: MAE of the median, of
+     persistence and of climatology, coverage and width of the band),
+     reliability.csv (for each quantile level, the share of observed hours
+     below that quantile), mae_by_month.csv (MAE of model, persistence and the
+     published version by month of the year) and residuals.csv (histogram of
+     predicted - observed at +24 h).
 
 Blessing is the gate the export stage obeys: the model is blessed when its
-test MAE beats persistence's by at least the fraction `margin` and, if a model
-is already published, is at most `tolerance` degC worse than the published
-one on the same test samples. As TFX's Evaluator does, the published version
+24 h test MAE beats persistence's by at least the fraction `margin`, its band
+holds a share of the test hours within `coverage_goal` and, if a model is
+already published, its 24 h MAE is at most `tolerance` degC worse than the
+published one's on the same test samples. As TFX's Evaluator does, the published version
 is scored here, on this run's test windows, whenever its model card does not
 show the very same test data (data, split, lookback and horizon): an MAE
 measured on other data means nothing here. A published model with another
@@ -38,7 +46,7 @@ import tensorflow as tf
 from pipeline import schema
 from pipeline.atomic import atomic_path, write_json
 from pipeline.config import EVALUATE_METRICS, EVALUATE_PLOTS_DIR, MODEL_PATH, WINDOWS_DIR, load_params
-from pipeline.model import TEMPERATURE_INDEX  # importing pipeline.model registers its layers for load_model
+from pipeline.model import TEMPERATURE_INDEX, median_position  # importing it registers the layers for load_model
 from pipeline.publish import model_directory, read_model_card
 from pipeline.store import StoreError, newest_published
 from pipeline.train import make_dataset
@@ -75,8 +83,48 @@ def calendar(timestamps) -> dict[str, np.ndarray]:
 
 
 def persistence_forecast(temperature: np.ndarray, starts: np.ndarray, lookback: int) -> np.ndarray:
-    """Tomorrow equals now: the temperature of each sample's last history row."""
+    """Tomorrow equals now: the temperature of each sample's last history row (for every hour ahead)."""
     return temperature[np.asarray(starts) + lookback - 1]
+
+
+def pinball_loss(observed: np.ndarray, quantile_forecasts: np.ndarray, levels) -> float:
+    """Mean pinball loss (degC) of quantile forecasts [..., quantiles] against observations [...]:
+    for level q and error e = observed - forecast, q * e if e >= 0, else (q - 1) * e."""
+    levels = np.asarray(levels, dtype=np.float64)
+    error = np.asarray(observed, np.float64)[..., None] - quantile_forecasts
+    return float(np.mean(np.maximum(levels * error, (levels - 1) * error)))
+
+
+def band_coverage(observed: np.ndarray, lower: np.ndarray, upper: np.ndarray, axis=None):
+    """Share of observations within [lower, upper] (over `axis`; all by default)."""
+    return np.mean((lower <= observed) & (observed <= upper), axis=axis)
+
+
+def reliability(observed: np.ndarray, quantile_forecasts: np.ndarray, levels) -> pd.DataFrame:
+    """For each quantile level, the share of observations below that quantile: over all hours ahead and
+    at the last one. A reliable forecast puts the level itself there."""
+    below = np.asarray(observed)[..., None] < quantile_forecasts  # [samples, hours, quantiles]
+    return pd.DataFrame({
+        "quantile": np.asarray(levels, dtype=np.float64),
+        "observed_below": below.mean(axis=(0, 1)),
+        "observed_below_final_hour": below[:, -1].mean(axis=0),
+    })
+
+
+def errors_by_horizon(observed, median, lower, upper, persistence, climatology) -> pd.DataFrame:
+    """Per hour ahead (columns of the [samples, hours] arrays): MAE of the median, of persistence
+    (the last observation, for every hour) and of climatology, and coverage and mean width of the band."""
+    def column_mae(forecast):
+        return np.mean(np.abs(forecast - observed), axis=0)
+
+    return pd.DataFrame({
+        "hour": np.arange(1, observed.shape[1] + 1),
+        "model_mae_degC": column_mae(median),
+        "persistence_mae_degC": column_mae(np.broadcast_to(np.asarray(persistence)[:, None], observed.shape)),
+        "climatology_mae_degC": column_mae(climatology),
+        "coverage": band_coverage(observed, lower, upper, axis=0),
+        "band_width_degC": np.mean(upper - lower, axis=0),
+    })
 
 
 def climatology_table(temperature: np.ndarray, timestamps: np.ndarray, window_days: int) -> np.ndarray:
@@ -109,6 +157,14 @@ def climatology_forecast(table: np.ndarray, target_timestamps: np.ndarray) -> np
     """Look up each target time's day of the year and hour in a climatology table."""
     when = calendar(target_timestamps)
     return table[when["day"], when["hour"]]
+
+
+def coverage_verdict(coverage: float, goal) -> tuple[bool, str]:
+    """Whether the band holds a share of the test hours within `goal` [low, high], and the reason."""
+    low, high = goal
+    if low <= coverage <= high:
+        return True, f"band coverage {coverage:.1%} within the goal {low:.0%}-{high:.0%}"
+    return False, f"band coverage {coverage:.1%} outside the goal {low:.0%}-{high:.0%}"
 
 
 def bless(test_mae: float, persistence_mae: float, published: dict | None,
@@ -194,7 +250,7 @@ def compare_with_version(version: int, saved_model: Path, windows: Windows, pred
                 "not_comparable": f"forecasts {horizon} h ahead, this model {windows.horizon} h: not comparable"}
     signature = tf.saved_model.load(str(saved_model)).signatures[schema.SIGNATURE_NAME]
     lookback = signature.structured_input_signature[1][schema.HISTORY_INPUT].shape[1]
-    their_starts = windows.target_rows(starts) - horizon - lookback + 1
+    their_starts = windows.target_rows(starts)[:, -1] - horizon - lookback + 1
     both = complete_history(windows, their_starts, lookback)
     rows = their_starts[both][:, None] + np.arange(lookback)
     theirs = saved_model_forecasts(saved_model, windows.hourly[rows], windows.timestamps[rows])
@@ -204,9 +260,11 @@ def compare_with_version(version: int, saved_model: Path, windows: Windows, pred
 
 
 def evaluation_metrics(observed, predicted, persistence, climatology, published: dict | None,
-                       margin: float, tolerance: float) -> dict:
-    """Everything metrics/evaluate.json holds, from the test targets, the three forecasts (degC) and the
-    comparison with the published version."""
+                       margin: float, tolerance: float, paths: dict | None = None, coverage_goal=None) -> dict:
+    """Everything metrics/evaluate.json holds, from the +horizon test targets, the three forecasts (degC),
+    the comparison with the published version and, for the quantile forecast, `paths`: `observed`
+    [samples, hours], `quantiles` [samples, hours, levels] and `levels`; with `coverage_goal`, the
+    band's coverage must lie within it to bless."""
     metrics = {
         "test_samples": int(len(observed)),
         "test_mae_degC": mae(predicted, observed),
@@ -222,24 +280,52 @@ def evaluation_metrics(observed, predicted, persistence, climatology, published:
     metrics["published_mae_degC"] = published and published["mae_degC"]
     metrics["published_comparison"] = published and {
         key: published[key] for key in ("samples", "model_mae_degC", "measured")}
+    if paths is not None:
+        metrics.update(path_metrics(paths["observed"], paths["quantiles"], paths["levels"]))
     metrics["blessed"], metrics["blessing_reason"] = bless(
         metrics["test_mae_degC"], metrics["persistence_mae_degC"], published, margin, tolerance
     )
+    if coverage_goal is not None:
+        covered, reason = coverage_verdict(metrics["band_coverage"], coverage_goal)
+        metrics["blessed"] = metrics["blessed"] and covered
+        metrics["blessing_reason"] += f"; {reason}"
     return metrics
 
 
-def prediction_stretch(target_timestamps, observed, predicted, persistence, days: int) -> pd.DataFrame:
-    """The samples whose target falls within the first `days` days of the test period, in time order."""
+def path_metrics(observed: np.ndarray, quantiles: np.ndarray, levels) -> dict:
+    """The forecast of every hour: median MAE at +1 h and over all hours, mean pinball loss, and the
+    coverage (overall and at +horizon) and mean width of the band between the outer quantiles."""
+    median = quantiles[..., median_position(levels)]
+    lower, upper = quantiles[..., 0], quantiles[..., -1]
+    return {
+        "quantile_levels": [float(level) for level in levels],
+        "test_mae_1h_degC": mae(median[:, 0], observed[:, 0]),
+        "test_mae_all_hours_degC": mae(median, observed),
+        "mean_pinball_loss_degC": pinball_loss(observed, quantiles, levels),
+        "band": [float(levels[0]), float(levels[-1])],
+        "band_coverage": float(band_coverage(observed, lower, upper)),
+        "band_coverage_final_hour": float(band_coverage(observed[:, -1], lower[:, -1], upper[:, -1])),
+        "band_width_degC": float(np.mean(upper - lower)),
+    }
+
+
+def prediction_stretch(target_timestamps, observed, predicted, persistence, days: int,
+                       band: tuple[np.ndarray, np.ndarray] | None = None) -> pd.DataFrame:
+    """The samples whose target falls within the first `days` days of the test period, in time order;
+    with `band` (lower, upper), its edges too."""
     order = np.argsort(target_timestamps)
     first = target_timestamps[order[0]]
     order = order[target_timestamps[order] < first + days * 86_400]
-    return pd.DataFrame({
+    table = pd.DataFrame({
         "hours": (target_timestamps[order] - first) // 3600,
         "time": pd.to_datetime(target_timestamps[order], unit="s").strftime("%Y-%m-%d %H:%M"),
         "observed_degC": observed[order],
         "predicted_degC": predicted[order],
         "persistence_degC": persistence[order],
     })
+    if band is not None:
+        table["band_low_degC"], table["band_high_degC"] = band[0][order], band[1][order]
+    return table
 
 
 def mae_by_month(target_timestamps, observed, predicted, persistence, published: dict | None = None) -> pd.DataFrame:
@@ -267,20 +353,28 @@ def residual_histogram(residuals: np.ndarray, bin_width: float = RESIDUAL_BIN_DE
     return pd.DataFrame({"residual_degC": (edges + 0.5) * bin_width, "count": counts})
 
 
-def forecasts(model: keras.Model, windows: Windows, window_days: int) -> dict[str, np.ndarray]:
-    """Test targets and the model's, persistence's and climatology's forecasts, in degC."""
+def forecasts(model: keras.Model, windows: Windows, window_days: int, levels) -> dict[str, np.ndarray]:
+    """Test targets and the model's, persistence's and climatology's forecasts, in degC: for every
+    hour ahead (`paths`, [samples, hours]; the model's `quantiles` [samples, hours, levels]) and at
+    +horizon (`observed`, `predicted` (the median), `climatology`; persistence is the same for all hours)."""
     starts = windows.starts["test"]
     temperature = np.asarray(windows.hourly[:, TEMPERATURE_INDEX], dtype=np.float64)
     timestamps = np.asarray(windows.timestamps)
     first, end = windows.normalization["split_bounds"]["train"]
     table = climatology_table(temperature[first:end], timestamps[first:end], window_days)
     target_rows = windows.target_rows(starts)
+    quantiles = model.predict(make_dataset(windows, starts, PREDICT_BATCH_SIZE), verbose=0).astype(np.float64)
+    climatology = climatology_forecast(table, timestamps[target_rows].ravel()).reshape(target_rows.shape)
+    observed = temperature[target_rows]
     return {
-        "target_timestamps": timestamps[target_rows],
-        "observed": temperature[target_rows],
-        "predicted": model.predict(make_dataset(windows, starts, PREDICT_BATCH_SIZE), verbose=0).astype(np.float64),
+        "target_timestamps": timestamps[target_rows[:, -1]],
+        "observed": observed[:, -1],
+        "predicted": quantiles[:, -1, median_position(levels)],
         "persistence": persistence_forecast(temperature, starts, windows.lookback),
-        "climatology": climatology_forecast(table, timestamps[target_rows]),
+        "climatology": climatology[:, -1],
+        "observed_paths": observed,
+        "quantiles": quantiles,
+        "climatology_paths": climatology,
     }
 
 
@@ -294,13 +388,14 @@ def main() -> None:
     settings = params["evaluate"]
     if not MODEL_PATH.exists():
         raise SystemExit(f"evaluate: {MODEL_PATH} not found; run `dvc repro train` first")
-    model = keras.saving.load_model(MODEL_PATH)
+    model = keras.saving.load_model(MODEL_PATH, compile=False)
+    levels = model.get_layer(schema.QUANTILES_OUTPUT).quantiles
     try:
         windows = load_windows(WINDOWS_DIR)
     except FileNotFoundError as error:
         raise SystemExit(f"evaluate: {error.filename} not found; run `dvc repro window` first") from None
 
-    result = forecasts(model, windows, settings["climatology_window_days"])
+    result = forecasts(model, windows, settings["climatology_window_days"], levels)
     when, observed = result["target_timestamps"], result["observed"]
     try:
         published = compare_with_published(model_directory(params["serving"]), windows, result["predicted"], observed)
@@ -309,16 +404,26 @@ def main() -> None:
     metrics = evaluation_metrics(
         observed, result["predicted"], result["persistence"], result["climatology"],
         published, settings["margin"], settings["tolerance"],
+        paths={"observed": result["observed_paths"], "quantiles": result["quantiles"], "levels": levels},
+        coverage_goal=settings["coverage_goal"],
     )
     metrics["test_data_fingerprint"] = test_data_fingerprint(windows)
+    quantiles = result["quantiles"]
     write_csv(EVALUATE_PLOTS_DIR / "predictions.csv",
-              prediction_stretch(when, observed, result["predicted"], result["persistence"], settings["plot_days"]))
+              prediction_stretch(when, observed, result["predicted"], result["persistence"], settings["plot_days"],
+                                 band=(quantiles[:, -1, 0], quantiles[:, -1, -1])))
+    write_csv(EVALUATE_PLOTS_DIR / "by_horizon.csv", errors_by_horizon(
+        result["observed_paths"], quantiles[..., median_position(levels)], quantiles[..., 0], quantiles[..., -1],
+        result["persistence"], result["climatology_paths"]))
+    write_csv(EVALUATE_PLOTS_DIR / "reliability.csv", reliability(result["observed_paths"], quantiles, levels))
     write_csv(EVALUATE_PLOTS_DIR / "mae_by_month.csv",
               mae_by_month(when, observed, result["predicted"], result["persistence"], published))
     write_csv(EVALUATE_PLOTS_DIR / "residuals.csv", residual_histogram(result["predicted"] - observed))
     write_json(EVALUATE_METRICS, metrics)
-    print(f"evaluate: test MAE {metrics['test_mae_degC']:.3f} C, persistence {metrics['persistence_mae_degC']:.3f} C, "
-          f"climatology {metrics['climatology_mae_degC']:.3f} C; "
+    print(f"evaluate: test MAE at +{windows.horizon} h {metrics['test_mae_degC']:.3f} C (+1 h "
+          f"{metrics['test_mae_1h_degC']:.3f} C), persistence {metrics['persistence_mae_degC']:.3f} C, "
+          f"climatology {metrics['climatology_mae_degC']:.3f} C; band coverage {metrics['band_coverage']:.1%}, "
+          f"width {metrics['band_width_degC']:.2f} C; "
           f"{'blessed' if metrics['blessed'] else 'NOT blessed'}: {metrics['blessing_reason']}")
 
 

@@ -11,12 +11,16 @@ Out: models/export/, a SavedModel whose `serving_default` signature
        `history`     float32 [batch, lookback_hours, 14], raw hourly
                      measurements in the CSV's units and column order,
        `timestamps`  int64 [batch, lookback_hours], unix seconds of each row,
-     and returns `temperature_degC` float32 [batch] and `valid_time` int64
-     [batch] (the unix seconds it is for: last row + horizon), with
+     and returns `temperature_degC` float32 [batch] (the median at +horizon),
+     `temperature_path_degC` float32 [batch, horizon] (the medians of the hours
+     +1 .. +horizon), `temperature_quantiles_degC` float32 [batch, horizon,
+     quantiles], `quantile_levels` float32 [batch, quantiles] and `valid_time`
+     int64 [batch] (the unix seconds of the last hour: last row + horizon), with
        assets.extra/tf_serving_warmup_requests  PredictionLog records of real
                      test-split requests, replayed by the server before it serves,
        assets.extra/model_card.json  params, data source and hash, metrics, git
-                     commit, creation time and the model's fingerprint;
+                     commit, creation time, the model's fingerprint and its
+                     forecast: quantile levels and hour offsets;
      if the model is blessed, that SavedModel as the next numbered version in
      `<serving.base_path>/<serving.model_name>/`, a local directory (see
      pipeline.publish) or s3:// or gs:// (see pipeline.store); and
@@ -38,8 +42,8 @@ import numpy as np
 import tensorflow as tf
 from tensorflow_serving.apis import prediction_log_pb2
 
-import pipeline.model  # noqa: F401  registers the model's layers for load_model
 from pipeline import schema
+from pipeline.model import median_position  # importing pipeline.model registers its layers for load_model
 from pipeline.client import predict_request
 from pipeline.atomic import atomic_directory, write_json
 from pipeline.config import (
@@ -56,16 +60,29 @@ WARMUP_FILE = Path("assets.extra/tf_serving_warmup_requests")
 WARMUP_BATCH_SIZES = (1, 8, 32)
 
 
+def quantile_levels(model: keras.Model) -> list[float]:
+    """The levels of the model's quantiles, ascending."""
+    return list(model.get_layer(schema.QUANTILES_OUTPUT).quantiles)
+
+
 def serving_function(model: keras.Model, lookback: int, horizon: int) -> tf.types.experimental.PolymorphicFunction:
-    """The `serving_default` signature (`schema.served_signature`): raw history and timestamps in,
-    degrees Celsius and the moment they are for out."""
+    """The `serving_default` signature (`schema.served_signature`): raw history and timestamps in;
+    the +horizon median, the hourly medians and quantiles in degrees Celsius, the quantiles' levels
+    and the moment of the last hour out."""
     inputs = schema.served_signature(lookback)["inputs"]
     specs = [tf.TensorSpec(shape, dtype, name=name) for name, (dtype, shape) in inputs.items()]
+    levels = quantile_levels(model)
+    median = median_position(levels)
 
     @tf.function(input_signature=specs)
     def serve(history, timestamps):
         inputs = {schema.HISTORY_INPUT: history, schema.TIMESTAMPS_INPUT: timestamps}
-        return {schema.TEMPERATURE_OUTPUT: model(inputs, training=False),
+        quantiles = model(inputs, training=False)
+        batch = tf.shape(history)[:1]
+        return {schema.TEMPERATURE_OUTPUT: quantiles[:, -1, median],
+                schema.PATH_OUTPUT: quantiles[:, :, median],
+                schema.QUANTILES_OUTPUT: quantiles,
+                schema.QUANTILE_LEVELS_OUTPUT: tf.tile(tf.constant([levels], tf.float32), tf.concat([batch, [1]], 0)),
                 schema.VALID_TIME_OUTPUT: timestamps[:, -1] + horizon * 3600}
 
     return serve
@@ -127,9 +144,13 @@ def model_card(params: dict, metrics: dict, raw_csv: Path, lookback: int) -> dic
     """What a served version is and where it came from (the fingerprint is added once exported)."""
     data = params["data"]
     origin = data["url"] if data["source"] == "jena" else f"synthetic {data['synthetic_start']} to {data['synthetic_end']}"
+    horizon, levels = params["window"]["horizon_hours"], params["model"]["quantiles"]
     return {
         "model_name": params["serving"]["model_name"],
-        "signature": {"name": schema.SIGNATURE_NAME, **schema.served_signature(lookback)},
+        "signature": {"name": schema.SIGNATURE_NAME, **schema.served_signature(lookback, horizon, len(levels))},
+        # what the outputs' last axes mean: temperature_path_degC[:, i] is hour_offsets[i] hours after
+        # the last history row, temperature_quantiles_degC[..., j] the quantile of level quantile_levels[j]
+        "forecast": {"hour_offsets": list(range(1, horizon + 1)), "quantile_levels": levels},
         "measurements": schema.MEASUREMENTS,
         "data": {"source": data["source"], "origin": origin, "file": str(raw_csv), "md5": file_md5(raw_csv)},
         # the params that made the model (not serving or smoke settings, which do not change it)
@@ -206,7 +227,7 @@ def main() -> None:
             raise SystemExit(f"export: {needed} not found; run `dvc repro {stage}` first")
     metrics = json.loads(EVALUATE_METRICS.read_text(encoding="utf-8"))
     keras.utils.set_random_seed(params["seed"])  # the model's seed-generator state is exported too
-    model = keras.saving.load_model(MODEL_PATH)
+    model = keras.saving.load_model(MODEL_PATH, compile=False)
     windows = load_windows(WINDOWS_DIR)
 
     card = write_export(model, windows, model_card(params, metrics, RAW_CSV, windows.lookback), EXPORT_DIR)

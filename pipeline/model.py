@@ -3,7 +3,9 @@
 In:  `history`    float32 [batch, lookback_hours, 14], the raw hourly
                   measurements in physical units, in the CSV's column order;
      `timestamps` int64 [batch, lookback_hours], unix seconds of each row.
-Out: float32 [batch], the temperature `horizon_hours` after the last row, in degC.
+Out: float32 [batch, horizon_hours, quantiles], for every hour +1 .. +horizon_hours
+     after the last row the temperature quantiles (levels `model.quantiles`,
+     ascending, 0.5 among them) in degC.
 
 Everything between raw units and degrees Celsius happens inside the model, so
 the saved `.keras` file (and the SavedModel the export stage wraps around it)
@@ -17,9 +19,11 @@ needs nothing else:
    statistics are constants in the layer's config, so they travel inside the
    file.
 2. A stack of GRU or LSTM layers reads the standardised sequence.
-3. A Dense unit and `TemperatureHead` give degrees Celsius: with `residual`,
-   the last observed temperature plus the predicted change (scaled by the
-   temperature's std), otherwise the temperature's mean plus the scaled output.
+3. A Dense layer (horizon x quantiles units) and `QuantileHead` give degrees
+   Celsius: per hour a median, with `residual` the last observed temperature
+   plus the predicted change (scaled by the temperature's std), otherwise the
+   temperature's mean plus the scaled output; the other quantiles are the
+   median minus or plus cumulative softplus spreads, so they never cross.
 
 The custom layers are registered as serialisable: importing this module is
 all `keras.saving.load_model` needs to rebuild the model.
@@ -74,28 +78,52 @@ class JenaFeatures(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
-class TemperatureHead(keras.layers.Layer):
-    """[head output [batch, 1], history] -> temperature in degC [batch]."""
+class QuantileHead(keras.layers.Layer):
+    """[head output [batch, horizon * quantiles], history] -> quantiles in degC [batch, horizon, quantiles].
 
-    def __init__(self, mean, std, residual, **kwargs):
+    Per hour, the first output is the median (scaled by the temperature's std,
+    added to the last observed temperature with `residual`, else to the
+    training mean); the others are spreads, made positive by softplus and
+    summed outwards from the median, so the quantiles ascend and never cross.
+    """
+
+    def __init__(self, mean, std, residual, horizon, quantiles, **kwargs):
         super().__init__(**kwargs)
         self.mean = float(mean)
         self.std = float(std)
         self.residual = bool(residual)
+        self.horizon = int(horizon)
+        self.quantiles = [float(level) for level in quantiles]
+        self.median = median_position(self.quantiles)
 
     def call(self, inputs):
         output, history = inputs
-        change = ops.squeeze(output, axis=-1) * self.std
-        if self.residual:
-            return history[:, -1, TEMPERATURE_INDEX] + change
-        return self.mean + change
+        output = ops.reshape(output, (-1, self.horizon, len(self.quantiles)))
+        median = output[..., 0]
+        spreads = ops.softplus(output[..., 1:])  # the first `self.median` reach down, the rest up
+        downward = -ops.flip(ops.cumsum(spreads[..., :self.median], axis=-1), axis=-1)
+        upward = ops.cumsum(spreads[..., self.median:], axis=-1)
+        offsets = ops.concatenate([downward, ops.zeros_like(median)[..., None], upward], axis=-1)
+        standardised = median[..., None] + offsets
+        base = history[:, -1, TEMPERATURE_INDEX][:, None, None] if self.residual else self.mean
+        return base + standardised * self.std
 
     def compute_output_shape(self, input_shape):
         output_shape, _ = input_shape
-        return output_shape[:-1]
+        return (output_shape[0], self.horizon, len(self.quantiles))
 
     def get_config(self):
-        return {**super().get_config(), "mean": self.mean, "std": self.std, "residual": self.residual}
+        return {**super().get_config(), "mean": self.mean, "std": self.std, "residual": self.residual,
+                "horizon": self.horizon, "quantiles": self.quantiles}
+
+
+def median_position(quantiles) -> int:
+    """Index of 0.5 in strictly ascending levels in (0, 1); a clear error otherwise."""
+    levels = [float(level) for level in quantiles]
+    if (not levels or any(not 0 < level < 1 for level in levels)
+            or any(low >= high for low, high in zip(levels, levels[1:])) or 0.5 not in levels):
+        raise ValueError(f"model.quantiles must be strictly ascending levels in (0, 1) including 0.5, got {quantiles}")
+    return levels.index(0.5)
 
 
 def standardisation(normalization: dict) -> tuple[list[float], list[float]]:
@@ -110,15 +138,17 @@ def build_model(normalization: dict, model_params: dict) -> keras.Model:
     """A fresh, uncompiled forecaster for the window stage's `normalization.json`.
 
     `model_params`: `cell` (gru or lstm), `layers`, `units`, `dropout`,
-    `recurrent_dropout` and `residual`. Weights are drawn from Keras' global
-    seed (see `keras.utils.set_random_seed`).
+    `recurrent_dropout`, `residual` and `quantiles`. Weights are drawn from
+    Keras' global seed (see `keras.utils.set_random_seed`).
     """
     cell = model_params["cell"]
     if cell not in RECURRENT_CELLS:
         raise ValueError(f"model.cell must be one of {sorted(RECURRENT_CELLS)}, got {cell!r}")
     if model_params["layers"] < 1:
         raise ValueError(f"model.layers must be at least 1, got {model_params['layers']}")
-    lookback = normalization["lookback_hours"]
+    lookback, horizon = normalization["lookback_hours"], normalization["horizon_hours"]
+    quantiles = model_params["quantiles"]
+    median_position(quantiles)  # a clear error before any layer is built
     history, timestamps = (keras.Input(shape=shape[1:], dtype=dtype, name=name)
                            for name, (dtype, shape) in schema.served_signature(lookback)["inputs"].items())
 
@@ -138,14 +168,16 @@ def build_model(normalization: dict, model_params: dict) -> keras.Model:
             return_sequences=layer < model_params["layers"] - 1,
             name=f"{cell}_{layer + 1}",
         )(x)
-    output = keras.layers.Dense(1, name="head")(x)
+    output = keras.layers.Dense(horizon * len(quantiles), name="head")(x)
 
     target = normalization["feature_names"].index(schema.TEMPERATURE)
-    temperature = TemperatureHead(
+    quantiles_degC = QuantileHead(
         normalization["mean"][target],
         normalization["std"][target],
         model_params["residual"],
-        name=schema.TEMPERATURE_OUTPUT,
+        horizon,
+        quantiles,
+        name=schema.QUANTILES_OUTPUT,
     )([output, history])
     inputs = {schema.HISTORY_INPUT: history, schema.TIMESTAMPS_INPUT: timestamps}
-    return keras.Model(inputs, temperature, name="wetterfrosch")
+    return keras.Model(inputs, quantiles_degC, name="wetterfrosch")

@@ -40,31 +40,47 @@ SENTINEL_COLUMNS = [WIND_SPEED, MAX_WIND_SPEED]
 READING_INTERVAL_MINUTES = 10
 CSV_NAME = "jena_climate_2009_2016.csv"
 
+# Each exported version carries its model card here (TF Serving ignores assets.extra/
+# but for warm-up): where the model came from and what it reads, in JSON.
+MODEL_CARD_FILE = "assets.extra/model_card.json"
+
 # The served model's `serving_default` signature: the names the model, the
 # export, the smoke stage and the forecast client share.
 SIGNATURE_NAME = "serving_default"
 HISTORY_INPUT = "history"
 TIMESTAMPS_INPUT = "timestamps"
 TEMPERATURE_OUTPUT = "temperature_degC"
+PATH_OUTPUT = "temperature_path_degC"
+QUANTILES_OUTPUT = "temperature_quantiles_degC"
+QUANTILE_LEVELS_OUTPUT = "quantile_levels"
 VALID_TIME_OUTPUT = "valid_time"
 
 
-def served_signature(lookback_hours: int) -> dict[str, dict[str, tuple[str, list]]]:
+def served_signature(lookback_hours: int, horizon_hours: int | None = None,
+                     quantiles: int | None = None) -> dict[str, dict[str, tuple[str, list]]]:
     """`serving_default`'s tensors, `{"inputs"|"outputs": {name: (dtype, shape)}}`; None is the batch.
 
     The one description of the served interface: the model's inputs, the
     export's signature and model card, the smoke stage's check and the client
-    are all built from it.
+    are all built from it (the inputs need only the lookback).
     - history           float32 [batch, lookback, 14]: raw hourly MEASUREMENTS
     - timestamps        int64   [batch, lookback]: unix seconds of each row
-    - temperature_degC  float32 [batch]: the temperature `horizon` hours after the last row
-    - valid_time        int64   [batch]: unix seconds of that moment (last row + horizon), so
-                        that any client learns the horizon from the model itself
+    - temperature_degC  float32 [batch]: the median temperature `horizon` hours after the last row
+    - temperature_path_degC       float32 [batch, horizon]: the median of every hour +1 .. +horizon
+    - temperature_quantiles_degC  float32 [batch, horizon, quantiles]: those hours' quantiles, ascending
+    - quantile_levels   float32 [batch, quantiles]: the levels of those quantiles (e.g. 0.1, 0.5, 0.9),
+                        repeated per sample, so that a client needs no model card to read the band
+    - valid_time        int64   [batch]: unix seconds of the last hour (last row + horizon), so
+                        that any client learns the horizon from the model itself; hour h of the
+                        path is valid at valid_time - (horizon - h) * 3600
     """
     return {
         "inputs": {HISTORY_INPUT: ("float32", [None, lookback_hours, len(MEASUREMENTS)]),
                    TIMESTAMPS_INPUT: ("int64", [None, lookback_hours])},
         "outputs": {TEMPERATURE_OUTPUT: ("float32", [None]),
+                    PATH_OUTPUT: ("float32", [None, horizon_hours]),
+                    QUANTILES_OUTPUT: ("float32", [None, horizon_hours, quantiles]),
+                    QUANTILE_LEVELS_OUTPUT: ("float32", [None, quantiles]),
                     VALID_TIME_OUTPUT: ("int64", [None])},
     }
 

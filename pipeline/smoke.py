@@ -4,7 +4,7 @@ In:  the publication record and the exported SavedModel (export stage), the
      test windows (window stage), metrics/evaluate.json, and params
      `smoke.*` (which server, how long to wait) and `serving.*`.
 Out: metrics/smoke.json: version checked, requests sent, largest absolute
-     difference from the in-process SavedModel, gRPC latency p50/p99, server kind.
+     difference of any output from the in-process SavedModel, gRPC latency p50/p99, server kind.
 
 The server is chosen by `smoke.server`:
 - `embedded`: our ModelServer (`python -m serving.model_server`) on free
@@ -126,13 +126,14 @@ def wait_until_available(channel, model_name: str, version: int, timeout_seconds
                        f"last answer: {last_answer}")
 
 
-def documented_signature(lookback: int) -> dict:
+def documented_signature(lookback: int, horizon: int, quantiles: int) -> dict:
     """`schema.served_signature` as GetModelMetadata shows it: name -> (DT_ dtype, shape with -1 batch)."""
     def as_served(tensors):
         return {name: (types_pb2.DataType.Name(tf.as_dtype(dtype).as_datatype_enum),
                        [-1 if size is None else size for size in shape])
                 for name, (dtype, shape) in tensors.items()}
-    return {part: as_served(tensors) for part, tensors in schema.served_signature(lookback).items()}
+    signature = schema.served_signature(lookback, horizon, quantiles)
+    return {part: as_served(tensors) for part, tensors in signature.items()}
 
 
 def described(signature) -> dict:
@@ -143,9 +144,9 @@ def described(signature) -> dict:
     return {"inputs": tensors(signature.inputs), "outputs": tensors(signature.outputs)}
 
 
-def check_signature(forecaster: GrpcForecaster, version: int, lookback: int) -> None:
+def check_signature(forecaster: GrpcForecaster, version: int, lookback: int, horizon: int, quantiles: int) -> None:
     """The served signature must be the documented one."""
-    served, expected = described(forecaster.signature(version)), documented_signature(lookback)
+    served, expected = described(forecaster.signature(version)), documented_signature(lookback, horizon, quantiles)
     if served != expected:
         raise SmokeFailure(f"expected signature {expected}, the server has {served}")
 
@@ -175,8 +176,11 @@ def in_process_predictions(saved_model: Path, history: np.ndarray, timestamps: n
 
 
 def forecast_outputs(forecast) -> dict[str, np.ndarray]:
-    """A client Forecast as the signature's outputs."""
-    return {schema.TEMPERATURE_OUTPUT: forecast.temperatures_degC, schema.VALID_TIME_OUTPUT: forecast.valid_times}
+    """A client Forecast as the signature's outputs (those it received)."""
+    outputs = {schema.TEMPERATURE_OUTPUT: forecast.temperatures_degC, schema.VALID_TIME_OUTPUT: forecast.valid_times,
+               schema.PATH_OUTPUT: forecast.paths, schema.QUANTILES_OUTPUT: forecast.quantiles,
+               schema.QUANTILE_LEVELS_OUTPUT: forecast.levels}
+    return {name: values for name, values in outputs.items() if values is not None}
 
 
 def served_predictions(forecaster, history, timestamps, version: int, batch_size: int) -> dict[str, np.ndarray]:
@@ -200,25 +204,38 @@ def single_request_latencies(forecaster, history, timestamps, version: int, coun
     return latencies
 
 
+def element(output: str, index: tuple) -> str:
+    """An output's element in words: `sample 3`, `sample 3, hour +2, quantile 0`."""
+    words = [f"sample {index[0]}"]
+    if len(index) > 1:
+        words.append(f"hour +{index[1] + 1}" if output != schema.QUANTILE_LEVELS_OUTPUT else f"quantile {index[1]}")
+    if len(index) > 2:
+        words.append(f"quantile {index[2]}")
+    return ", ".join(words)
+
+
 def compare(name: str, served: dict[str, np.ndarray], reference: dict[str, np.ndarray], tolerance: float) -> float:
-    """Largest absolute difference of the temperatures; the valid times must be equal. Either
-    failing names the output and the first offending sample."""
+    """Largest absolute difference over every float output (temperatures, quantile levels); the
+    integer outputs (valid times) must be equal. Either failing names the output and the first
+    offending element (its sample, and hour and quantile where the output has them)."""
     if served.keys() != reference.keys():
         raise SmokeFailure(f"{name}: expected outputs {sorted(reference)}, got {sorted(served)}")
-    worst_temperature = 0.0
+    worst_float = 0.0
     for output, expected in reference.items():
         answer = served[output]
         if answer.shape != expected.shape:
             raise SmokeFailure(f"{name}: {output}: expected shape {expected.shape}, got {answer.shape}")
-        allowed = tolerance if output == schema.TEMPERATURE_OUTPUT else 0
+        is_float = expected.dtype.kind == "f"
+        allowed = tolerance if is_float else 0
         difference = np.abs(answer.astype(np.float64) - expected.astype(np.float64))
-        worst = int(np.argmax(difference))
-        if not difference[worst] <= allowed:  # also catches NaN
-            raise SmokeFailure(f"{name}: {output}: sample {worst}: expected {expected[worst]}, "
+        difference[np.isnan(difference)] = np.inf
+        worst = np.unravel_index(int(np.argmax(difference)), difference.shape)
+        if not difference[worst] <= allowed:
+            raise SmokeFailure(f"{name}: {output}: {element(output, worst)}: expected {expected[worst]}, "
                                f"got {answer[worst]} (tolerance {allowed})")
-        if output == schema.TEMPERATURE_OUTPUT:
-            worst_temperature = float(difference[worst])
-    return worst_temperature
+        if is_float:
+            worst_float = max(worst_float, float(difference[worst]))
+    return worst_float
 
 
 def grpc_credentials(smoke: dict):
@@ -241,7 +258,8 @@ def check_served_model(target: str, rest_target: str | None, model_name: str, ve
     try:
         print(f"smoke: waiting for {model_name} version {version} at {target}", flush=True)
         wait_until_available(forecaster.channel, model_name, version, smoke["timeout_seconds"], process)
-        check_signature(forecaster, version, windows.lookback)
+        levels = read_model_card(saved_model)["forecast"]["quantile_levels"]
+        check_signature(forecaster, version, windows.lookback, windows.horizon, len(levels))
         starts = windows.starts["test"]
         print(f"smoke: version {version} is AVAILABLE with the documented signature; "
               f"checking {len(starts)} test windows", flush=True)

@@ -2,12 +2,21 @@
 
 In:  data/windows/ (the series, the start indices per split and the
      normalisation statistics) and params `seed`, `epochs`, `model.*`
-     (cell, layers, units, dropout, recurrent_dropout, residual) and `train.*`
-     (optimizer, learning_rate, batch_size, loss_function, patience).
+     (cell, layers, units, dropout, recurrent_dropout, residual, quantiles)
+     and `train.*` (optimizer, learning_rate, batch_size, final_hour_share,
+     patience).
 Out: models/model.keras, the model with the best validation MAE (the
      normalisation statistics inside), and dvclive/: per-epoch loss and MAE on
      the training and validation splits (`dvclive/plots/metrics/{train,eval}/`)
      and the last and best values (`dvclive/metrics.json`).
+
+The loss is the pinball (quantile) loss of every hour +1 .. +horizon and every
+quantile, averaged; the +horizon hour, the forecast the model is judged on,
+gets the share `train.final_hour_share` of it and the other hours share the
+rest equally, so that learning the whole day does not dilute the day-ahead
+accuracy. The metric `mae` (and early stopping on `val_mae`) is the MAE of the
+median at +horizon hours in degC, the same number as before the model
+forecast every hour.
 
 Samples are gathered batch by batch inside tf.data from the in-memory series,
 so no window is ever copied in Python. With the same `seed` two runs give the
@@ -22,15 +31,15 @@ from pathlib import Path
 import keras
 import numpy as np
 import tensorflow as tf
+from keras import ops
 from dvclive import Live
 from dvclive.keras import DVCLiveCallback
 
 from pipeline import schema
 from pipeline.atomic import atomic_path
 from pipeline.config import DVCLIVE_DIR, MODEL_PATH, WINDOWS_DIR, load_params
-from pipeline.model import TEMPERATURE_INDEX, build_model
+from pipeline.model import PACKAGE, TEMPERATURE_INDEX, build_model, median_position
 from pipeline.window import Windows, load_windows
-
 
 
 def seed_everything(seed: int) -> None:
@@ -40,7 +49,7 @@ def seed_everything(seed: int) -> None:
 
 
 def make_dataset(windows: Windows, starts: np.ndarray, batch_size: int, shuffle_seed: int | None = None) -> tf.data.Dataset:
-    """Batches of ({"history", "timestamps"}, target temperature) for the given window starts.
+    """Batches of ({"history", "timestamps"}, target temperatures [batch, horizon]) for the given starts.
 
     The series lives once in memory as a tensor; each batch gathers its rows
     with one vectorised `tf.gather`. With `shuffle_seed` the starts are
@@ -49,13 +58,13 @@ def make_dataset(windows: Windows, starts: np.ndarray, batch_size: int, shuffle_
     hourly = tf.constant(np.asarray(windows.hourly, dtype=np.float32))
     timestamps = tf.constant(np.asarray(windows.timestamps, dtype=np.int64))
     offsets = tf.range(windows.lookback, dtype=tf.int64)
-    target_offset = windows.lookback - 1 + windows.horizon
+    temperature = hourly[:, TEMPERATURE_INDEX]
+    target_offsets = windows.lookback + tf.range(windows.horizon, dtype=tf.int64)  # +1 .. +horizon h
 
     def gather(batch_starts):
         rows = batch_starts[:, None] + offsets
         inputs = {schema.HISTORY_INPUT: tf.gather(hourly, rows), schema.TIMESTAMPS_INPUT: tf.gather(timestamps, rows)}
-        target = tf.gather(hourly[:, TEMPERATURE_INDEX], batch_starts + target_offset)
-        return inputs, target
+        return inputs, tf.gather(temperature, batch_starts[:, None] + target_offsets)
 
     dataset = tf.data.Dataset.from_tensor_slices(np.asarray(starts, dtype=np.int64))
     if shuffle_seed is not None:
@@ -63,12 +72,62 @@ def make_dataset(windows: Windows, starts: np.ndarray, batch_size: int, shuffle_
     return dataset.batch(batch_size).map(gather, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
-def compile_model(model: keras.Model, train_params: dict) -> keras.Model:
-    """Attach the optimizer (`train.optimizer`, `train.learning_rate`), the loss and the MAE metric."""
+def hour_weights(horizon: int, final_hour_share: float) -> list[float]:
+    """Loss weight of each hour +1 .. +horizon: the last gets `final_hour_share`, the others the rest equally."""
+    if not 0 <= final_hour_share <= 1:
+        raise ValueError(f"train.final_hour_share must lie in [0, 1], got {final_hour_share}")
+    if horizon == 1:
+        return [1.0]
+    return [(1 - final_hour_share) / (horizon - 1)] * (horizon - 1) + [float(final_hour_share)]
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class PinballLoss(keras.losses.Loss):
+    """Pinball loss of quantile forecasts [batch, horizon, quantiles] against targets [batch, horizon].
+
+    For level q and error e = observed - forecast: q * e if e >= 0, else (q - 1) * e.
+    Averaged over the quantiles, then over the hours with `hour_weights`.
+    """
+
+    def __init__(self, quantiles, weights, name="pinball", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.quantiles = [float(level) for level in quantiles]
+        self.weights = [float(weight) for weight in weights]
+
+    def call(self, y_true, y_pred):
+        levels = ops.convert_to_tensor(self.quantiles, dtype=y_pred.dtype)
+        error = ops.cast(y_true, y_pred.dtype)[..., None] - y_pred
+        per_hour = ops.mean(ops.maximum(levels * error, (levels - 1) * error), axis=-1)
+        return ops.sum(per_hour * ops.convert_to_tensor(self.weights, dtype=y_pred.dtype), axis=-1)
+
+    def get_config(self):
+        return {**super().get_config(), "quantiles": self.quantiles, "weights": self.weights}
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class FinalHourMedianMAE(keras.metrics.Mean):
+    """MAE (degC) of the median at the last hour, +horizon: the day-ahead forecast's error."""
+
+    def __init__(self, median, name="mae", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.median = int(median)
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        error = ops.abs(ops.cast(y_true[:, -1], y_pred.dtype) - y_pred[:, -1, self.median])
+        return super().update_state(error, sample_weight=sample_weight)
+
+    def get_config(self):
+        return {**super().get_config(), "median": self.median}
+
+
+def compile_model(model: keras.Model, quantiles, horizon: int, train_params: dict) -> keras.Model:
+    """Attach the optimizer (`train.optimizer`, `train.learning_rate`), the pinball loss (weighted by
+    `train.final_hour_share`) and the +horizon median MAE metric."""
     optimizer = keras.optimizers.get(
         {"class_name": train_params["optimizer"], "config": {"learning_rate": train_params["learning_rate"]}}
     )
-    model.compile(optimizer=optimizer, loss=train_params["loss_function"], metrics=["mae"])
+    loss = PinballLoss(quantiles, hour_weights(horizon, train_params["final_hour_share"]))
+    model.compile(optimizer=optimizer, loss=loss, metrics=[FinalHourMedianMAE(median_position(quantiles))])
     return model
 
 
@@ -79,7 +138,8 @@ def train(windows: Windows, params: dict, callbacks=(), verbose: int | str = "au
     """
     seed_everything(params["seed"])
     train_params = params["train"]
-    model = compile_model(build_model(windows.normalization, params["model"]), train_params)
+    model = compile_model(build_model(windows.normalization, params["model"]), params["model"]["quantiles"],
+                          windows.horizon, train_params)
     training = make_dataset(windows, windows.starts["train"], train_params["batch_size"], shuffle_seed=params["seed"])
     validation = make_dataset(windows, windows.starts["validation"], train_params["batch_size"])
     early_stopping = keras.callbacks.EarlyStopping(
@@ -130,7 +190,8 @@ def main() -> None:
         live.log_metric("best/val_mae", val_mae, plot=False)
     save_model(model)
     seconds = time.perf_counter() - started
-    print(f"train: best validation MAE {val_mae:.3f} degC at epoch {epoch} of {len(history.epoch)} "
+    print(f"train: best validation MAE of the +{windows.horizon} h median {val_mae:.3f} degC "
+          f"at epoch {epoch} of {len(history.epoch)} "
           f"({seconds / len(history.epoch):.1f} s per epoch); saved {MODEL_PATH}")
 
 

@@ -9,10 +9,12 @@ Out: data/windows/, the series once and the samples as start indices:
      - normalization.json  feature names and training-split mean and std
 
 Sample `s` is history `hourly[s : s + lookback]` (with its timestamps) and
-target `T (degC)` at row `s + lookback - 1 + horizon`. No sample crosses a
-split boundary or a gap that prepare left unfilled. Windows are never copied:
-a reader slices them lazily from the series, so memory stays near the size of
-the hourly table.
+targets `T (degC)` at every hour after it, rows `s + lookback` to
+`s + lookback - 1 + horizon` (+1 h .. +horizon h). No sample crosses a split
+boundary, and none has a history row or a target hour in a gap that prepare
+left unfilled. Windows are never copied: a sample is one index, and readers
+look its rows up in the series, so memory stays near the size of the hourly
+table.
 """
 
 import json
@@ -42,16 +44,14 @@ def split_bounds(hours: int, train_fraction: float, val_fraction: float) -> dict
 
 
 def window_starts(complete_rows: np.ndarray, first: int, end: int, lookback: int, horizon: int) -> np.ndarray:
-    """Starts s in [first, end) whose rows s .. s+lookback-1+horizon stay in the range and
-    whose history rows are all complete and whose target row is complete."""
-    span = lookback - 1 + horizon  # from the first history row to the target row
-    candidates = np.arange(first, end - span, dtype=np.int64)
+    """Starts s in [first, end) whose rows s .. s+lookback-1+horizon (history and every target
+    hour) stay in the range and are all complete."""
+    span = lookback + horizon  # rows from the first history row to the last target hour
+    candidates = np.arange(first, end - span + 1, dtype=np.int64)
     if len(candidates) == 0:
         return candidates
     incomplete_before = np.concatenate([[0], np.cumsum(~complete_rows)])  # incomplete rows in [0, i)
-    history_clean = incomplete_before[candidates + lookback] == incomplete_before[candidates]
-    target_clean = complete_rows[candidates + span]
-    return candidates[history_clean & target_clean]
+    return candidates[incomplete_before[candidates + span] == incomplete_before[candidates]]
 
 
 def normalization_stats(hourly: np.ndarray, timestamps: np.ndarray, train_rows: slice, **feature_switches) -> dict:
@@ -110,11 +110,24 @@ class Windows:
         return self.hourly[rows], self.timestamps[rows]
 
     def target_rows(self, starts: np.ndarray) -> np.ndarray:
-        return np.asarray(starts) + self.lookback - 1 + self.horizon
+        """Rows [n, horizon] of the hours +1 .. +horizon after each sample's last history row."""
+        return np.asarray(starts)[:, None] + self.lookback + np.arange(self.horizon)
+
+    @property
+    def target_paths(self) -> np.ndarray:
+        """A view [starts, horizon] of the temperature column: row s is sample s's targets.
+
+        Shares the series' memory; indexing it with start indices gathers a batch."""
+        temperature = self.hourly[:, TARGET_INDEX]
+        return np.lib.stride_tricks.sliding_window_view(temperature, self.horizon)[self.lookback:]
+
+    def paths(self, starts: np.ndarray) -> np.ndarray:
+        """Observed temperatures (degC) [n, horizon] at +1 .. +horizon h after each sample's last row."""
+        return self.target_paths[np.asarray(starts)]
 
     def targets(self, starts: np.ndarray) -> np.ndarray:
         """Observed temperature (degC) `horizon` hours after each sample's last row."""
-        return self.hourly[self.target_rows(starts), TARGET_INDEX]
+        return self.hourly[np.asarray(starts) + self.lookback - 1 + self.horizon, TARGET_INDEX]
 
 
 def save_windows(windows: dict, directory: Path) -> None:

@@ -1,5 +1,6 @@
 """The forecast client's input handling and command line (the served path is in test_smoke)."""
 
+import json
 import subprocess
 import sys
 
@@ -10,7 +11,8 @@ import pytest
 from conftest import REPO_ROOT, make_readings, to_csv_text
 from pipeline import schema
 from pipeline.client import (
-    Forecast, ForecastError, forecast_answer, forecast_line, latest_window, tensor_proto, to_array,
+    Forecast, ForecastError, forecast_answer, forecast_line, forecast_table, latest_window, read_model_card,
+    tensor_proto, to_array,
 )
 from pipeline.client import main as client_main
 
@@ -63,6 +65,44 @@ def test_forecast_line_and_answer_name_the_valid_time():
                                      "2017-01-01 00:00): 1.2 C (model jena_temperature, version 3)")
 
 
+def hourly_forecast(last: int, hours: int = 3) -> Forecast:
+    """A forecast of `hours` hours: medians 1.0, 2.0, ...; band median -1 and +1.5; levels 0.1, 0.5, 0.9."""
+    medians = np.arange(1, hours + 1, dtype=np.float32)
+    quantiles = np.stack([medians - 1, medians, medians + 1.5], axis=-1)
+    return Forecast(medians[-1:], np.array([last + hours * 3600]), "jena_temperature", 3,
+                    paths=medians[None], quantiles=quantiles[None], levels=np.float32([[0.1, 0.5, 0.9]]))
+
+
+def test_hourly_answer_lists_every_hour_with_its_valid_time_median_and_quantiles():
+    last = pd.Timestamp("2017-01-01 00:00").value // 10**9
+    answer = forecast_answer(last, hourly_forecast(last))
+    assert answer["horizon_hours"] == 3 and answer["temperature_degC"] == 3.0
+    assert answer["quantile_levels"] == [0.1, 0.5, 0.9]
+    assert answer["hours"] == [
+        {"hour": 1, "valid_time": "2017-01-01 01:00", "median_degC": 1.0, "quantiles_degC": [0.0, 1.0, 2.5]},
+        {"hour": 2, "valid_time": "2017-01-01 02:00", "median_degC": 2.0, "quantiles_degC": [1.0, 2.0, 3.5]},
+        {"hour": 3, "valid_time": "2017-01-01 03:00", "median_degC": 3.0, "quantiles_degC": [2.0, 3.0, 4.5]},
+    ]
+
+
+def test_the_table_shows_hour_valid_time_median_and_band():
+    last = pd.Timestamp("2017-01-01 00:00").value // 10**9
+    table = forecast_table(forecast_answer(last, hourly_forecast(last))).splitlines()
+    assert table[0] == "forecast after the last reading at 2017-01-01 00:00 (model jena_temperature, version 3)"
+    assert table[1].split() == ["hour", "valid", "time", "median", "10%-90%", "band"]
+    assert table[2].split() == ["+1", "h", "2017-01-01", "01:00", "1.0", "C", "0.0", "..", "2.5", "C"]
+    assert table[4].split() == ["+3", "h", "2017-01-01", "03:00", "3.0", "C", "2.0", "..", "4.5", "C"]
+    assert len(table) == 2 + 3
+
+
+def test_a_model_serving_only_the_day_ahead_temperature_gets_the_single_line():
+    last = pd.Timestamp("2017-01-01 00:00").value // 10**9
+    answer = forecast_answer(last, Forecast(np.array([1.2], np.float32), np.array([last + 24 * 3600]), "old", None))
+    assert "hours" not in answer and "quantile_levels" not in answer
+    assert forecast_table(answer) == forecast_line(answer) == (
+        "forecast for 2017-01-02 00:00 (24 h after the last reading at 2017-01-01 00:00): 1.2 C (model old)")
+
+
 @pytest.mark.parametrize("array", [np.arange(6, dtype=np.float32).reshape(1, 2, 3) / 7,
                                    np.array([[1, -2**40]], np.int64)])
 def test_tensor_protos_round_trip_as_tensorflow_reads_them(array):
@@ -106,3 +146,49 @@ def test_cli_tls_options_are_checked_before_calling_the_server(tmp_path, capsys)
         assert exited.value.code == 2 and wording in capsys.readouterr().err
     assert client_main(base + ["--tls-ca", str(tmp_path / "absent.pem")]) == 2
     assert "absent.pem: No such file or directory" in capsys.readouterr().err
+
+
+def test_cli_brief_and_json_exclude_each_other(tmp_path):
+    result = run_client(str(tmp_path / "recent.csv"), "--brief", "--json")
+    assert result.returncode == 2 and "not allowed with argument" in result.stderr
+
+
+def write_card(directory, **changes):
+    card = {"model_name": "jena_temperature", "measurements": schema.MEASUREMENTS,
+            "params": {"prepare": {"max_fill_hours": 3}}, **changes}
+    (directory / "assets.extra").mkdir(parents=True)
+    (directory / schema.MODEL_CARD_FILE).write_text(json.dumps(card))
+    return directory
+
+
+def test_the_model_card_gives_name_measurement_order_and_gap_filling(tmp_path):
+    reordered = [*schema.MEASUREMENTS[1:], schema.MEASUREMENTS[0]]
+    version = write_card(tmp_path / "7", measurements=reordered)
+    for path in (version, version / schema.MODEL_CARD_FILE):
+        card = read_model_card(str(path))
+        assert (card.model_name, card.measurements, card.max_fill_hours) == ("jena_temperature", reordered, 3)
+
+    readings = make_readings(periods=6 * 24 * 6)
+    in_csv_order, _ = latest_window(readings, 120)
+    in_card_order, _ = latest_window(readings, 120, measurements=reordered)
+    np.testing.assert_array_equal(in_card_order, np.roll(in_csv_order, -1, axis=1))
+
+
+def test_a_card_that_is_missing_broken_or_reads_other_measurements_is_named(tmp_path):
+    with pytest.raises(ForecastError, match="absent.*No such file"):
+        read_model_card(str(tmp_path / "absent"))
+    broken = tmp_path / "broken.json"
+    broken.write_text("{")
+    with pytest.raises(ForecastError, match="broken.json: not a model card"):
+        read_model_card(str(broken))
+    foreign = write_card(tmp_path / "3", measurements=[*schema.MEASUREMENTS[:-1], "snow (cm)"])
+    with pytest.raises(ForecastError, match=r"model_card.json: the model reads .*unknown: \['snow \(cm\)'\]"):
+        read_model_card(str(foreign))
+
+
+def test_cli_needs_a_model_name_or_card(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "pipeline.client", str(tmp_path / "recent.csv")], cwd=REPO_ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "--model-name NAME or --model-card PATH" in result.stderr
+    result = run_client(str(tmp_path / "recent.csv"), "--model-card", str(tmp_path / "absent"))
+    assert result.returncode == 2 and "absent" in result.stderr and "Traceback" not in result.stderr

@@ -12,7 +12,10 @@ import keras
 
 from pipeline import evaluate, export
 from pipeline.evaluate import (
+    band_coverage,
     bless,
+    coverage_verdict,
+    errors_by_horizon,
     calendar,
     climatology_forecast,
     climatology_table,
@@ -21,6 +24,7 @@ from pipeline.evaluate import (
     mae_by_month,
     persistence_forecast,
     prediction_stretch,
+    reliability,
     residual_histogram,
     rmse,
 )
@@ -29,8 +33,10 @@ from pipeline.train import save_model
 from pipeline.window import save_windows
 from windows_helper import small_windows
 
-EVALUATE_PARAMS = {"margin": 0.05, "tolerance": 0.05, "climatology_window_days": 15, "plot_days": 7}
-MODEL_PARAMS = {"cell": "gru", "layers": 1, "units": 4, "dropout": 0.0, "recurrent_dropout": 0.0, "residual": True}
+EVALUATE_PARAMS = {"margin": 0.05, "tolerance": 0.05, "climatology_window_days": 15, "plot_days": 7,
+                   "coverage_goal": [0.78, 0.82]}
+MODEL_PARAMS = {"cell": "gru", "layers": 1, "units": 4, "dropout": 0.0, "recurrent_dropout": 0.0, "residual": True,
+                "quantiles": [0.1, 0.5, 0.9]}
 
 
 def unix(*stamps) -> np.ndarray:
@@ -141,6 +147,77 @@ def test_evaluation_metrics():
     assert metrics["blessed"] is True and metrics["published_mae_degC"] is None
 
 
+def uniform_paths(samples=1000, hours=4):
+    """Observations evenly spread over (0, 1) in every hour: exactly 10 % lie below 0.1, and so on."""
+    column = (np.arange(samples) + 0.5) / samples
+    return np.repeat(column[:, None], hours, axis=1)
+
+
+def test_coverage_and_reliability_of_a_calibrated_band_on_constructed_data():
+    observed = uniform_paths()
+    levels = [0.1, 0.5, 0.9]
+    quantiles = np.broadcast_to(np.array(levels), (*observed.shape, 3))  # the true quantiles of U(0, 1)
+    assert band_coverage(observed, quantiles[..., 0], quantiles[..., -1]) == pytest.approx(0.8)
+    table = reliability(observed, quantiles, levels)
+    assert table["quantile"].tolist() == levels
+    np.testing.assert_allclose(table["observed_below"], levels)
+    np.testing.assert_allclose(table["observed_below_final_hour"], levels)
+
+
+def test_a_band_too_narrow_late_shows_in_coverage_and_reliability_by_hour():
+    observed = uniform_paths(hours=2)
+    quantiles = np.empty((*observed.shape, 3))
+    quantiles[:, 0] = [0.1, 0.5, 0.9]  # hour 1: calibrated
+    quantiles[:, 1] = [0.3, 0.5, 0.7]  # hour 2: too narrow, holds 40 %
+    table = errors_by_horizon(observed, quantiles[..., 1], quantiles[..., 0], quantiles[..., 2],
+                              persistence=np.full(len(observed), 0.5), climatology=np.full(observed.shape, 0.25))
+    assert table["hour"].tolist() == [1, 2]
+    np.testing.assert_allclose(table["coverage"], [0.8, 0.4])
+    np.testing.assert_allclose(table["band_width_degC"], [0.8, 0.4])
+    np.testing.assert_allclose(table["model_mae_degC"], [0.25, 0.25])  # |U - 0.5| averages 1/4
+    np.testing.assert_allclose(table["climatology_mae_degC"], [0.3125, 0.3125])  # E|U - 1/4| = 5/16
+    below = reliability(observed, quantiles, [0.1, 0.5, 0.9])
+    np.testing.assert_allclose(below["observed_below"], [0.2, 0.5, 0.8])
+    np.testing.assert_allclose(below["observed_below_final_hour"], [0.3, 0.5, 0.7])
+
+
+def test_persistence_error_grows_with_the_hour_ahead():
+    observed = 10 + 0.5 * np.arange(1, 5)[None, :].repeat(3, axis=0)  # +0.5 C per hour after 10 C
+    table = errors_by_horizon(observed, observed, observed, observed, persistence=np.full(3, 10.0),
+                              climatology=observed)
+    np.testing.assert_allclose(table["persistence_mae_degC"], [0.5, 1.0, 1.5, 2.0])
+    np.testing.assert_allclose(table["coverage"], 1.0)
+
+
+@pytest.mark.parametrize("coverage,expected", [(0.77, False), (0.78, True), (0.8, True), (0.82, True), (0.83, False)])
+def test_coverage_verdict(coverage, expected):
+    covered, reason = coverage_verdict(coverage, [0.78, 0.82])
+    assert covered is expected and f"{coverage:.1%}" in reason and "78%-82%" in reason
+
+
+def test_a_band_outside_the_coverage_goal_is_not_blessed_however_good_the_median():
+    observed = uniform_paths(hours=3)
+    levels = [0.1, 0.5, 0.9]
+    narrow = np.broadcast_to(np.array([0.45, 0.5, 0.55]), (*observed.shape, 3))
+    common = dict(persistence=observed[:, -1] + 5, climatology=observed[:, -1] + 5, published=None,
+                  margin=0.05, tolerance=0.1)
+    metrics = evaluation_metrics(observed[:, -1], narrow[:, -1, 1], **common,
+                                 paths={"observed": observed, "quantiles": narrow, "levels": levels},
+                                 coverage_goal=[0.78, 0.82])
+    assert metrics["band_coverage"] == pytest.approx(0.1) and metrics["band_width_degC"] == pytest.approx(0.1)
+    assert metrics["blessed"] is False and "outside the goal" in metrics["blessing_reason"]
+    calibrated = np.broadcast_to(np.array(levels), (*observed.shape, 3))
+    metrics = evaluation_metrics(observed[:, -1], calibrated[:, -1, 1], **common,
+                                 paths={"observed": observed, "quantiles": calibrated, "levels": levels},
+                                 coverage_goal=[0.78, 0.82])
+    assert metrics["blessed"] is True and metrics["band_coverage"] == pytest.approx(0.8)
+    assert metrics["band_coverage_final_hour"] == pytest.approx(0.8)
+    assert metrics["test_mae_1h_degC"] == pytest.approx(0.25)
+    assert metrics["test_mae_all_hours_degC"] == pytest.approx(0.25)
+    # pinball loss of the true quantiles of U(0, 1): mean over levels of q(1 - q)/2
+    assert metrics["mean_pinball_loss_degC"] == pytest.approx(np.mean([0.045, 0.125, 0.045]), rel=1e-3)
+
+
 def test_plot_tables():
     when = hours("2016-01-31", "2016-02-10")
     observed = np.arange(len(when), dtype=float)
@@ -155,8 +232,9 @@ def test_plot_tables():
     assert histogram["count"].tolist() == [1, 2, 0, 1]
 
 
-def evaluation_workspace(tmp_path, monkeypatch, margin=-1.0):
-    """Windows, a candidate model and params in `tmp_path`; margin -1 takes persistence out of the blessing."""
+def evaluation_workspace(tmp_path, monkeypatch, margin=-1.0, coverage_goal=(0.0, 1.0)):
+    """Windows, a candidate model and params in `tmp_path`; margin -1 takes persistence, and a coverage
+    goal of 0-1 the band, out of the blessing."""
     monkeypatch.chdir(tmp_path)
     windows = small_windows(days=90)
     save_windows({"hourly": windows.hourly, "timestamps": windows.timestamps, "starts": windows.starts,
@@ -165,8 +243,9 @@ def evaluation_workspace(tmp_path, monkeypatch, margin=-1.0):
     candidate = build_model(windows.normalization, MODEL_PARAMS)
     save_model(candidate, tmp_path / "models" / "model.keras")
     serving = {"base_path": "served", "model_name": "jena"}
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"evaluate": {**EVALUATE_PARAMS, "margin": margin},
-                                                          "serving": serving}))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({
+        "evaluate": {**EVALUATE_PARAMS, "margin": margin, "coverage_goal": list(coverage_goal)},
+        "serving": serving}))
     return windows, candidate
 
 
@@ -188,16 +267,30 @@ def persistence_model(windows):
 
 
 def test_main_writes_metrics_and_plots(tmp_path, monkeypatch):
-    windows, _ = evaluation_workspace(tmp_path, monkeypatch, margin=0.05)
+    windows, candidate = evaluation_workspace(tmp_path, monkeypatch, margin=0.05)
     evaluate.main()
     metrics = json.loads((tmp_path / "metrics" / "evaluate.json").read_text())
     assert metrics["published_version"] is None and metrics["published_mae_degC"] is None
     assert set(metrics) >= {"test_mae_degC", "test_rmse_degC", "persistence_mae_degC", "persistence_rmse_degC",
                             "climatology_mae_degC", "climatology_rmse_degC", "skill_vs_persistence",
-                            "blessed", "blessing_reason", "test_data_fingerprint"}
+                            "blessed", "blessing_reason", "test_data_fingerprint", "test_mae_1h_degC",
+                            "mean_pinball_loss_degC", "band_coverage", "band_coverage_final_hour", "band_width_degC"}
     assert metrics["test_samples"] == len(windows.starts["test"])
+    starts = windows.starts["test"]
+    history, timestamps = windows.history(starts)
+    quantiles = candidate.predict({"history": history, "timestamps": timestamps}, verbose=0).astype(np.float64)
+    observed = windows.paths(starts)
+    assert metrics["test_mae_degC"] == pytest.approx(mae(quantiles[:, -1, 1], observed[:, -1]), abs=1e-5)
+    assert metrics["band_coverage"] == pytest.approx(band_coverage(observed, quantiles[..., 0], quantiles[..., 2]))
     plots = tmp_path / "plots" / "evaluate"
-    assert len(pd.read_csv(plots / "predictions.csv")) == 7 * 24
+    by_horizon = pd.read_csv(plots / "by_horizon.csv")
+    assert by_horizon["hour"].tolist() == list(range(1, windows.horizon + 1))
+    assert by_horizon["model_mae_degC"].iloc[-1] == pytest.approx(metrics["test_mae_degC"], abs=1e-3)
+    assert by_horizon["persistence_mae_degC"].iloc[-1] == pytest.approx(metrics["persistence_mae_degC"], abs=1e-3)
+    assert by_horizon["climatology_mae_degC"].iloc[-1] == pytest.approx(metrics["climatology_mae_degC"], abs=1e-3)
+    assert pd.read_csv(plots / "reliability.csv")["quantile"].tolist() == [0.1, 0.5, 0.9]
+    stretch = pd.read_csv(plots / "predictions.csv")
+    assert len(stretch) == 7 * 24 and (stretch["band_low_degC"] <= stretch["predicted_degC"]).all()
     assert pd.read_csv(plots / "residuals.csv")["count"].sum() == len(windows.starts["test"])
     assert set(pd.read_csv(plots / "mae_by_month.csv").columns) >= {"month", "model_mae_degC"}
 
@@ -215,7 +308,7 @@ def test_the_published_version_is_scored_on_the_same_windows_not_by_its_stale_nu
     starts = windows.starts["test"]
     observed = windows.targets(starts)
     history, timestamps = windows.history(starts)
-    expected = mae(published.predict({"history": history, "timestamps": timestamps}, verbose=0), observed)
+    expected = mae(published.predict({"history": history, "timestamps": timestamps}, verbose=0)[:, -1, 1], observed)
     assert metrics["published_version"] == 3
     assert metrics["published_mae_degC"] == pytest.approx(expected, abs=1e-4)
     assert metrics["published_mae_degC"] == pytest.approx(metrics["persistence_mae_degC"], abs=1e-4)
@@ -251,6 +344,12 @@ def test_a_card_with_the_same_test_data_is_the_fast_path(tmp_path, monkeypatch):
     assert metrics["blessed"] is False  # nothing beats a published 0.25 C
 
 
+def with_base_path(params_file: Path, base_path: str) -> None:
+    params = yaml.safe_load(params_file.read_text())
+    params["serving"]["base_path"] = base_path
+    params_file.write_text(yaml.safe_dump(params))
+
+
 def test_the_published_version_in_object_storage_is_downloaded_and_scored(object_store, tmp_path, monkeypatch):
     """serving.base_path on s3:// or gs://: the newest complete version is copied and run on these windows;
     a newer upload without saved_model.pb (killed or still running) is not the published version."""
@@ -264,8 +363,7 @@ def test_the_published_version_in_object_storage_is_downloaded_and_scored(object
     assert store.publish(built, f"{base_path}/jena", keep_versions=3).version == 1
     fs, root = fsspec.core.url_to_fs(f"{base_path}/jena")
     fs.pipe_file(f"{root}/2/variables/variables.index", b"half an upload")
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"evaluate": {**EVALUATE_PARAMS, "margin": -1.0},
-                                                          "serving": {"base_path": base_path, "model_name": "jena"}}))
+    with_base_path(tmp_path / "params.yaml", base_path)
     evaluate.main()
     metrics = json.loads((tmp_path / "metrics" / "evaluate.json").read_text())
     assert metrics["published_version"] == 1
@@ -276,8 +374,16 @@ def test_the_published_version_in_object_storage_is_downloaded_and_scored(object
 
 def test_an_unusable_store_stops_evaluate_with_one_line(s3_server, tmp_path, monkeypatch):
     evaluation_workspace(tmp_path, monkeypatch)
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"evaluate": EVALUATE_PARAMS, "serving": {
-        "base_path": "s3://no-such-bucket/served", "model_name": "jena"}}))
+    with_base_path(tmp_path / "params.yaml", "s3://no-such-bucket/served")
     with pytest.raises(SystemExit, match=r"^evaluate: s3://no-such-bucket/served/jena: bucket 'no-such-bucket' does not"):
         evaluate.main()
     assert not (tmp_path / "metrics" / "evaluate.json").exists()
+
+
+def test_a_band_outside_the_coverage_goal_refuses_the_blessing_in_the_stage(tmp_path, monkeypatch):
+    """An untrained model's band is nowhere near calibrated."""
+    evaluation_workspace(tmp_path, monkeypatch, coverage_goal=(0.78, 0.82))
+    evaluate.main()
+    metrics = json.loads((tmp_path / "metrics" / "evaluate.json").read_text())
+    assert not 0.78 <= metrics["band_coverage"] <= 0.82
+    assert metrics["blessed"] is False and "outside the goal 78%-82%" in metrics["blessing_reason"]

@@ -26,14 +26,16 @@ from windows_helper import small_windows
 
 LOOKBACK = 24
 # Dropout on: its seed generators must export too (they once broke tf.saved_model.save).
-TINY_MODEL = {"cell": "gru", "layers": 1, "units": 4, "dropout": 0.2, "recurrent_dropout": 0.1, "residual": True}
+TINY_MODEL = {"cell": "gru", "layers": 1, "units": 4, "dropout": 0.2, "recurrent_dropout": 0.1, "residual": True,
+              "quantiles": [0.1, 0.5, 0.9]}
+HORIZON = 6
 METRICS = {"test_mae_degC": 1.9, "persistence_mae_degC": 2.5, "blessed": True, "blessing_reason": "beats persistence"}
 EVALUATE = {"margin": 0.05, "tolerance": 0.05}
 
 
 @pytest.fixture(scope="module")
 def windows():
-    return small_windows(days=60, lookback=LOOKBACK, horizon=6)
+    return small_windows(days=60, lookback=LOOKBACK, horizon=HORIZON)
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +70,9 @@ def test_saved_model_cli_shows_the_documented_signature(exported):
     assert f"inputs['history'] tensor_info: dtype: DT_FLOAT shape: (-1, {LOOKBACK}, 14)" in normalised
     assert f"inputs['timestamps'] tensor_info: dtype: DT_INT64 shape: (-1, {LOOKBACK})" in normalised
     assert "outputs['temperature_degC'] tensor_info: dtype: DT_FLOAT shape: (-1)" in normalised
+    assert f"outputs['temperature_path_degC'] tensor_info: dtype: DT_FLOAT shape: (-1, {HORIZON})" in normalised
+    assert f"outputs['temperature_quantiles_degC'] tensor_info: dtype: DT_FLOAT shape: (-1, {HORIZON}, 3)" in normalised
+    assert "outputs['quantile_levels'] tensor_info: dtype: DT_FLOAT shape: (-1, 3)" in normalised
     assert "outputs['valid_time'] tensor_info: dtype: DT_INT64 shape: (-1)" in normalised
     assert "Method name is: tensorflow/serving/predict" in normalised
 
@@ -79,7 +84,11 @@ def test_signature_names_dtypes_and_shapes(serving_default):
         "timestamps": tf.TensorSpec([None, LOOKBACK], tf.int64, name="timestamps"),
     }
     outputs = {name: (spec.shape.as_list(), spec.dtype) for name, spec in serving_default.structured_outputs.items()}
-    assert outputs == {"temperature_degC": ([None], tf.float32), "valid_time": ([None], tf.int64)}
+    assert outputs == {"temperature_degC": ([None], tf.float32), "temperature_path_degC": ([None, HORIZON], tf.float32),
+                       "temperature_quantiles_degC": ([None, HORIZON, 3], tf.float32),
+                       "quantile_levels": ([None, 3], tf.float32), "valid_time": ([None], tf.int64)}
+    documented = schema.served_signature(LOOKBACK, HORIZON, 3)["outputs"]
+    assert outputs == {name: (shape, tf.as_dtype(dtype)) for name, (dtype, shape) in documented.items()}
 
 
 @pytest.mark.parametrize("batch", [1, 7, None])
@@ -87,11 +96,17 @@ def test_predictions_equal_the_keras_models_on_raw_windows(serving_default, mode
     starts = windows.starts["test"][:batch]
     history, timestamps = windows.history(starts)
     answer = serving_default(history=tf.constant(history), timestamps=tf.constant(timestamps))
+    quantiles = keras_predictions(model, history, timestamps)
     served = answer["temperature_degC"]
     assert served.shape == (len(starts),) and served.dtype == tf.float32
-    np.testing.assert_allclose(served.numpy(), keras_predictions(model, history, timestamps), rtol=0, atol=1e-4)
-    # valid_time is the target row's time: the horizon comes from the model itself
-    np.testing.assert_array_equal(answer["valid_time"].numpy(), windows.timestamps[windows.target_rows(starts)])
+    np.testing.assert_allclose(served.numpy(), quantiles[:, -1, 1], rtol=0, atol=1e-4)  # the median at +horizon
+    np.testing.assert_allclose(answer["temperature_path_degC"].numpy(), quantiles[..., 1], rtol=0, atol=1e-4)
+    np.testing.assert_allclose(answer["temperature_quantiles_degC"].numpy(), quantiles, rtol=0, atol=1e-4)
+    assert (np.diff(answer["temperature_quantiles_degC"].numpy(), axis=-1) >= 0).all()
+    levels = np.tile(np.float32([0.1, 0.5, 0.9]), (len(starts), 1))
+    np.testing.assert_array_equal(answer["quantile_levels"].numpy(), levels)
+    # valid_time is the last target hour's time: the horizon comes from the model itself
+    np.testing.assert_array_equal(answer["valid_time"].numpy(), windows.timestamps[windows.target_rows(starts)[:, -1]])
 
 
 def read_warmup(exported) -> list:
@@ -106,8 +121,10 @@ def test_warmup_requests_are_prediction_logs_that_the_signature_accepts(exported
         request = log.predict_log.request
         assert (request.model_spec.name, request.model_spec.signature_name) == ("jena_temperature", "serving_default")
         inputs = {name: tf.make_ndarray(proto) for name, proto in request.inputs.items()}
-        answer = serving_default(**{name: tf.constant(value) for name, value in inputs.items()})["temperature_degC"]
-        np.testing.assert_allclose(answer.numpy(), keras_predictions(model, **inputs), rtol=0, atol=1e-4)
+        answer = serving_default(**{name: tf.constant(value) for name, value in inputs.items()})
+        np.testing.assert_allclose(answer["temperature_quantiles_degC"].numpy(), keras_predictions(model, **inputs),
+                                   rtol=0, atol=1e-4)
+        assert set(answer) == set(schema.served_signature(LOOKBACK)["outputs"])
     assert [len(tf.make_ndarray(log.predict_log.request.inputs["history"])) for log in logs] == \
         list(export.WARMUP_BATCH_SIZES)
 
@@ -127,7 +144,8 @@ def test_model_card_tells_what_and_whence(exported, tmp_path):
     raw_csv.write_text("a,b\n1,2\n")
     made_by = {"seed": 1, "epochs": 2, "data": {"source": "synthetic", "synthetic_start": "2009-01-01",
                                                 "synthetic_end": "2009-03-01"},
-               "prepare": {"max_fill_hours": 3}, "window": {"lookback_hours": LOOKBACK}, "model": TINY_MODEL,
+               "prepare": {"max_fill_hours": 3}, "window": {"lookback_hours": LOOKBACK, "horizon_hours": HORIZON},
+               "model": TINY_MODEL,
                "train": {"batch_size": 64}}
     params = {**made_by, "serving": {"model_name": "jena_temperature"}, "smoke": {"server": "embedded"}}
     card = export.model_card(params, METRICS, raw_csv, LOOKBACK)
@@ -136,6 +154,8 @@ def test_model_card_tells_what_and_whence(exported, tmp_path):
     assert card["params"] == made_by and card["metrics"] == METRICS  # serving and smoke do not make the model
     assert set(card["git"]) == {"commit", "dirty"} and "T" in card["created"]
     assert card["signature"]["inputs"]["history"][1] == [None, LOOKBACK, 14]
+    assert card["signature"]["outputs"]["temperature_quantiles_degC"] == ("float32", [None, HORIZON, 3])
+    assert card["forecast"] == {"hour_offsets": [1, 2, 3, 4, 5, 6], "quantile_levels": [0.1, 0.5, 0.9]}
 
     written = json.loads((exported / MODEL_CARD).read_text())
     assert written["fingerprint"] == fingerprint(exported)

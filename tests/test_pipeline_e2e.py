@@ -31,7 +31,7 @@ QUICK = {
     "epochs": 1,
     "window.lookback_hours": 24, "window.horizon_hours": 6,
     "model.layers": 1, "model.units": 4, "train.batch_size": 64, "train.learning_rate": 0.01,
-    "evaluate.margin": -1.0, "evaluate.tolerance": 100.0,
+    "evaluate.margin": -1.0, "evaluate.tolerance": 100.0, "evaluate.coverage_goal": [0.0, 1.0],
 }
 MODEL_NAME = "jena_temperature"
 
@@ -53,7 +53,8 @@ def test_repro_publishes_exp_run_adds_a_version_and_unchanged_repro_adds_none(pi
     assert (first["version"], first["created"], first["published"]) == (1, True, True)
     evaluation = json.loads((root / "metrics/evaluate.json").read_text())
     assert {"test_mae_degC", "test_rmse_degC", "persistence_mae_degC", "climatology_mae_degC",
-            "skill_vs_persistence", "blessed", "blessing_reason"} <= set(evaluation)
+            "skill_vs_persistence", "blessed", "blessing_reason", "test_mae_1h_degC", "band_coverage",
+            "band_width_degC", "mean_pinball_loss_degC"} <= set(evaluation)
     smoke = json.loads((root / "metrics/smoke.json").read_text())
     assert smoke["version"] == 1 and smoke["server"] == "embedded" and smoke["max_abs_difference_degC"] < 1e-4
     assert abs(smoke["served_test_mae_degC"] - evaluation["test_mae_degC"]) < 1e-3

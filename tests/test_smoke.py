@@ -30,6 +30,7 @@ TINY = {
     "epochs": 1, "window.lookback_hours": 24, "window.horizon_hours": 6,
     "model.layers": 1, "model.units": 4, "train.batch_size": 64,
     "evaluate.margin": -1.0, "evaluate.tolerance": 100.0,  # publish whatever the tiny model scores
+    "evaluate.coverage_goal": [0.0, 1.0],                 # and however wide or narrow its band
 }
 
 
@@ -99,12 +100,17 @@ def test_forecast_client_asks_the_served_model(workspace):
             wait_until_available(channel, "jena_temperature", 1, 120, server)
         csv = str(workspace / "data/raw/jena_climate_2009_2016.csv")
         answers = [
-            subprocess.run([sys.executable, "-m", "pipeline.client", csv, "--model-name", "jena_temperature", *flags],
+            subprocess.run([sys.executable, "-m", "pipeline.client", csv, *flags],
                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, env=without_tf_log_level())
-            for flags in (["--target", f"127.0.0.1:{grpc_port}"],
-                          ["--rest", "--target", f"127.0.0.1:{rest_port}", "--json"])
+            for flags in (["--model-name", "jena_temperature", "--target", f"127.0.0.1:{grpc_port}", "--brief"],
+                          ["--model-name", "jena_temperature", "--rest", "--target", f"127.0.0.1:{rest_port}", "--json"],
+                          ["--model-name", "jena_temperature", "--target", f"127.0.0.1:{grpc_port}"],
+                          # the name, measurement order and gap filling from the version's model card
+                          ["--model-card", str(directory / "1"), "--target", f"127.0.0.1:{grpc_port}", "--brief"])
         ]
-    grpc_answer, rest_answer = answers
+    grpc_answer, rest_answer, table_answer, card_answer = answers
+    assert card_answer.returncode == 0, card_answer.stderr
+    assert card_answer.stdout == grpc_answer.stdout
     assert grpc_answer.returncode == 0, grpc_answer.stderr
     assert grpc_answer.stderr == ""  # no TensorFlow start-up noise
     # The synthetic range ends 2009-02-15 00:00: the latest complete hour is the last row; the
@@ -119,6 +125,55 @@ def test_forecast_client_asks_the_served_model(workspace):
     assert {key: answer[key] for key in ("valid_time", "last_reading", "horizon_hours", "model_name")} == {
         "valid_time": "2009-02-15 06:00", "last_reading": "2009-02-15 00:00", "horizon_hours": 6,
         "model_name": "jena_temperature"}
+    assert answer["quantile_levels"] == [0.1, 0.5, 0.9]
+    assert [hour["hour"] for hour in answer["hours"]] == [1, 2, 3, 4, 5, 6]
+    assert answer["hours"][0]["valid_time"] == "2009-02-15 01:00"
+    assert answer["hours"][-1]["median_degC"] == answer["temperature_degC"]
+    for hour in answer["hours"]:
+        low, median, high = hour["quantiles_degC"]
+        assert low <= median == hour["median_degC"] <= high
+    assert table_answer.returncode == 0, table_answer.stderr
+    table = table_answer.stdout.splitlines()
+    assert table[0] == "forecast after the last reading at 2009-02-15 00:00 (model jena_temperature, version 1)"
+    assert len(table) == 2 + 6 and table[-1].split()[:4] == ["+6", "h", "2009-02-15", "06:00"]
+    assert float(table[-1].split()[4]) == pytest.approx(temperature, abs=0.05)
+
+
+def single_output_model(directory: Path, lookback: int) -> None:
+    """A SavedModel with the signature served before the hourly forecast: temperature_degC and valid_time
+    only (the last temperature, 24 h later)."""
+    import tensorflow as tf
+
+    module = tf.Module()
+
+    @tf.function(input_signature=[tf.TensorSpec([None, lookback, 14], tf.float32, name="history"),
+                                  tf.TensorSpec([None, lookback], tf.int64, name="timestamps")])
+    def serve(history, timestamps):
+        return {"temperature_degC": history[:, -1, 1], "valid_time": timestamps[:, -1] + 24 * 3600}
+
+    module.serve = serve
+    tf.saved_model.save(module, str(directory), signatures={"serving_default": serve})
+
+
+def test_the_client_still_reads_a_model_that_serves_only_the_day_ahead_temperature(workspace, tmp_path):
+    single_output_model(tmp_path / "old" / "1", lookback=24)
+    grpc_port, rest_port = free_port(), free_port()
+    with started_server(server_command("embedded", grpc_port, rest_port, "old", tmp_path / "old")) as server:
+        with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+            wait_until_available(channel, "old", 1, 120, server)
+        csv = str(workspace / "data/raw/jena_climate_2009_2016.csv")
+        answers = [
+            subprocess.run([sys.executable, "-m", "pipeline.client", csv, "--model-name", "old", *flags],
+                           cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+            for flags in (["--target", f"127.0.0.1:{grpc_port}"], ["--rest", "--target", f"127.0.0.1:{rest_port}",
+                                                                   "--json"])
+        ]
+    table, rest = answers
+    assert table.returncode == 0, table.stderr
+    assert table.stdout.startswith("forecast for 2009-02-16 00:00 (24 h after the last reading at 2009-02-15 00:00): ")
+    assert rest.returncode == 0, rest.stderr
+    answer = json.loads(rest.stdout)
+    assert answer["horizon_hours"] == 24 and "hours" not in answer
 
 
 def without_tf_log_level() -> dict:
@@ -144,13 +199,15 @@ def test_a_signature_other_than_the_documented_one_is_described_precisely():
     served = described(signature)
     assert served == {"inputs": {"history": ("DT_FLOAT", [-1, 100, 14])},
                       "outputs": {"temperature_degC": ("DT_FLOAT", [-1])}}
-    assert served != documented_signature(120)
+    assert served != documented_signature(120, 24, 3)
 
 
 def test_the_documented_signature_is_the_schema_one():
-    assert documented_signature(120) == {
+    assert documented_signature(120, 24, 3) == {
         "inputs": {"history": ("DT_FLOAT", [-1, 120, 14]), "timestamps": ("DT_INT64", [-1, 120])},
-        "outputs": {"temperature_degC": ("DT_FLOAT", [-1]), "valid_time": ("DT_INT64", [-1])},
+        "outputs": {"temperature_degC": ("DT_FLOAT", [-1]), "temperature_path_degC": ("DT_FLOAT", [-1, 24]),
+                    "temperature_quantiles_degC": ("DT_FLOAT", [-1, 24, 3]), "quantile_levels": ("DT_FLOAT", [-1, 3]),
+                    "valid_time": ("DT_INT64", [-1])},
     }
 
 
@@ -169,6 +226,25 @@ def test_compare_names_the_output_and_the_first_bad_sample():
         compare("x", outputs([1.0, 2.0], (0, 3601)), outputs([1.0, 2.0]), 1e-4)
     with pytest.raises(SmokeFailure, match=r"expected outputs \['temperature_degC', 'valid_time'\]"):
         compare("x", {"temperature_degC": np.array([1.0])}, outputs([1.0], (0,)), 1e-4)
+
+
+def test_compare_checks_every_hour_and_quantile_and_names_them():
+    import numpy as np
+
+    quantiles = np.zeros((2, 6, 3), np.float32)
+    levels = np.tile(np.float32([0.1, 0.5, 0.9]), (2, 1))
+    reference = {"temperature_quantiles_degC": quantiles, "quantile_levels": levels}
+    assert compare("x", {"temperature_quantiles_degC": quantiles + 5e-5, "quantile_levels": levels},
+                   reference, 1e-4) == pytest.approx(5e-5, rel=1e-3)
+    wrong = quantiles.copy()
+    wrong[1, 3, 2] = 0.5
+    with pytest.raises(SmokeFailure, match="temperature_quantiles_degC: sample 1, hour \\+4, quantile 2: expected 0.0"):
+        compare("x", {"temperature_quantiles_degC": wrong, "quantile_levels": levels}, reference, 1e-4)
+    with pytest.raises(SmokeFailure, match="quantile_levels: sample 0, quantile 1"):
+        compare("x", {"temperature_quantiles_degC": quantiles, "quantile_levels": levels + [[0, 0.1, 0]] * 2},
+                reference, 1e-4)
+    with pytest.raises(SmokeFailure, match=r"expected shape \(2, 6, 3\), got \(2, 5, 3\)"):
+        compare("x", {"temperature_quantiles_degC": quantiles[:, :5], "quantile_levels": levels}, reference, 1e-4)
 
 
 def test_version_to_check(tmp_path):
@@ -267,7 +343,7 @@ def test_external_mode_and_the_client_over_mutual_tls(workspace, tmp_path):
         csv = str(workspace / "data/raw/jena_climate_2009_2016.csv")
         answers = [
             subprocess.run([sys.executable, "-m", "pipeline.client", csv, "--model-name", "jena_temperature",
-                            "--target", f"127.0.0.1:{grpc_port}", *flags],
+                            "--target", f"127.0.0.1:{grpc_port}", "--brief", *flags],
                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, env=without_tf_log_level())
             for flags in (["--tls-ca", client_files["ca"], "--tls-cert", client_files["cert"],
                            "--tls-key", client_files["key"]],

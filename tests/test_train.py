@@ -1,4 +1,4 @@
-"""The model and the train stage, on small in-memory windows (24 h of history, 6 h ahead)."""
+"""The model, its loss and the train stage, on small in-memory windows (24 h of history, 6 h ahead)."""
 
 import json
 
@@ -9,13 +9,15 @@ import yaml
 
 from pipeline import train as train_stage
 from pipeline.features import derive_features
-from pipeline.model import TEMPERATURE_INDEX, JenaFeatures, build_model, standardisation
-from pipeline.train import best_epoch, make_dataset, save_model, train
+from pipeline.evaluate import pinball_loss
+from pipeline.model import TEMPERATURE_INDEX, JenaFeatures, QuantileHead, build_model, standardisation
+from pipeline.train import FinalHourMedianMAE, PinballLoss, best_epoch, hour_weights, make_dataset, save_model, train
 from pipeline.window import save_windows
 from windows_helper import small_windows
 
-MODEL_PARAMS = {"cell": "gru", "layers": 1, "units": 8, "dropout": 0.0, "recurrent_dropout": 0.0, "residual": True}
-TRAIN_PARAMS = {"optimizer": "adam", "learning_rate": 0.01, "batch_size": 64, "loss_function": "mae", "patience": 2}
+MODEL_PARAMS = {"cell": "gru", "layers": 1, "units": 8, "dropout": 0.0, "recurrent_dropout": 0.0, "residual": True,
+                "quantiles": [0.1, 0.5, 0.9]}
+TRAIN_PARAMS = {"optimizer": "adam", "learning_rate": 0.01, "batch_size": 64, "final_hour_share": 0.5, "patience": 2}
 
 
 def make_params(epochs=3, seed=7, **model_overrides) -> dict:
@@ -27,13 +29,15 @@ def windows():
     return small_windows(days=90)
 
 
-def test_dataset_gathers_each_window_and_its_target(windows):
+def test_dataset_gathers_each_window_and_its_targets_for_every_hour(windows):
     starts = windows.starts["validation"][:10]
     inputs, target = next(iter(make_dataset(windows, starts, batch_size=10)))
     history, timestamps = windows.history(starts)
     np.testing.assert_array_equal(inputs["history"].numpy(), history)
     np.testing.assert_array_equal(inputs["timestamps"].numpy(), timestamps)
-    np.testing.assert_array_equal(target.numpy(), windows.targets(starts))
+    assert target.shape == (10, windows.horizon)
+    np.testing.assert_array_equal(target.numpy(), windows.paths(starts))
+    np.testing.assert_array_equal(target.numpy()[:, -1], windows.targets(starts))
 
 
 def test_shuffled_dataset_covers_every_start_once_in_a_seeded_order(windows):
@@ -64,16 +68,89 @@ def test_feature_layer_standardises_all_but_the_cyclic_time_features(windows):
 
 @pytest.mark.parametrize("residual", [True, False])
 def test_untrained_head_predicts_last_temperature_or_training_mean(windows, residual):
-    """With a zero head, the residual model forecasts persistence; the other, the mean temperature."""
+    """With a zero head, the residual model's median is persistence for every hour, the other's the mean
+    temperature; the outer quantiles lie softplus(0) temperature stds below and above."""
     model = build_model(windows.normalization, {**MODEL_PARAMS, "residual": residual})
     head = model.get_layer("head")
     head.set_weights([np.zeros_like(weight) for weight in head.get_weights()])
     history, timestamps = windows.history(windows.starts["test"][:5])
     predicted = model.predict({"history": history, "timestamps": timestamps}, verbose=0)
-    assert predicted.shape == (5,) and predicted.dtype == np.float32
+    assert predicted.shape == (5, windows.horizon, 3) and predicted.dtype == np.float32
     target = windows.normalization["feature_names"].index("T (degC)")
-    expected = history[:, -1, TEMPERATURE_INDEX] if residual else [windows.normalization["mean"][target]] * 5
-    np.testing.assert_allclose(predicted, expected, atol=1e-4)
+    expected = history[:, -1, TEMPERATURE_INDEX] if residual else np.full(5, windows.normalization["mean"][target])
+    np.testing.assert_allclose(predicted[..., 1], np.repeat(expected[:, None], windows.horizon, axis=1), atol=1e-4)
+    spread = np.log(2) * windows.normalization["std"][target]
+    np.testing.assert_allclose(predicted[..., 2] - predicted[..., 1], spread, rtol=1e-4)
+    np.testing.assert_allclose(predicted[..., 1] - predicted[..., 0], spread, rtol=1e-4)
+
+
+def test_quantiles_never_cross_whatever_the_head_outputs():
+    levels = [0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95]
+    head = QuantileHead(mean=9.0, std=8.0, residual=True, horizon=6, quantiles=levels)
+    rng = np.random.default_rng(0)
+    raw = rng.normal(0, 20, (500, 6 * len(levels))).astype(np.float32)  # far beyond a trained head's range
+    history = rng.normal(0, 10, (500, 4, 14)).astype(np.float32)
+    quantiles = keras.ops.convert_to_numpy(head([raw, history]))
+    assert quantiles.shape == (500, 6, len(levels))
+    assert (np.diff(quantiles, axis=-1) >= 0).all()
+    median = history[:, -1, TEMPERATURE_INDEX][:, None] + 8.0 * raw.reshape(500, 6, len(levels))[..., 0]
+    np.testing.assert_allclose(quantiles[..., levels.index(0.5)], median, rtol=1e-5, atol=1e-4)
+
+
+def test_a_model_with_random_weights_gives_ordered_quantiles_on_random_inputs(windows):
+    keras.utils.set_random_seed(1)
+    model = build_model(windows.normalization, {**MODEL_PARAMS, "quantiles": [0.1, 0.3, 0.5, 0.7, 0.9]})
+    head = model.get_layer("head")
+    rng = np.random.default_rng(1)
+    head.set_weights([rng.normal(0, 3, weight.shape) for weight in head.get_weights()])
+    history, timestamps = windows.history(windows.starts["test"][:200])
+    noisy = history + rng.normal(0, 5, history.shape).astype(np.float32)
+    quantiles = model.predict({"history": noisy, "timestamps": timestamps}, verbose=0)
+    assert quantiles.shape == (200, windows.horizon, 5) and (np.diff(quantiles, axis=-1) >= 0).all()
+
+
+@pytest.mark.parametrize("levels", [[0.1, 0.9], [0.5, 0.1], [0.0, 0.5], [0.5, 0.5, 0.9], []])
+def test_quantile_levels_must_ascend_in_the_open_interval_and_hold_the_median(windows, levels):
+    with pytest.raises(ValueError, match="model.quantiles"):
+        build_model(windows.normalization, {**MODEL_PARAMS, "quantiles": levels})
+
+
+# y_true [1 sample, 2 hours], forecasts of levels 0.1, 0.5, 0.9. By hand, for e = observed - forecast:
+# hour 1: e = 2 - [1, 2, 3] = [1, 0, -1]   -> 0.1*1, 0, (0.9-1)*(-1) = 0.1   -> mean 0.2/3
+# hour 2: e = 4 - [5, 5, 6] = [-1, -1, -2] -> 0.9, 0.5, 0.2                  -> mean 1.6/3
+OBSERVED = np.array([[2.0, 4.0]], np.float32)
+FORECAST = np.array([[[1.0, 2.0, 3.0], [5.0, 5.0, 6.0]]], np.float32)
+
+
+@pytest.mark.parametrize("share,expected", [(0.5, (0.2 / 3 + 1.6 / 3) / 2), (0.75, 0.25 * 0.2 / 3 + 0.75 * 1.6 / 3),
+                                            (1.0, 1.6 / 3)])
+def test_pinball_loss_on_a_hand_computed_example(share, expected):
+    loss = PinballLoss([0.1, 0.5, 0.9], hour_weights(2, share))
+    assert float(loss(OBSERVED, FORECAST)) == pytest.approx(expected, rel=1e-6)
+
+
+def test_evaluation_pinball_loss_is_the_plain_mean_over_hours_and_quantiles():
+    assert pinball_loss(OBSERVED, FORECAST, [0.1, 0.5, 0.9]) == pytest.approx((0.2 + 1.6) / 6)
+
+
+def test_median_pinball_loss_is_half_the_absolute_error():
+    loss = PinballLoss([0.5], hour_weights(2, 1.0))
+    assert float(loss(OBSERVED, FORECAST[..., 1:2])) == pytest.approx(0.5 * abs(4.0 - 5.0))
+
+
+def test_hour_weights_give_the_last_hour_its_share_and_the_others_the_rest():
+    assert hour_weights(4, 0.5) == pytest.approx([1 / 6, 1 / 6, 1 / 6, 0.5])
+    assert hour_weights(1, 0.3) == [1.0]
+    with pytest.raises(ValueError, match="final_hour_share"):
+        hour_weights(4, 1.5)
+
+
+def test_the_mae_metric_is_the_last_hours_median_error():
+    metric = FinalHourMedianMAE(median=1)
+    observed = np.array([[0.0, 1.0], [0.0, -2.0]])
+    forecast = np.array([[[9, 9, 9], [0, 2, 3]], [[9, 9, 9], [-9, 0, 9]]])  # last hour's medians 2 and 0
+    metric.update_state(observed, forecast)
+    assert metric.name == "mae" and float(metric.result()) == pytest.approx((1 + 2) / 2)
 
 
 def test_unknown_cell_is_an_error(windows):
@@ -87,6 +164,24 @@ def test_model_trains_and_its_loss_falls(windows, cell, layers):
     losses = history.history["loss"]
     assert losses[-1] < losses[0] * 0.9, losses
     assert set(history.history) >= {"loss", "mae", "val_loss", "val_mae"}
+
+
+def test_validation_mae_is_the_restored_models_final_hour_median_error_in_degc(windows):
+    model, history = train(windows, make_params(epochs=2), verbose=0)
+    starts = windows.starts["validation"]
+    quantiles = model.predict(make_dataset(windows, starts, 256), verbose=0)
+    expected = np.mean(np.abs(quantiles[:, -1, 1] - windows.targets(starts)))
+    assert best_epoch(history)[1] == pytest.approx(expected, rel=1e-4)
+
+
+def test_the_single_output_configuration_is_a_median_at_the_last_hour(windows):
+    """quantiles [0.5] and final_hour_share 1: the forecaster as before it forecast every hour."""
+    params = make_params(epochs=1, quantiles=[0.5])
+    params["train"]["final_hour_share"] = 1.0
+    model, history = train(windows, params, verbose=0)
+    history_, timestamps = windows.history(windows.starts["test"][:3])
+    assert model.predict({"history": history_, "timestamps": timestamps}, verbose=0).shape == (3, windows.horizon, 1)
+    assert np.isfinite(history.history["val_mae"]).all()
 
 
 def test_same_seed_gives_the_same_validation_mae(windows):

@@ -34,20 +34,23 @@ def test_no_window_crosses_a_split_boundary():
     span = PARAMS["lookback_hours"] - 1 + PARAMS["horizon_hours"]
     for name, starts in windows["starts"].items():
         first, end = bounds[name]
-        assert starts.min() == first and starts.max() + span == end - 1
+        assert starts.min() == first and starts.max() + span == end - 1  # the last target hour is the split's last row
         assert np.all(np.diff(starts) == 1)  # no gaps here, so every start is used
 
 
-def test_no_window_touches_an_unfilled_gap():
+def test_no_window_has_a_history_row_or_any_target_hour_in_an_unfilled_gap():
     complete = np.ones(200, dtype=bool)
     complete[100] = False
     starts = window_starts(complete, 0, 200, lookback=12, horizon=6)
     history_rows = starts[:, None] + np.arange(12)
-    target_rows = starts + 17
+    target_rows = starts[:, None] + 12 + np.arange(6)  # +1 .. +6 h after the last history row
     assert not np.isin(history_rows, 100).any() and not np.isin(target_rows, 100).any()
-    # Windows whose history ends just before the gap, or whose target lies just past it, remain.
-    assert 100 - 12 in starts and 101 in starts
-    assert 100 - 17 not in starts and 100 - 11 not in starts
+    # The gap as the +1 h, a middle and the +6 h target hour drops the sample, as in its history;
+    # samples whose last target hour lies just before the gap, or whose history starts just after, remain.
+    for dropped in (100 - 12, 100 - 14, 100 - 17, 100 - 11, 100):
+        assert dropped not in starts
+    assert 100 - 18 in starts and 101 in starts
+    assert len(starts) == 200 - 17 - 18
 
 
 def test_normalisation_uses_the_training_split_only():
@@ -64,17 +67,33 @@ def test_normalisation_uses_the_training_split_only():
     np.testing.assert_allclose(windows["normalization"]["std"], features.std(axis=0), rtol=1e-5)
 
 
-def test_target_is_the_temperature_horizon_hours_after_the_last_history_row(tmp_path):
+def test_targets_are_the_temperatures_of_every_hour_after_the_last_history_row(tmp_path):
     table = hourly_table()
     save_windows(make_windows(table, PARAMS), tmp_path / "windows")
     windows = load_windows(tmp_path / "windows")
     starts = windows.starts["test"][[0, 5, -1]]
     history, stamps = windows.history(starts)
     by_time = table.set_index(schema.DATE_COLUMN)[schema.TEMPERATURE]
-    for last_stamp, target in zip(stamps[:, -1], windows.targets(starts)):
-        valid_time = pd.Timestamp(last_stamp, unit="s") + pd.Timedelta(hours=PARAMS["horizon_hours"])
-        assert target == by_time[valid_time]
+    paths = windows.paths(starts)
+    assert paths.shape == (3, PARAMS["horizon_hours"])
+    for last_stamp, path, target in zip(stamps[:, -1], paths, windows.targets(starts)):
+        valid_times = pd.Timestamp(last_stamp, unit="s") + pd.to_timedelta(np.arange(1, 7), unit="h")
+        np.testing.assert_array_equal(path, by_time[valid_times].to_numpy(np.float32))
+        assert target == path[-1] == by_time[valid_times[-1]]
     np.testing.assert_array_equal(history[0], table[schema.MEASUREMENTS].to_numpy(np.float32)[starts[0]:starts[0] + 12])
+    np.testing.assert_array_equal(windows.timestamps[windows.target_rows(starts)[:, -1]],
+                                  stamps[:, -1] + PARAMS["horizon_hours"] * 3600)
+
+
+def test_the_targets_of_all_samples_are_a_view_of_the_series_not_a_copy(tmp_path):
+    save_windows(make_windows(hourly_table(), PARAMS), tmp_path / "windows")
+    windows = load_windows(tmp_path / "windows")
+    targets = windows.target_paths
+    assert np.shares_memory(targets, windows.hourly)
+    assert targets.shape == (400 - 12 - 6 + 1, 6)
+    starts = np.concatenate(list(windows.starts.values()))
+    np.testing.assert_array_equal(targets[starts],
+                                  windows.hourly[windows.target_rows(starts), schema.column_index(schema.TEMPERATURE)])
 
 
 def test_windows_are_stored_once_not_copied(tmp_path):

@@ -29,7 +29,8 @@ pytestmark = pytest.mark.slow
 MODEL_NAME = "jena_temperature"
 CLIENTS = 8
 POLL_SECONDS = 0.05
-TINY_MODEL = {"cell": "gru", "layers": 1, "units": 4, "dropout": 0.0, "recurrent_dropout": 0.0, "residual": True}
+TINY_MODEL = {"cell": "gru", "layers": 1, "units": 4, "dropout": 0.0, "recurrent_dropout": 0.0, "residual": True,
+              "quantiles": [0.1, 0.5, 0.9]}
 
 
 def exported_model(windows, directory: Path, seed: int) -> Path:
