@@ -29,7 +29,7 @@ QUICK = {
     "epochs": 1,
     "window.lookback_hours": 24, "window.horizon_hours": 6,
     "model.layers": 1, "model.units": 4, "train.batch_size": 64, "train.learning_rate": 0.01,
-    "evaluate.margin": -1.0, "evaluate.tolerance": 100.0,
+    "evaluate.margin": -1.0, "evaluate.tolerance": 100.0, "evaluate.coverage_goal": [0.0, 1.0],
 }
 QUEUE_SECONDS = 900
 
@@ -57,16 +57,19 @@ def start_queue(repo, workers: int) -> None:
     assert started.returncode == 0, log_path.read_text()
 
 
-def wait_for_claims(fs, root: str, numbers: list[int]) -> list[str]:
-    """Poll until publications `numbers` are claimed; returns the records present then."""
+def wait_for_claims(repo, fs, root: str, numbers: list[int]) -> list[str]:
+    """Poll until publications `numbers` are claimed; returns the records present then. Fails at once
+    if the queue finishes without them (an experiment that failed or was not blessed)."""
     deadline = time.monotonic() + QUEUE_SECONDS
     while True:
         fs.invalidate_cache()
         records = [path.rsplit("/", 1)[1] for path in fs.find(f"{root}/.publications")]
         if all(f"{number}.claim" in records for number in numbers):
             return [record for record in records if record.split(".")[0] in {str(n) for n in numbers}]
+        status = repo.dvc("queue", "status").stdout
+        assert "Queued" in status or "Running" in status, f"queue done, claims {records}:\n{status}"
         assert time.monotonic() < deadline, f"no claims {numbers} after {QUEUE_SECONDS} s: {records}"
-        time.sleep(0.5)
+        time.sleep(1)
 
 
 def test_two_queued_experiments_publish_two_distinct_versions_to_s3(pipeline_repo, s3_server):
@@ -87,7 +90,7 @@ def test_two_queued_experiments_publish_two_distinct_versions_to_s3(pipeline_rep
         pipeline_repo.dvc("exp", "run", "--queue", "-S", f"epochs={epochs}", "export")
     try:
         start_queue(pipeline_repo, workers=2)
-        waiting = wait_for_claims(fs, root, [2, 3])
+        waiting = wait_for_claims(pipeline_repo, fs, root, [2, 3])
         fs.pipe_file(f"{root}/.publications/1.outcome", json.dumps({"outcome": "abandoned"}).encode())
         status = wait_for_queue(pipeline_repo)
     finally:
