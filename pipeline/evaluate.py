@@ -3,7 +3,9 @@
 In:  models/model.keras, data/windows/, params `evaluate.*` (`margin`,
      `tolerance`, `climatology_window_days`, `plot_days`, `coverage_goal`) and
      `serving.base_path` / `serving.model_name`: the directory TensorFlow
-     Serving watches, whose newest version is the published model.
+     Serving watches (local, s3:// or gs://), whose newest version is the
+     published model (from a store, its newest complete version is copied
+     into a temporary directory to be scored).
 Out: metrics/evaluate.json: test MAE and RMSE in degC of the model's median
      at +horizon (24 h), of persistence (the temperature 24 h later equals the
      last observed one) and of climatology (the training years' mean
@@ -45,7 +47,8 @@ from pipeline import schema
 from pipeline.atomic import atomic_path, write_json
 from pipeline.config import EVALUATE_METRICS, EVALUATE_PLOTS_DIR, MODEL_PATH, WINDOWS_DIR, load_params
 from pipeline.model import TEMPERATURE_INDEX, median_position  # importing it registers the layers for load_model
-from pipeline.publish import model_directory, newest_version, read_model_card
+from pipeline.publish import model_directory, read_model_card
+from pipeline.store import StoreError, newest_published
 from pipeline.train import make_dataset
 from pipeline.window import Windows, load_windows
 
@@ -226,10 +229,15 @@ def compare_with_published(directory: Path, windows: Windows, predicted: np.ndar
     these samples. Otherwise the version is loaded and run on these windows,
     with its own history length, on the test samples both models can read.
     """
-    version = newest_version(directory)
-    if version is None:
-        return None
-    saved_model = Path(directory) / str(version)
+    with newest_published(directory) as (version, saved_model):
+        if version is None:
+            return None
+        return compare_with_version(version, saved_model, windows, predicted, observed)
+
+
+def compare_with_version(version: int, saved_model: Path, windows: Windows, predicted: np.ndarray,
+                         observed: np.ndarray) -> dict:
+    """`compare_with_published` for a version at hand in `saved_model`."""
     card = read_model_card(saved_model)
     recorded = card.get("metrics", {})
     starts = windows.starts["test"]
@@ -391,7 +399,7 @@ def main() -> None:
     when, observed = result["target_timestamps"], result["observed"]
     try:
         published = compare_with_published(model_directory(params["serving"]), windows, result["predicted"], observed)
-    except ValueError as error:
+    except (ValueError, StoreError) as error:
         raise SystemExit(f"evaluate: {error}") from None
     metrics = evaluation_metrics(
         observed, result["predicted"], result["persistence"], result["climatology"],

@@ -22,7 +22,8 @@ Out: models/export/, a SavedModel whose `serving_default` signature
                      commit, creation time, the model's fingerprint and its
                      forecast: quantile levels and hour offsets;
      if the model is blessed, that SavedModel as the next numbered version in
-     `<serving.base_path>/<serving.model_name>/` (see pipeline.publish); and
+     `<serving.base_path>/<serving.model_name>/`, a local directory (see
+     pipeline.publish) or s3:// or gs:// (see pipeline.store); and
      models/publication.json, what the publication did and why.
 
 dvc.yaml declares models/publication.json with `cache: false`, which keeps
@@ -49,6 +50,7 @@ from pipeline.config import (
     EVALUATE_METRICS, EXPORT_DIR, MODEL_PATH, PUBLICATION_RECORD, RAW_CSV, WINDOWS_DIR, load_params,
 )
 from pipeline.evaluate import bless
+from pipeline import store
 from pipeline.publish import (
     MODEL_CARD, PublicationRefused, fingerprint, labelled_versions, model_directory, publish, read_model_card,
 )
@@ -206,9 +208,11 @@ def publication(saved_model: Path, metrics: dict, serving: dict, evaluate: dict)
         return {**not_published, "reason": f"not blessed: {metrics['blessing_reason']}"}
 
     protected = labelled_versions(Path(serving["config_file"]), serving["model_name"])
+    directory = model_directory(serving)
+    publish_into = store.publish if store.is_store_url(directory) else publish
     try:
-        result = publish(saved_model, model_directory(serving), serving["keep_versions"], protected,
-                         lambda newest: still_blessed_at(newest, metrics, evaluate))
+        result = publish_into(saved_model, directory, serving["keep_versions"], protected,
+                              lambda newest: still_blessed_at(newest, metrics, evaluate))
     except PublicationRefused as refusal:
         return {**not_published, "reason": f"no longer blessed against the newest published version: {refusal}"}
     reason = (f"published as version {result.version}" if result.created
@@ -227,7 +231,10 @@ def main() -> None:
     windows = load_windows(WINDOWS_DIR)
 
     card = write_export(model, windows, model_card(params, metrics, RAW_CSV, windows.lookback), EXPORT_DIR)
-    record = publication(EXPORT_DIR, metrics, params["serving"], params["evaluate"])
+    try:
+        record = publication(EXPORT_DIR, metrics, params["serving"], params["evaluate"])
+    except (store.StoreError, ValueError, OSError) as error:
+        raise SystemExit(f"export: not published: {error}") from None
     write_json(PUBLICATION_RECORD, record)
     print(f"export: {EXPORT_DIR}/ fingerprint {card['fingerprint'][:12]}, test MAE {metrics['test_mae_degC']:.3f} C; "
           f"{record['reason']}" + (f" ({record['path']})" if record["published"] else ""))

@@ -75,9 +75,16 @@ class Publication:
         return asdict(self)
 
 
-def model_directory(serving: dict) -> Path:
-    """The directory TensorFlow Serving watches: `<base_path>/<model_name>` (base_path may be absolute)."""
-    return Path(serving["base_path"]) / serving["model_name"]
+def model_directory(serving: dict) -> Path | str:
+    """The directory TensorFlow Serving watches: `<base_path>/<model_name>`.
+
+    base_path may be absolute, relative, or an object-storage URL (`s3://bucket/prefix`,
+    `gs://bucket/prefix`), in which case the answer is a URL string (see pipeline.store).
+    """
+    base_path = str(serving["base_path"])
+    if "://" in base_path:
+        return f"{base_path.rstrip('/')}/{serving['model_name']}"
+    return Path(base_path) / serving["model_name"]
 
 
 def version_numbers(directory: Path) -> list[int]:
@@ -196,6 +203,9 @@ def publish(saved_model: Path, directory: Path, keep_versions: int, protected: s
     happen under the lock.
     """
     directory = Path(directory)
+    for level in (directory.parent, directory):
+        if level.exists() and not level.is_dir():
+            raise ValueError(f"{level}: is a file, not a directory; check serving.base_path")
     directory.mkdir(parents=True, exist_ok=True)
     new_fingerprint = fingerprint(saved_model)
     staging = Path(tempfile.mkdtemp(dir=directory, prefix=_hidden_prefix(STAGING_PREFIX)))

@@ -8,7 +8,8 @@ Out: metrics/smoke.json: version checked, requests sent, largest absolute
 
 The server is chosen by `smoke.server`:
 - `embedded`: our ModelServer (`python -m serving.model_server`) on free
-  loopback ports over the watched directory;
+  loopback ports over the watched directory (local, s3:// or gs://; the
+  in-process reference runs on a temporary copy of the version from a store);
 - `binary`:   `tensorflow_model_server` from PATH with the very same flags;
 - `external`: a server already running at `smoke.target` (e.g. docker compose),
   over TLS when `smoke.tls_ca_file` (the CA that signed the server's
@@ -44,6 +45,7 @@ from pipeline.atomic import write_json
 from pipeline.client import GrpcForecaster, RestForecaster, tls_credentials
 from pipeline.config import EVALUATE_METRICS, PUBLICATION_RECORD, SMOKE_METRICS, WINDOWS_DIR, load_params
 from pipeline.publish import model_directory, read_model_card, version_numbers
+from pipeline.store import StoreError, complete_versions, is_store_url, local_version
 from pipeline.window import load_windows
 
 
@@ -62,14 +64,14 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def server_command(kind: str, grpc_port: int, rest_port: int, model_name: str, base_path: Path) -> list[str]:
-    """TensorFlow Serving's command line; ours takes the same flags."""
+def server_command(kind: str, grpc_port: int, rest_port: int, model_name: str, base_path: Path | str) -> list[str]:
+    """TensorFlow Serving's command line; ours takes the same flags. An s3:// or gs:// base path is passed as is."""
     program = [sys.executable, "-m", "serving.model_server"] if kind == "embedded" else ["tensorflow_model_server"]
     if kind == "binary" and shutil.which("tensorflow_model_server") is None:
         raise SmokeFailure("smoke.server is 'binary' but tensorflow_model_server is not on PATH")
     return program + [
         f"--port={grpc_port}", f"--rest_api_port={rest_port}", f"--model_name={model_name}",
-        f"--model_base_path={base_path.resolve()}", "--file_system_poll_wait_seconds=1",
+        f"--model_base_path={base_path if is_store_url(base_path) else Path(base_path).resolve()}", "--file_system_poll_wait_seconds=1",
     ]
 
 
@@ -153,11 +155,11 @@ def percentile_ms(seconds: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(seconds) * 1000, q))
 
 
-def version_to_check(record: dict, directory: Path) -> int:
+def version_to_check(record: dict, directory: Path | str) -> int:
     """The version this run published, or (when it published nothing) the newest one served."""
     if record.get("published"):
         return int(record["version"])
-    versions = version_numbers(directory)
+    versions = complete_versions(directory) if is_store_url(directory) else version_numbers(directory)
     if not versions:
         raise SmokeFailure(f"nothing to check: no version in {directory} ({record.get('reason', 'not published')})")
     return versions[-1]
@@ -300,30 +302,31 @@ def main() -> None:
     smoke, serving = params["smoke"], params["serving"]
     record = json.loads(PUBLICATION_RECORD.read_text(encoding="utf-8"))
     directory = model_directory(serving)
+    kind = smoke["server"]
     try:
         version = version_to_check(record, directory)
-        saved_model = directory / str(version)
-        expected_mae = (json.loads(EVALUATE_METRICS.read_text())["test_mae_degC"] if record.get("published")
-                        else read_model_card(saved_model)["metrics"]["test_mae_degC"])
-        windows = load_windows(WINDOWS_DIR)
-        checks = dict(model_name=serving["model_name"], version=version, saved_model=saved_model,
-                      windows=windows, expected_mae=expected_mae, smoke=smoke)
-        kind = smoke["server"]
-        credentials = grpc_credentials(smoke)
-        if kind == "external":
-            metrics = check_served_model(smoke["target"], smoke.get("rest_target"), **checks, credentials=credentials)
-        elif credentials is not None:
-            raise SmokeFailure(f"params.yaml: smoke.tls_* apply to smoke.server 'external'; "
-                               f"the {kind} server the stage starts speaks plaintext")
-        elif kind in ("embedded", "binary"):
-            grpc_port, rest_port = free_port(), free_port()
-            command = server_command(kind, grpc_port, rest_port, serving["model_name"], directory)
-            with started_server(command) as process:
-                metrics = check_served_model(f"127.0.0.1:{grpc_port}", f"127.0.0.1:{rest_port}", **checks,
-                                             process=process)
-        else:
-            raise SmokeFailure(f"params.yaml: smoke.server must be embedded, binary or external, got {kind!r}")
-    except SmokeFailure as failure:
+        with local_version(directory, version) as saved_model:
+            expected_mae = (json.loads(EVALUATE_METRICS.read_text())["test_mae_degC"] if record.get("published")
+                            else read_model_card(saved_model)["metrics"]["test_mae_degC"])
+            windows = load_windows(WINDOWS_DIR)
+            checks = dict(model_name=serving["model_name"], version=version, saved_model=saved_model,
+                          windows=windows, expected_mae=expected_mae, smoke=smoke)
+            credentials = grpc_credentials(smoke)
+            if kind == "external":
+                metrics = check_served_model(smoke["target"], smoke.get("rest_target"), **checks,
+                                             credentials=credentials)
+            elif credentials is not None:
+                raise SmokeFailure(f"params.yaml: smoke.tls_* apply to smoke.server 'external'; "
+                                   f"the {kind} server the stage starts speaks plaintext")
+            elif kind in ("embedded", "binary"):
+                grpc_port, rest_port = free_port(), free_port()
+                command = server_command(kind, grpc_port, rest_port, serving["model_name"], directory)
+                with started_server(command) as process:
+                    metrics = check_served_model(f"127.0.0.1:{grpc_port}", f"127.0.0.1:{rest_port}", **checks,
+                                                 process=process)
+            else:
+                raise SmokeFailure(f"params.yaml: smoke.server must be embedded, binary or external, got {kind!r}")
+    except (SmokeFailure, StoreError) as failure:
         raise SystemExit(f"smoke: FAILED: {failure}") from None
     metrics["server"] = kind
     write_json(SMOKE_METRICS, metrics)

@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import fsspec
 import numpy as np
 import pandas as pd
 import pytest
@@ -341,6 +342,42 @@ def test_a_card_with_the_same_test_data_is_the_fast_path(tmp_path, monkeypatch):
     assert metrics["published_mae_degC"] == 0.25
     assert metrics["published_comparison"]["measured"] == "model card (same test data)"
     assert metrics["blessed"] is False  # nothing beats a published 0.25 C
+
+
+def with_base_path(params_file: Path, base_path: str) -> None:
+    params = yaml.safe_load(params_file.read_text())
+    params["serving"]["base_path"] = base_path
+    params_file.write_text(yaml.safe_dump(params))
+
+
+def test_the_published_version_in_object_storage_is_downloaded_and_scored(object_store, tmp_path, monkeypatch):
+    """serving.base_path on s3:// or gs://: the newest complete version is copied and run on these windows;
+    a newer upload without saved_model.pb (killed or still running) is not the published version."""
+    from pipeline import store
+
+    windows, candidate = evaluation_workspace(tmp_path, monkeypatch)
+    built = publish_version(tmp_path, persistence_model(windows), windows, {
+        "metrics": {"test_mae_degC": 99.0, "test_data_fingerprint": "synthetic data"},
+        "params": {"window": {"horizon_hours": windows.horizon}}})
+    base_path = f"{object_store.create_bucket('models')}/served"
+    assert store.publish(built, f"{base_path}/jena", keep_versions=3).version == 1
+    fs, root = fsspec.core.url_to_fs(f"{base_path}/jena")
+    fs.pipe_file(f"{root}/2/variables/variables.index", b"half an upload")
+    with_base_path(tmp_path / "params.yaml", base_path)
+    evaluate.main()
+    metrics = json.loads((tmp_path / "metrics" / "evaluate.json").read_text())
+    assert metrics["published_version"] == 1
+    assert metrics["published_comparison"]["measured"] == "evaluated now on these test windows"
+    assert metrics["published_mae_degC"] == pytest.approx(metrics["persistence_mae_degC"], abs=1e-4)
+    assert metrics["blessed"] is False and "published version 1's" in metrics["blessing_reason"]
+
+
+def test_an_unusable_store_stops_evaluate_with_one_line(s3_server, tmp_path, monkeypatch):
+    evaluation_workspace(tmp_path, monkeypatch)
+    with_base_path(tmp_path / "params.yaml", "s3://no-such-bucket/served")
+    with pytest.raises(SystemExit, match=r"^evaluate: s3://no-such-bucket/served/jena: bucket 'no-such-bucket' does not"):
+        evaluate.main()
+    assert not (tmp_path / "metrics" / "evaluate.json").exists()
 
 
 def test_a_band_outside_the_coverage_goal_refuses_the_blessing_in_the_stage(tmp_path, monkeypatch):

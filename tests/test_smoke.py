@@ -300,6 +300,32 @@ def test_external_mode_checks_a_server_someone_else_runs(workspace):
     assert metrics["server"] == "external" and metrics["rest_checked"] and metrics["version"] == 1
 
 
+def test_external_mode_with_the_versions_in_s3(workspace, s3_server):
+    """serving.base_path on s3://: the version is read from the store (the reference runs on a copy of it)
+    while a server someone else runs (here over a local mirror, as `serving.sync` keeps one) is checked."""
+    from pipeline import store
+
+    base_path = f"{s3_server.create_bucket('models')}/serving"
+    local = workspace / "models/serving/jena_temperature"
+    assert store.publish(local / "1", f"{base_path}/jena_temperature", keep_versions=5).version == 1
+    grpc_port, rest_port = free_port(), free_port()
+    with started_server(server_command("embedded", grpc_port, rest_port, "jena_temperature", local)):
+        result = smoke_with(workspace, {"serving.base_path": base_path, "smoke.server": "external",
+                                        "smoke.target": f"127.0.0.1:{grpc_port}"}, s3_server.environment)
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((workspace / "metrics/smoke.json").read_text())
+    assert metrics["server"] == "external" and metrics["version"] == 1
+    assert metrics["max_abs_difference_degC"] <= 1e-4
+
+
+def test_a_store_without_the_version_fails_smoke_in_one_line(workspace, s3_server):
+    base_path = f"{s3_server.create_bucket('models')}/serving"
+    result = smoke_with(workspace, {"serving.base_path": base_path}, s3_server.environment)
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"smoke: FAILED: {base_path}/jena_temperature: no complete version 1")
+
+
 def test_external_mode_and_the_client_over_mutual_tls(workspace, tmp_path):
     tls = make_tls_files(tmp_path / "tls")
     grpc_port, rest_port = free_port(), free_port()
@@ -340,3 +366,17 @@ def test_tls_params_with_a_server_the_stage_starts_are_an_error(workspace, tmp_p
             "the embedded server the stage starts speaks plaintext") in result.stderr
     missing = smoke_with(workspace, {"smoke.server": "external", "smoke.tls_ca_file": "/nonexistent/ca.pem"})
     assert "smoke: FAILED: params.yaml: smoke.tls_*: /nonexistent/ca.pem: No such file or directory" in missing.stderr
+
+
+def test_embedded_mode_serves_and_checks_the_version_in_s3(workspace, s3_server):
+    """`dvc repro` with an s3:// base path: the stage's own ModelServer reads the store, as TF Serving does gs://."""
+    from pipeline import store
+
+    base_path = f"{s3_server.create_bucket('models')}/serving"
+    assert store.publish(workspace / "models/serving/jena_temperature/1", f"{base_path}/jena_temperature",
+                         keep_versions=5).version == 1
+    result = smoke_with(workspace, {"serving.base_path": base_path}, s3_server.environment)
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((workspace / "metrics/smoke.json").read_text())
+    assert metrics["server"] == "embedded" and metrics["version"] == 1
+    assert metrics["max_abs_difference_degC"] <= 1e-4
