@@ -1,9 +1,10 @@
 """Benchmark of serving from object storage: moto's S3 and gcp-storage-emulator on loopback.
 
 Prints, for each store, in one run:
-* publish time: uploading a SavedModel shaped like ours (Keras GRU) as a new
-  version, file by file with saved_model.pb last (plain fsspec, as a publisher);
-* publish-to-serving latency: from the end of that upload until a ModelServer
+* publish time: publishing a SavedModel shaped like ours (Keras GRU) as a new
+  version with the pipeline's publisher (pipeline/store.py, as the export stage
+  does: claim a number, decide, upload with saved_model.pb last, record);
+* publish-to-serving latency: from the end of that publication until a ModelServer
   replica reading the s3:// or gs:// base path answers Predict with the new
   version (--file_system_poll_wait_seconds=1);
 * requests at the store per minute per replica while nothing changes, at the
@@ -37,7 +38,8 @@ from tensorflow_serving.apis import prediction_service_pb2_grpc  # noqa: E402
 from serving_benchmark import REPO_ROOT, build_model, make_request, start_server, stop_server  # noqa: E402
 
 sys.path.insert(0, str(REPO_ROOT))
-from tests.object_storage import GcsServer, S3Server, forget_clients, upload_version  # noqa: E402
+from pipeline.store import publish  # noqa: E402
+from tests.object_storage import GcsServer, S3Server, forget_clients  # noqa: E402
 
 REQUEST_LINE = re.compile(r'"([A-Z]+) (\S+) HTTP/[0-9.]+"')
 # moto logs through werkzeug, the GCS emulator through its own logger: one line per request.
@@ -115,7 +117,7 @@ def report(scheme: str, poll_seconds: int, request_log: RequestLog, seconds: flo
           f"serving.sync {per_minute(sync, seconds)}; other requests {unattributed}")
 
 
-def measure(store_class, model: Path, request_log: RequestLog, idle_seconds: float, slow_idle_seconds: float,
+def measure(store_class, models: tuple[Path, Path], request_log: RequestLog, idle_seconds: float, slow_idle_seconds: float,
             work: Path) -> None:
     store = store_class().start()
     os.environ.update(store.environment)
@@ -123,19 +125,20 @@ def measure(store_class, model: Path, request_log: RequestLog, idle_seconds: flo
     try:
         bucket = store.create_bucket("bench")
         direct, mirrored = f"{bucket}/jena", f"{bucket}/jena-sync"
-        upload_version(direct, 1, model)
-        upload_version(mirrored, 1, model)
-        size = sum(path.stat().st_size for path in model.rglob("*") if path.is_file())
-        files = sum(1 for path in model.rglob("*") if path.is_file())
+        first, second = models  # two trainings' weights: the publisher skips a model identical to the newest
+        publish(first, direct, keep_versions=5)
+        publish(first, mirrored, keep_versions=5)
+        size = sum(path.stat().st_size for path in second.rglob("*") if path.is_file())
+        files = sum(1 for path in second.rglob("*") if path.is_file())
 
         replica, port = start_server(direct, ["--file_system_poll_wait_seconds=1"])
         try:
             wait_until_served(port, 1)
             started = time.monotonic()
-            upload_version(direct, 2, model)
-            publish = time.monotonic() - started
+            assert publish(second, direct, keep_versions=5).version == 2
+            publish_seconds = time.monotonic() - started
             latency = wait_until_served(port, 2)
-            print(f"{store.scheme}: publish {files} files / {size / 1e3:.0f} kB: {publish:.3f} s; "
+            print(f"{store.scheme}: publish {files} files / {size / 1e3:.0f} kB: {publish_seconds:.3f} s; "
                   f"publish-to-serving at 1 s poll: {latency:.2f} s")
 
             sync = start_sync(mirrored, work / f"{store.scheme}-fast", 1)
@@ -175,9 +178,9 @@ def main() -> int:
         logger.propagate = False
     work = Path(tempfile.mkdtemp(prefix="storage-benchmark-"))
     try:
-        model = build_model(work) / "1"
+        models = (build_model(work / "first") / "1", build_model(work / "second") / "1")
         for store_class in (S3Server, GcsServer):
-            measure(store_class, model, request_log, args.idle_seconds, args.slow_idle_seconds, work)
+            measure(store_class, models, request_log, args.idle_seconds, args.slow_idle_seconds, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0

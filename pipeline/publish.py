@@ -45,9 +45,10 @@ from filelock import FileLock
 from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
+from pipeline import schema
 from pipeline.atomic import atomic_path
 
-MODEL_CARD = Path("assets.extra/model_card.json")
+MODEL_CARD = Path(schema.MODEL_CARD_FILE)
 # TensorFlow writes a random id into fingerprint.pb; the model card holds the
 # fingerprint and the creation time. Neither is part of the model's content.
 NOT_CONTENT = {Path("fingerprint.pb"), MODEL_CARD}

@@ -52,7 +52,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.publish import Publication, PublicationRefused, fingerprint, newest_version, versions_to_retire
+from pipeline.publish import (
+    MODEL_CARD, Publication, PublicationRefused, fingerprint, newest_version, versions_to_retire,
+)
 
 SCHEMES = {"s3": "s3", "gs": "gs", "gcs": "gs"}
 RECORDS = ".publications"
@@ -428,7 +430,7 @@ def version_fingerprint(store: Store, version: int, listing: Listing) -> str | N
     try:
         if "outcome" in kinds:
             return store.read_json(store.record(version, "outcome")).get("fingerprint")
-        return store.read_json(store.path(str(version), "assets.extra/model_card.json")).get("fingerprint")
+        return store.read_json(store.path(str(version), MODEL_CARD.as_posix())).get("fingerprint")
     except (FileNotFoundError, ValueError):
         return None
 

@@ -6,7 +6,7 @@ and ``python -m serving.sync`` (a mirror that real TF Serving watches).
 
 * A remote base path is listed with one recursive listing per poll. Its
   children whose names parse as versions (``parse_version``) are versions;
-  anything else (``.claims/``, ``publication.json``, junk) is ignored.
+  anything else (``.publications/``, ``publication.json``, junk) is ignored.
 * A version is complete once ``<version>/saved_model.pb`` exists. That is
   all TF Serving knows, and since publishers (ours, TFX's Pusher) upload
   ``saved_model.pb`` last, every other file is there by then. A publisher's

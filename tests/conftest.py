@@ -64,6 +64,15 @@ SMALL_SYNTHETIC_PARAMS = {
     "data.synthetic_end": "2009-03-01",
 }
 
+# A tiny model trained quickly and always blessed (the blessing has its own tests): for tests of
+# what happens around training (DVC, publication, serving), not of its quality.
+QUICK_PARAMS = {
+    "epochs": 1,
+    "window.lookback_hours": 24, "window.horizon_hours": 6,
+    "model.layers": 1, "model.units": 4, "train.batch_size": 64, "train.learning_rate": 0.01,
+    "evaluate.margin": -1.0, "evaluate.tolerance": 100.0, "evaluate.coverage_goal": [0.0, 1.0],
+}
+
 
 def set_params(params_file: Path, overrides: dict) -> None:
     """Set dotted keys (`data.source`) in a params.yaml, keeping the rest."""

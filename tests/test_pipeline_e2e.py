@@ -19,26 +19,19 @@ import tensorflow as tf
 import yaml
 from tensorflow_serving.apis import predict_pb2, prediction_log_pb2, prediction_service_pb2_grpc
 
-from conftest import set_params
+from conftest import QUICK_PARAMS, set_params
 from pipeline.export import WARMUP_FILE
 from pipeline.publish import fingerprint, version_numbers
 from pipeline.smoke import free_port, server_command, started_server, wait_until_available
 
 pytestmark = pytest.mark.slow
 
-# A tiny, quick model; every model is blessed (the gate has its own tests).
-QUICK = {
-    "epochs": 1,
-    "window.lookback_hours": 24, "window.horizon_hours": 6,
-    "model.layers": 1, "model.units": 4, "train.batch_size": 64, "train.learning_rate": 0.01,
-    "evaluate.margin": -1.0, "evaluate.tolerance": 100.0, "evaluate.coverage_goal": [0.0, 1.0],
-}
 MODEL_NAME = "jena_temperature"
 
 
 def quick(repo):
     """The copy's params set for a tiny, quick model, committed; returns the watched directory."""
-    set_params(repo.root / "params.yaml", QUICK)
+    set_params(repo.root / "params.yaml", QUICK_PARAMS)
     repo.run("git", "-c", "user.name=test", "-c", "user.email=test@example.com", "commit", "-q", "-am", "quick")
     return repo.root / "models/serving" / MODEL_NAME
 

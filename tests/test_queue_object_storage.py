@@ -19,18 +19,11 @@ import time
 import fsspec
 import pytest
 
-from conftest import set_params
+from conftest import QUICK_PARAMS, set_params
 from pipeline import store
 
 pytestmark = pytest.mark.slow
 
-# A tiny, quick model; the blessing and its re-check pass for both (the gate has its own tests).
-QUICK = {
-    "epochs": 1,
-    "window.lookback_hours": 24, "window.horizon_hours": 6,
-    "model.layers": 1, "model.units": 4, "train.batch_size": 64, "train.learning_rate": 0.01,
-    "evaluate.margin": -1.0, "evaluate.tolerance": 100.0, "evaluate.coverage_goal": [0.0, 1.0],
-}
 QUEUE_SECONDS = 900
 
 
@@ -74,7 +67,7 @@ def wait_for_claims(repo, fs, root: str, numbers: list[int]) -> list[str]:
 
 def test_two_queued_experiments_publish_two_distinct_versions_to_s3(pipeline_repo, s3_server):
     base_path = f"{s3_server.create_bucket('models')}/serving"
-    set_params(pipeline_repo.root / "params.yaml", {**QUICK, "serving.base_path": base_path})
+    set_params(pipeline_repo.root / "params.yaml", {**QUICK_PARAMS, "serving.base_path": base_path})
     pipeline_repo.dvc("repro", "window")  # data in the shared cache: the experiments restore it, not recompute
     pipeline_repo.run("git", "add", "-A")
     pipeline_repo.run("git", "-c", "user.name=test", "-c", "user.email=test@example.com", "commit", "-q", "-m", "s3")

@@ -15,7 +15,7 @@ import grpc
 import pytest
 from tensorflow.core.protobuf import meta_graph_pb2
 
-from conftest import REPO_ROOT, run_stage, set_params
+from conftest import QUICK_PARAMS, REPO_ROOT, run_stage, set_params
 from pipeline.client import tls_credentials
 from pipeline.smoke import (
     SmokeFailure, compare, described, documented_signature, free_port, server_command, started_server,
@@ -25,13 +25,8 @@ from tests.tls_helper import make_tls_files
 
 pytestmark = pytest.mark.slow
 
-TINY = {
-    "data.source": "synthetic", "data.synthetic_start": "2009-01-01", "data.synthetic_end": "2009-02-15",
-    "epochs": 1, "window.lookback_hours": 24, "window.horizon_hours": 6,
-    "model.layers": 1, "model.units": 4, "train.batch_size": 64,
-    "evaluate.margin": -1.0, "evaluate.tolerance": 100.0,  # publish whatever the tiny model scores
-    "evaluate.coverage_goal": [0.0, 1.0],                 # and however wide or narrow its band
-}
+TINY = {"data.source": "synthetic", "data.synthetic_start": "2009-01-01", "data.synthetic_end": "2009-02-15",
+        **QUICK_PARAMS}
 
 
 @pytest.fixture(scope="module")

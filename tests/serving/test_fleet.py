@@ -1,8 +1,9 @@
 """A fleet on one s3:// base path: two replicas read it directly, one through serving.sync (the S3 overlay).
 
-8 clients predict through all three replicas while version 2 is published and
-while it is deleted again at the source: no request may fail, every replica must
-end on the same version, and the publish-to-all-serving times are printed.
+8 clients predict through all three replicas while the pipeline's publisher
+(pipeline/store.py, as the export stage runs it) publishes version 2 and while it
+retires version 2 again at the source: no request may fail, every replica must end
+on the same version, and the publish-to-all-serving times are printed.
 """
 
 import signal
@@ -15,7 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from tensorflow_serving.apis import get_model_status_pb2
 
-from tests.object_storage import delete_version, os_environment_with, upload_version
+from pipeline.store import open_store, publish, retire
+from tests.object_storage import os_environment_with
 from tests.serving.conftest import REPO_ROOT, ServerProcess, wait_for
 from tests.serving.test_versions import served_version, statuses
 
@@ -64,7 +66,7 @@ def seconds_until_all_serve(replicas, version: int, timeout: float = 60) -> floa
 
 def test_fleet_switches_versions_together_without_failed_requests(s3_server, model_factory, tmp_path):
     base = s3_server.create_bucket("models") + "/linear"
-    upload_version(base, 1, model_factory("linear", 1.0))
+    assert publish(model_factory("linear", 1.0), base, keep_versions=5).version == 1
     version_two = model_factory("linear", 2.0)
     synced = tmp_path / "synced"
     sync_log = open(tmp_path / "sync.log", "w")
@@ -83,11 +85,11 @@ def test_fleet_switches_versions_together_without_failed_requests(s3_server, mod
             assert seconds_until_all_serve(replicas, 1) < 5
 
             started = time.monotonic()
-            upload_version(base, 2, version_two)  # saved_model.pb last
+            assert publish(version_two, base, keep_versions=5).version == 2  # saved_model.pb last
             publish_seconds = time.monotonic() - started
             rollout_seconds = seconds_until_all_serve(replicas, 2)
             rollback_started = time.monotonic()
-            delete_version(base, 2)
+            retire(open_store(base), 2)  # saved_model.pb first
             delete_seconds = time.monotonic() - rollback_started
             rollback_seconds = seconds_until_all_serve(replicas, 1)
             for replica in replicas:

@@ -54,7 +54,7 @@ def test_once_mirrors_complete_versions_and_ignores_the_rest(object_store, tmp_p
     upload_version(base, "0002", model)
     upload_version(base, 3, model, without_saved_model=True)  # an upload killed before its last file
     upload_version(base, "tmp", model)  # junk names are not versions
-    upload_version(base, ".claims", model)
+    upload_version(base, ".publications", model)
     dest = tmp_path / "dest"
 
     done = run_sync(object_store, base, dest, "--once")
