@@ -154,11 +154,12 @@ def remove_leftovers(directory: Path) -> None:
     for entry in os.scandir(directory):
         for host_prefix in host_prefixes:
             pid = entry.name.removeprefix(host_prefix).split("-", 1)[0]
-            if entry.name.startswith(host_prefix) and pid.isdigit() and not _process_alive(int(pid)):
+            if entry.name.startswith(host_prefix) and pid.isdigit() and not process_alive(int(pid)):
                 shutil.rmtree(entry.path, ignore_errors=True)
 
 
-def _process_alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` runs on this host (another user's counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

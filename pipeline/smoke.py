@@ -44,7 +44,7 @@ from pipeline import schema
 from pipeline.atomic import write_json
 from pipeline.client import GrpcForecaster, RestForecaster, tls_credentials
 from pipeline.config import EVALUATE_METRICS, PUBLICATION_RECORD, SMOKE_METRICS, WINDOWS_DIR, load_params
-from pipeline.publish import model_directory, read_model_card, version_numbers
+from pipeline.publish import model_directory, read_model_card
 from pipeline.store import StoreError, complete_versions, is_store_url, local_version
 from pipeline.window import load_windows
 
@@ -159,7 +159,7 @@ def version_to_check(record: dict, directory: Path | str) -> int:
     """The version this run published, or (when it published nothing) the newest one served."""
     if record.get("published"):
         return int(record["version"])
-    versions = complete_versions(directory) if is_store_url(directory) else version_numbers(directory)
+    versions = complete_versions(directory)
     if not versions:
         raise SmokeFailure(f"nothing to check: no version in {directory} ({record.get('reason', 'not published')})")
     return versions[-1]

@@ -53,7 +53,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.publish import (
-    MODEL_CARD, Publication, PublicationRefused, fingerprint, newest_version, versions_to_retire,
+    MODEL_CARD, Publication, PublicationRefused, fingerprint, newest_version, process_alive, version_numbers,
+    versions_to_retire,
 )
 
 SCHEMES = {"s3": "s3", "gs": "gs", "gcs": "gs"}
@@ -251,9 +252,11 @@ def look(store: Store) -> Listing:
     return listing
 
 
-def complete_versions(url: str) -> list[int]:
-    """The loadable versions at a model directory URL, ascending."""
-    return look(open_store(url)).complete()
+def complete_versions(directory) -> list[int]:
+    """The loadable versions of the model at `directory` (local, or a store URL), ascending."""
+    if not is_store_url(directory):
+        return version_numbers(Path(directory))
+    return look(open_store(str(directory))).complete()
 
 
 def download_version(store: Store, version: int, destination: Path) -> Path:
@@ -316,16 +319,6 @@ class Owner:
         return {"host": self.host, "pid": self.pid, "token": self.token}
 
 
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def claim_number(store: Store, owner: Owner, new_fingerprint: str) -> int:
     """The next number, claimed with a conditional write; another publisher's claim moves us on."""
     number = look(store).highest_number() + 1
@@ -349,7 +342,7 @@ def _owner_dead(store: Store, number: int, kinds: set[str], stale_seconds: float
         claim = store.read_json(store.record(number, "claim"))
     except FileNotFoundError:
         return True
-    if claim.get("host") == socket.gethostname() and not _process_alive(int(claim.get("pid", 0))):
+    if claim.get("host") == socket.gethostname() and not process_alive(int(claim.get("pid", 0))):
         return True
     heard = float(claim.get("started", 0))
     if "alive" in kinds:

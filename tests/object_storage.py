@@ -8,19 +8,14 @@ the fault tests make an outage.
 """
 
 import os
-import socket
 import tempfile
 
 from gcp_storage_emulator.server import create_server
 from moto.server import ThreadedMotoServer
 
+from pipeline.smoke import free_port
+
 LOOPBACK = "127.0.0.1"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind((LOOPBACK, 0))
-        return probe.getsockname()[1]
 
 
 def forget_clients() -> None:
