@@ -20,6 +20,8 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, te
 from google.protobuf import wrappers_pb2  # noqa: F401  (registers wrappers.proto in the pool)
 from tensorflow_serving.config import model_server_config_pb2
 
+from serving.storage import is_remote
+
 
 class ConfigError(Exception):
     """A configuration file or flag that cannot be used.
@@ -89,7 +91,7 @@ def single_model_config(model_name: str, model_base_path: str):
     model = config.model_config_list.config.add()
     model.name = model_name
     # URLs (s3://, gs://) stay as given; local paths become absolute, as TF Serving's do.
-    model.base_path = model_base_path if "://" in model_base_path else os.path.abspath(model_base_path)
+    model.base_path = model_base_path if is_remote(model_base_path) else os.path.abspath(model_base_path)
     model.model_platform = "tensorflow"
     return config
 
