@@ -24,12 +24,17 @@ needs nothing else:
    plus the predicted change (scaled by the temperature's std), otherwise the
    temperature's mean plus the scaled output; the other quantiles are the
    median minus or plus cumulative softplus spreads, so they never cross.
+   Each hour's spreads are then multiplied by calibration factors, ones
+   until the train stage sets them from the validation split
+   (`calibration_factors`): a band learnt under dropout on training data
+   is seldom as wide as its levels promise on unseen data.
 
 The custom layers are registered as serialisable: importing this module is
 all `keras.saving.load_model` needs to rebuild the model.
 """
 
 import keras
+import numpy as np
 from keras import ops
 
 from pipeline import schema
@@ -85,6 +90,10 @@ class QuantileHead(keras.layers.Layer):
     added to the last observed temperature with `residual`, else to the
     training mean); the others are spreads, made positive by softplus and
     summed outwards from the median, so the quantiles ascend and never cross.
+    Each quantile's distance from the median is multiplied by its entry of
+    the non-trainable `calibration` weight [horizon, quantiles] (ones until
+    calibrated; saved with the model, so the served quantiles are the
+    calibrated ones); sorting keeps the quantiles ascending whatever the factors.
     """
 
     def __init__(self, mean, std, residual, horizon, quantiles, **kwargs):
@@ -96,6 +105,10 @@ class QuantileHead(keras.layers.Layer):
         self.quantiles = [float(level) for level in quantiles]
         self.median = median_position(self.quantiles)
 
+    def build(self, input_shape):
+        self.calibration = self.add_weight(name="calibration", shape=(self.horizon, len(self.quantiles)),
+                                           initializer="ones", trainable=False)
+
     def call(self, inputs):
         output, history = inputs
         output = ops.reshape(output, (-1, self.horizon, len(self.quantiles)))
@@ -104,9 +117,9 @@ class QuantileHead(keras.layers.Layer):
         downward = -ops.flip(ops.cumsum(spreads[..., :self.median], axis=-1), axis=-1)
         upward = ops.cumsum(spreads[..., self.median:], axis=-1)
         offsets = ops.concatenate([downward, ops.zeros_like(median)[..., None], upward], axis=-1)
-        standardised = median[..., None] + offsets
+        standardised = median[..., None] + offsets * ops.cast(self.calibration, offsets.dtype)
         base = history[:, -1, TEMPERATURE_INDEX][:, None, None] if self.residual else self.mean
-        return base + standardised * self.std
+        return ops.sort(base + standardised * self.std, axis=-1)
 
     def compute_output_shape(self, input_shape):
         output_shape, _ = input_shape
@@ -115,6 +128,30 @@ class QuantileHead(keras.layers.Layer):
     def get_config(self):
         return {**super().get_config(), "mean": self.mean, "std": self.std, "residual": self.residual,
                 "horizon": self.horizon, "quantiles": self.quantiles}
+
+
+def calibration_factors(observed, quantiles, levels, smallest: float = 0.05):
+    """Factors [hours, levels] for `QuantileHead.calibration` that make each quantile hold its level.
+
+    `observed` [samples, hours] and the model's `quantiles` [samples, hours, levels] on data it was
+    not fitted to (the validation split). Per hour and level, the distance of the quantile from the
+    median is scaled so that the share of observations below it is the level: for a lower quantile
+    the observation falls below it when (median - observed) / distance exceeds the factor, so the
+    factor is the (1 - level)-quantile of that ratio; an upper one mirrors it. Scaling keeps each
+    forecast's own spread (wider in unsettled weather) and changes no median. This is conformalised
+    quantile regression with a multiplicative score; the factors are at least `smallest`, so a
+    quantile never collapses onto the median.
+    """
+    levels = np.asarray(levels, dtype=np.float64)
+    median = median_position(levels)
+    centre = quantiles[..., median:median + 1]
+    distance = np.maximum(np.abs(quantiles - centre), 1e-6)
+    outward = np.where(levels < 0.5, -1.0, 1.0)  # the direction each quantile lies from the median
+    ratio = outward * (np.asarray(observed)[..., None] - centre) / distance
+    share = np.maximum(levels, 1 - levels)
+    factors = np.stack([np.quantile(ratio[..., j], share[j], axis=0) for j in range(len(levels))], axis=-1)
+    factors[:, median] = 1.0
+    return np.maximum(factors, smallest).astype(np.float32)
 
 
 def median_position(quantiles) -> int:

@@ -18,6 +18,11 @@ accuracy. The metric `mae` (and early stopping on `val_mae`) is the MAE of the
 median at +horizon hours in degC, the same number as before the model
 forecast every hour.
 
+After fitting, the band is calibrated on the validation split
+(`pipeline.model.calibration_factors`): each hour's spreads are widened or
+narrowed until the validation split holds every quantile's level, and the
+factors are saved inside the model.
+
 Samples are gathered batch by batch inside tf.data from the in-memory series,
 so no window is ever copied in Python. With the same `seed` two runs give the
 same weights: Python, numpy and TensorFlow are seeded and TensorFlow's ops run
@@ -38,7 +43,7 @@ from dvclive.keras import DVCLiveCallback
 from pipeline import schema
 from pipeline.atomic import atomic_path
 from pipeline.config import DVCLIVE_DIR, MODEL_PATH, WINDOWS_DIR, load_params
-from pipeline.model import PACKAGE, TEMPERATURE_INDEX, build_model, median_position
+from pipeline.model import PACKAGE, TEMPERATURE_INDEX, build_model, calibration_factors, median_position
 from pipeline.window import Windows, load_windows
 
 
@@ -153,7 +158,19 @@ def train(windows: Windows, params: dict, callbacks=(), verbose: int | str = "au
         shuffle=False,  # the training dataset shuffles itself, with the seed
         verbose=verbose,
     )
+    calibrate(model, windows, train_params["batch_size"])
     return model, history
+
+
+def calibrate(model: keras.Model, windows: Windows, batch_size: int) -> np.ndarray:
+    """Set the band's calibration factors [hours, levels] from the validation split; returns them."""
+    head = model.get_layer(schema.QUANTILES_OUTPUT)
+    head.calibration.assign(np.ones(head.calibration.shape, dtype=np.float32))
+    starts = windows.starts["validation"]
+    quantiles = model.predict(make_dataset(windows, starts, batch_size), verbose=0)
+    factors = calibration_factors(windows.paths(starts), quantiles, head.quantiles)
+    head.calibration.assign(factors)
+    return factors
 
 
 def best_epoch(history: keras.callbacks.History) -> tuple[int, float]:
@@ -190,9 +207,14 @@ def main() -> None:
         live.log_metric("best/val_mae", val_mae, plot=False)
     save_model(model)
     seconds = time.perf_counter() - started
+    head = model.get_layer(schema.QUANTILES_OUTPUT)
+    final_hour = keras.ops.convert_to_numpy(head.calibration)[-1]
+    spreads = ", ".join(f"{level:g}: x{factor:.2f}" for level, factor in zip(head.quantiles, final_hour)
+                        if level != 0.5)
     print(f"train: best validation MAE of the +{windows.horizon} h median {val_mae:.3f} degC "
           f"at epoch {epoch} of {len(history.epoch)} "
-          f"({seconds / len(history.epoch):.1f} s per epoch); saved {MODEL_PATH}")
+          f"({seconds / len(history.epoch):.1f} s per epoch); band calibrated on the validation split "
+          f"(+{windows.horizon} h spreads {spreads}); saved {MODEL_PATH}")
 
 
 if __name__ == "__main__":

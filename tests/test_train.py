@@ -10,7 +10,9 @@ import yaml
 from pipeline import train as train_stage
 from pipeline.features import derive_features
 from pipeline.evaluate import pinball_loss
-from pipeline.model import TEMPERATURE_INDEX, JenaFeatures, QuantileHead, build_model, standardisation
+from pipeline.model import (
+    TEMPERATURE_INDEX, JenaFeatures, QuantileHead, build_model, calibration_factors, standardisation,
+)
 from pipeline.train import FinalHourMedianMAE, PinballLoss, best_epoch, hour_weights, make_dataset, save_model, train
 from pipeline.window import save_windows
 from windows_helper import small_windows
@@ -219,3 +221,60 @@ def test_main_writes_the_model_and_the_dvclive_logs(windows, tmp_path, monkeypat
         curve = (tmp_path / "dvclive" / "plots" / "metrics" / split / "mae.tsv").read_text().splitlines()
         assert curve[0].split("\t") == ["step", "mae"] and len(curve) == 3
     assert not (tmp_path / "dvc.yaml").exists()  # the project's dvc.yaml declares DVCLive's files
+
+
+def test_calibration_factors_make_each_quantile_hold_its_level():
+    """A band twice too narrow below and half too wide above: the factors undo both, hour by hour,
+    and leave the median alone."""
+    rng = np.random.default_rng(1)
+    levels = [0.1, 0.5, 0.9]
+    median = rng.normal(10, 5, (20_000, 2))
+    scale = rng.uniform(0.5, 2.0, (20_000, 2))  # each forecast's own uncertainty
+    observed = median + scale * rng.normal(0, 1, (20_000, 2))
+    z = 1.2816  # the standard normal's 90 % quantile
+    quantiles = np.stack([median - z * scale / 2, median, median + z * scale * 1.5], axis=-1)
+    factors = calibration_factors(observed, quantiles, levels)
+    assert factors.shape == (2, 3) and factors.dtype == np.float32
+    np.testing.assert_allclose(factors[:, 1], 1.0)
+    np.testing.assert_allclose(factors[:, 0], 2.0, rtol=0.05)
+    np.testing.assert_allclose(factors[:, 2], 1 / 1.5, rtol=0.05)
+    calibrated = median[..., None] + (quantiles - median[..., None]) * factors
+    below = (observed[..., None] < calibrated).mean(axis=0)
+    np.testing.assert_allclose(below, [[0.1, 0.5, 0.9]] * 2, atol=0.005)
+
+
+def test_calibration_factors_never_collapse_a_quantile_onto_the_median():
+    median = np.zeros((100, 1))
+    observed = np.full((100, 1), 5.0)  # every observation above the median: no lower spread fits
+    quantiles = np.stack([median - 1, median, median + 1], axis=-1)
+    assert calibration_factors(observed, quantiles, [0.1, 0.5, 0.9])[0, 0] == pytest.approx(0.05)
+
+
+def test_head_scales_each_hours_spreads_by_its_factors_and_keeps_them_ordered():
+    levels = [0.1, 0.25, 0.5, 0.9]
+    head = QuantileHead(mean=0.0, std=1.0, residual=False, horizon=2, quantiles=levels)
+    raw = np.zeros((3, 2 * len(levels)), np.float32)
+    history = np.zeros((3, 4, 14), np.float32)
+    plain = keras.ops.convert_to_numpy(head([raw, history]))
+    factors = np.array([[2.0, 1.0, 1.0, 0.5], [1.0, 3.0, 1.0, 1.0]], np.float32)  # hour 2: 0.25 beyond 0.1
+    head.calibration.assign(factors)
+    scaled = keras.ops.convert_to_numpy(head([raw, history]))
+    np.testing.assert_allclose(scaled[:, 0], plain[:, 0] * factors[0], rtol=1e-6)
+    assert (np.diff(scaled, axis=-1) >= 0).all()  # sorted where factors would cross quantiles
+    np.testing.assert_allclose(scaled[:, 1], np.sort(plain[:, 1] * factors[1], axis=-1), rtol=1e-6)
+
+
+def test_training_calibrates_the_band_on_the_validation_split_and_saves_it(windows, tmp_path):
+    model, _ = train(windows, make_params(epochs=2), verbose=0)
+    head = model.get_layer("temperature_quantiles_degC")
+    factors = keras.ops.convert_to_numpy(head.calibration)
+    assert factors.shape == (windows.horizon, 3) and not np.allclose(factors, 1.0)
+    starts = windows.starts["validation"]
+    history, timestamps = windows.history(starts)
+    quantiles = model.predict({"history": history, "timestamps": timestamps}, verbose=0)
+    below = (windows.paths(starts)[..., None] < quantiles).mean(axis=0)  # [hours, levels]
+    np.testing.assert_allclose(below[:, [0, 2]], [[0.1, 0.9]] * windows.horizon, atol=1.5 / len(starts) + 1e-9)
+    path = tmp_path / "model.keras"
+    save_model(model, path)
+    reloaded = keras.saving.load_model(path).get_layer("temperature_quantiles_degC")
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(reloaded.calibration), factors)
