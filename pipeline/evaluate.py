@@ -1,7 +1,8 @@
 """Stage 5, evaluate: score the model on the test split against two baselines, and bless it.
 
-In:  models/model.keras, data/windows/, params `evaluate.*` (`margin`,
-     `tolerance`, `climatology_window_days`, `plot_days`, `coverage_goal`) and
+In:  models/model.keras, data/windows/, params `seed`, `evaluate.*` (`margin`,
+     `tolerance`, `coverage_goal`, `confidence`, `block_days`,
+     `bootstrap_replicates`, `climatology_window_days`, `plot_days`) and
      `serving.base_path` / `serving.model_name`: the directory TensorFlow
      Serving watches (local, s3:// or gs://), whose newest version is the
      published model (from a store, its newest complete version is copied
@@ -14,7 +15,9 @@ Out: metrics/evaluate.json: test MAE and RMSE in degC of the model's median
      pinball loss, the coverage and mean width of the band between the outer
      quantiles (10-90 % by default), the published version and its MAE
      measured on these same test samples, the test data's fingerprint, and
-     the blessing with its reason; and the data of five plots in
+     the blessing with its reason and the intervals it weighed
+     (`skill_interval`, `band_coverage_interval`,
+     `published_comparison.mae_difference_interval`); and the data of five plots in
      plots/evaluate/: predictions.csv (predicted median and band and the
      observed temperature at +24 h over the first `plot_days` of the test
      period), by_horizon.csv (for every hour +1 .. +24: MAE of the median, of
@@ -24,15 +27,24 @@ Out: metrics/evaluate.json: test MAE and RMSE in degC of the model's median
      published version by month of the year) and residuals.csv (histogram of
      predicted - observed at +24 h).
 
-Blessing is the gate the export stage obeys: the model is blessed when its
-24 h test MAE beats persistence's by at least the fraction `margin`, its band
-holds a share of the test hours within `coverage_goal` and, if a model is
-already published, its 24 h MAE is at most `tolerance` degC worse than the
-published one's on the same test samples. As TFX's Evaluator does, the published version
-is scored here, on this run's test windows, whenever its model card does not
-show the very same test data (data, split, lookback and horizon): an MAE
-measured on other data means nothing here. A published model with another
-horizon answers another question and is not comparable: no blessing.
+Blessing is the gate the export stage obeys, and it knows that one test split
+is one draw of the weather: neighbouring hours are strongly correlated, so
+the test split holds about as many independent pieces of evidence as it has
+weeks, not hours. Each criterion therefore comes with an interval from a
+moving-block bootstrap over the test days (`block_days` consecutive days per
+block, `bootstrap_replicates` resamples, `confidence` two-sided, seeded by
+`seed`), and refuses the model only when the whole interval lies on the
+wrong side: its skill over persistence (1 - MAE / persistence's MAE at
++24 h) clearly short of `margin`, its band's coverage clearly outside
+`coverage_goal`, or, when a model is published, its +24 h MAE clearly worse
+than the published one's by more than `tolerance` degC on the same test
+samples (a paired difference, far less noisy than either MAE). A good model
+is not refused by chance; a clearly worse one still is.
+
+As TFX's Evaluator does, the published version is scored here, on this run's
+test windows: its per-sample errors are what the paired interval needs. A
+published model with another horizon answers another question and is not
+comparable: no blessing.
 """
 
 import hashlib
@@ -159,37 +171,111 @@ def climatology_forecast(table: np.ndarray, target_timestamps: np.ndarray) -> np
     return table[when["day"], when["hour"]]
 
 
-def coverage_verdict(coverage: float, goal) -> tuple[bool, str]:
-    """Whether the band holds a share of the test hours within `goal` [low, high], and the reason."""
+def sample_days(target_timestamps) -> np.ndarray:
+    """Each sample's day, counted from the first test day: the unit the bootstrap resamples."""
+    days = np.asarray(target_timestamps, dtype=np.int64) // 86_400
+    return days - days.min()
+
+
+def resampled_totals(days: np.ndarray, values: np.ndarray, block_days: int, replicates: int,
+                     seed: int) -> np.ndarray:
+    """Moving-block bootstrap over days: totals [replicates, 1 + columns] of a sample count and of
+    `values` [samples, columns], each replicate the sum over enough blocks of `block_days`
+    consecutive days (wrapping around the period's end) drawn at random to span the period again."""
+    if block_days < 1 or replicates < 1:
+        raise ValueError(f"evaluate.block_days and evaluate.bootstrap_replicates must be at least 1, "
+                         f"got {block_days} and {replicates}")
+    columns = np.column_stack([np.ones(len(days)), np.asarray(values, dtype=np.float64).reshape(len(days), -1)])
+    span = int(days.max()) + 1
+    per_day = np.zeros((span, columns.shape[1]))
+    np.add.at(per_day, days, columns)
+    wrapped = np.concatenate([per_day, np.resize(per_day, (block_days - 1, columns.shape[1]))])
+    running = np.concatenate([np.zeros((1, columns.shape[1])), np.cumsum(wrapped, axis=0)])
+    blocks = running[block_days:block_days + span] - running[:span]  # block starting on each day
+    draws = np.random.default_rng(seed).integers(0, span, (replicates, -(-span // block_days)))
+    return blocks[draws].sum(axis=1)
+
+
+def percentile_interval(replicated: np.ndarray, confidence: float) -> list[float]:
+    """The two-sided `confidence` interval of a statistic's bootstrap replicates."""
+    if not 0 < confidence < 1:
+        raise ValueError(f"evaluate.confidence must lie in (0, 1), got {confidence}")
+    tail = (1 - confidence) / 2
+    return [float(value) for value in np.quantile(replicated, [tail, 1 - tail])]
+
+
+def sampling_intervals(days: np.ndarray, model_errors: np.ndarray, persistence_errors: np.ndarray,
+                       in_band: np.ndarray | None, evaluate_params: dict, seed: int) -> dict:
+    """Bootstrap intervals of the skill over persistence (from the +24 h absolute errors) and, with
+    `in_band` [samples, hours] (whether each hour's observation lies in the band), of the band's
+    coverage over all hours and at the last one."""
+    columns = [model_errors, persistence_errors]
+    if in_band is not None:
+        columns += [in_band.mean(axis=1), in_band[:, -1]]
+    totals = resampled_totals(days, np.column_stack(columns), evaluate_params["block_days"],
+                              evaluate_params["bootstrap_replicates"], seed)
+    count = totals[:, 0]
+    intervals = {"skill_interval": percentile_interval(1 - totals[:, 1] / totals[:, 2], evaluate_params["confidence"])}
+    if in_band is not None:
+        intervals["band_coverage_interval"] = percentile_interval(totals[:, 3] / count, evaluate_params["confidence"])
+        intervals["band_coverage_final_hour_interval"] = percentile_interval(totals[:, 4] / count,
+                                                                             evaluate_params["confidence"])
+    return intervals
+
+
+def mae_difference_interval(days: np.ndarray, ours: np.ndarray, theirs: np.ndarray, evaluate_params: dict,
+                            seed: int) -> list[float]:
+    """Bootstrap interval of MAE(ours) - MAE(theirs) on the same samples, resampled together."""
+    totals = resampled_totals(days, np.column_stack([ours, theirs]), evaluate_params["block_days"],
+                              evaluate_params["bootstrap_replicates"], seed)
+    return percentile_interval((totals[:, 1] - totals[:, 2]) / totals[:, 0], evaluate_params["confidence"])
+
+
+def persistence_verdict(metrics: dict, margin: float) -> tuple[bool, str]:
+    """Refused only when the skill over persistence is clearly (its whole interval) short of `margin`."""
+    skill, (low, high) = metrics["skill_vs_persistence"], metrics["skill_interval"]
+    said = (f"test MAE {metrics['test_mae_degC']:.3f} C against persistence's {metrics['persistence_mae_degC']:.3f} C "
+            f"is a skill of {skill:.1%} (interval {low:.1%} to {high:.1%})")
+    if high < margin:
+        return False, f"{said}: clearly short of the margin {margin:.0%}"
+    return True, f"{said}: {'meets' if skill >= margin else 'within sampling noise of'} the margin {margin:.0%}"
+
+
+def coverage_verdict(coverage: float, interval, goal) -> tuple[bool, str]:
+    """Refused only when the band's coverage is clearly (its whole interval) outside `goal` [low, high]."""
     low, high = goal
-    if low <= coverage <= high:
-        return True, f"band coverage {coverage:.1%} within the goal {low:.0%}-{high:.0%}"
-    return False, f"band coverage {coverage:.1%} outside the goal {low:.0%}-{high:.0%}"
+    said = f"band coverage {coverage:.1%} (interval {interval[0]:.1%} to {interval[1]:.1%})"
+    if interval[1] < low or interval[0] > high:
+        return False, f"{said} clearly outside the goal {low:.0%}-{high:.0%}"
+    return True, f"{said} {'within' if low <= coverage <= high else 'consistent with'} the goal {low:.0%}-{high:.0%}"
 
 
-def bless(test_mae: float, persistence_mae: float, published: dict | None,
-          margin: float, tolerance: float) -> tuple[bool, str]:
-    """The export gate: (blessed, reason).
-
-    `published` is the side-by-side comparison with the published version on
-    the same test samples (`compare_with_published`), or None if none is published.
-    """
-    required = persistence_mae * (1 - margin)
-    if test_mae > required:
-        return False, (f"test MAE {test_mae:.3f} C does not beat persistence {persistence_mae:.3f} C "
-                       f"by the margin of {margin:.0%} (needs <= {required:.3f} C)")
-    beats = f"test MAE {test_mae:.3f} C beats persistence {persistence_mae:.3f} C by at least {margin:.0%}"
+def published_verdict(published: dict | None, tolerance: float) -> tuple[bool, str]:
+    """Refused when the published version is not comparable, or when this model is clearly worse than it
+    by more than `tolerance` on the same samples: the paired difference's whole interval above it (a
+    recorded MAE without per-sample errors gives no interval: then the difference itself counts)."""
     if published is None:
-        return True, f"{beats}; no model is published yet"
+        return True, "no model is published yet"
     version = published["version"]
     if published.get("not_comparable"):
-        return False, f"{beats}, but published version {version} {published['not_comparable']}"
+        return False, f"published version {version} {published['not_comparable']}"
     ours, theirs = published["model_mae_degC"], published["mae_degC"]
-    on = f"on the same {published['samples']} test samples"
-    if ours > theirs + tolerance:
-        return False, (f"MAE {ours:.3f} C {on} is worse than published version {version}'s {theirs:.3f} C "
-                       f"by more than the tolerance of {tolerance:.3f} C")
-    return True, f"{beats} and {ours:.3f} C {on} is within {tolerance:.3f} C of published version {version}'s {theirs:.3f} C"
+    low, high = published.get("mae_difference_interval") or [ours - theirs] * 2
+    said = (f"MAE {ours:.3f} C on the same {published['samples']} test samples against published version "
+            f"{version}'s {theirs:.3f} C (difference {ours - theirs:+.3f} C, interval {low:+.3f} to {high:+.3f} C)")
+    if low > tolerance:
+        return False, f"{said} is clearly worse by more than the tolerance of {tolerance:.3f} C"
+    return True, f"{said} is not clearly worse by more than {tolerance:.3f} C"
+
+
+def bless(metrics: dict, published: dict | None, evaluate_params: dict) -> tuple[bool, str]:
+    """The export gate: (blessed, reason), from the metrics and their intervals, the comparison with the
+    published version (`compare_with_version`, or None) and `evaluate.*` (margin, tolerance, coverage_goal)."""
+    verdicts = [persistence_verdict(metrics, evaluate_params["margin"]), published_verdict(published, evaluate_params["tolerance"])]
+    if "band_coverage" in metrics:
+        verdicts.append(coverage_verdict(metrics["band_coverage"], metrics["band_coverage_interval"],
+                                         evaluate_params["coverage_goal"]))
+    return all(passed for passed, _ in verdicts), "; ".join(reason for _, reason in verdicts)
 
 
 def test_data_fingerprint(windows: Windows) -> str:
@@ -222,13 +308,7 @@ def saved_model_forecasts(saved_model: Path, history: np.ndarray, timestamps: np
 
 def compare_with_published(directory: Path, windows: Windows, predicted: np.ndarray,
                            observed: np.ndarray) -> dict | None:
-    """The newest published version and this model, scored on the same test samples; None if none is published.
-
-    Fast path: when the version's model card shows the same test data
-    (`test_data_fingerprint`), its recorded test MAE was measured on exactly
-    these samples. Otherwise the version is loaded and run on these windows,
-    with its own history length, on the test samples both models can read.
-    """
+    """The newest published version and this model, scored on the same test samples; None if none is published."""
     with newest_published(directory) as (version, saved_model):
         if version is None:
             return None
@@ -237,17 +317,14 @@ def compare_with_published(directory: Path, windows: Windows, predicted: np.ndar
 
 def compare_with_version(version: int, saved_model: Path, windows: Windows, predicted: np.ndarray,
                          observed: np.ndarray) -> dict:
-    """`compare_with_published` for a version at hand in `saved_model`."""
+    """A version at hand in `saved_model`, run on these test windows with its own history length, on the
+    test samples both models can read: both MAEs and both models' absolute errors on those samples."""
     card = read_model_card(saved_model)
-    recorded = card.get("metrics", {})
-    starts = windows.starts["test"]
-    if recorded.get("test_data_fingerprint") == test_data_fingerprint(windows):
-        return {"version": version, "mae_degC": float(recorded["test_mae_degC"]), "model_mae_degC": mae(predicted, observed),
-                "samples": int(len(starts)), "measured": "model card (same test data)"}
     horizon = card.get("params", {}).get("window", {}).get("horizon_hours")
     if horizon != windows.horizon:
         return {"version": version, "mae_degC": None, "model_mae_degC": None, "samples": 0, "measured": "not comparable",
                 "not_comparable": f"forecasts {horizon} h ahead, this model {windows.horizon} h: not comparable"}
+    starts = windows.starts["test"]
     signature = tf.saved_model.load(str(saved_model)).signatures[schema.SIGNATURE_NAME]
     lookback = signature.structured_input_signature[1][schema.HISTORY_INPUT].shape[1]
     their_starts = windows.target_rows(starts)[:, -1] - horizon - lookback + 1
@@ -256,15 +333,14 @@ def compare_with_version(version: int, saved_model: Path, windows: Windows, pred
     theirs = saved_model_forecasts(saved_model, windows.hourly[rows], windows.timestamps[rows])
     return {"version": version, "mae_degC": mae(theirs, observed[both]), "model_mae_degC": mae(predicted[both], observed[both]),
             "samples": int(both.sum()), "measured": "evaluated now on these test windows",
-            "errors_degC": np.abs(theirs - observed[both]), "sample_mask": both}
+            "errors_degC": np.abs(theirs - observed[both]), "model_errors_degC": np.abs(predicted[both] - observed[both]),
+            "sample_mask": both}
 
 
-def evaluation_metrics(observed, predicted, persistence, climatology, published: dict | None,
-                       margin: float, tolerance: float, paths: dict | None = None, coverage_goal=None) -> dict:
-    """Everything metrics/evaluate.json holds, from the +horizon test targets, the three forecasts (degC),
-    the comparison with the published version and, for the quantile forecast, `paths`: `observed`
-    [samples, hours], `quantiles` [samples, hours, levels] and `levels`; with `coverage_goal`, the
-    band's coverage must lie within it to bless."""
+def evaluation_metrics(observed, predicted, persistence, climatology, paths: dict | None = None) -> dict:
+    """The point figures of metrics/evaluate.json: the +horizon test targets against the three forecasts
+    (degC) and, for the quantile forecast, `paths`: `observed` [samples, hours], `quantiles`
+    [samples, hours, levels] and `levels`."""
     metrics = {
         "test_samples": int(len(observed)),
         "test_mae_degC": mae(predicted, observed),
@@ -276,19 +352,33 @@ def evaluation_metrics(observed, predicted, persistence, climatology, published:
     }
     metrics["skill_vs_persistence"] = 1 - metrics["test_mae_degC"] / metrics["persistence_mae_degC"]
     metrics["skill_vs_climatology"] = 1 - metrics["test_mae_degC"] / metrics["climatology_mae_degC"]
+    if paths is not None:
+        metrics.update(path_metrics(paths["observed"], paths["quantiles"], paths["levels"]))
+    return metrics
+
+
+def judged_metrics(result: dict, levels, published: dict | None, evaluate_params: dict, seed: int) -> dict:
+    """metrics/evaluate.json from `forecasts`' result: the point figures, their sampling intervals, the
+    comparison with the published version (with its paired interval) and the blessing."""
+    observed, predicted = result["observed"], result["predicted"]
+    quantiles, paths = result["quantiles"], result["observed_paths"]
+    metrics = evaluation_metrics(observed, predicted, result["persistence"], result["climatology"],
+                                 paths={"observed": paths, "quantiles": quantiles, "levels": levels})
+    days = sample_days(result["target_timestamps"])
+    in_band = (quantiles[..., 0] <= paths) & (paths <= quantiles[..., -1])
+    metrics.update(sampling_intervals(days, np.abs(predicted - observed), np.abs(result["persistence"] - observed),
+                                      in_band, evaluate_params, seed))
+    if published is not None and "errors_degC" in published:
+        mask = published["sample_mask"]
+        published["mae_difference_interval"] = mae_difference_interval(
+            days[mask], published["model_errors_degC"], published["errors_degC"], evaluate_params, seed)
     metrics["published_version"] = published and published["version"]
     metrics["published_mae_degC"] = published and published["mae_degC"]
     metrics["published_comparison"] = published and {
-        key: published[key] for key in ("samples", "model_mae_degC", "measured")}
-    if paths is not None:
-        metrics.update(path_metrics(paths["observed"], paths["quantiles"], paths["levels"]))
-    metrics["blessed"], metrics["blessing_reason"] = bless(
-        metrics["test_mae_degC"], metrics["persistence_mae_degC"], published, margin, tolerance
-    )
-    if coverage_goal is not None:
-        covered, reason = coverage_verdict(metrics["band_coverage"], coverage_goal)
-        metrics["blessed"] = metrics["blessed"] and covered
-        metrics["blessing_reason"] += f"; {reason}"
+        key: published.get(key) for key in ("samples", "model_mae_degC", "measured", "mae_difference_interval")}
+    metrics["sampling"] = {key: evaluate_params[key] for key in ("confidence", "block_days", "bootstrap_replicates")}
+    metrics["sampling"]["test_days"] = int(days.max()) + 1
+    metrics["blessed"], metrics["blessing_reason"] = bless(metrics, published, evaluate_params)
     return metrics
 
 
@@ -399,14 +489,9 @@ def main() -> None:
     when, observed = result["target_timestamps"], result["observed"]
     try:
         published = compare_with_published(model_directory(params["serving"]), windows, result["predicted"], observed)
+        metrics = judged_metrics(result, levels, published, settings, params["seed"])
     except (ValueError, StoreError) as error:
         raise SystemExit(f"evaluate: {error}") from None
-    metrics = evaluation_metrics(
-        observed, result["predicted"], result["persistence"], result["climatology"],
-        published, settings["margin"], settings["tolerance"],
-        paths={"observed": result["observed_paths"], "quantiles": result["quantiles"], "levels": levels},
-        coverage_goal=settings["coverage_goal"],
-    )
     metrics["test_data_fingerprint"] = test_data_fingerprint(windows)
     quantiles = result["quantiles"]
     write_csv(EVALUATE_PLOTS_DIR / "predictions.csv",
@@ -422,8 +507,8 @@ def main() -> None:
     write_json(EVALUATE_METRICS, metrics)
     print(f"evaluate: test MAE at +{windows.horizon} h {metrics['test_mae_degC']:.3f} C (+1 h "
           f"{metrics['test_mae_1h_degC']:.3f} C), persistence {metrics['persistence_mae_degC']:.3f} C, "
-          f"climatology {metrics['climatology_mae_degC']:.3f} C; band coverage {metrics['band_coverage']:.1%}, "
-          f"width {metrics['band_width_degC']:.2f} C; "
+          f"climatology {metrics['climatology_mae_degC']:.3f} C; band coverage {metrics['band_coverage']:.1%} "
+          f"(+{windows.horizon} h {metrics['band_coverage_final_hour']:.1%}), width {metrics['band_width_degC']:.2f} C; "
           f"{'blessed' if metrics['blessed'] else 'NOT blessed'}: {metrics['blessing_reason']}")
 
 

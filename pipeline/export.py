@@ -1,11 +1,12 @@
 """Stage 6, export: the trained model as a TensorFlow Serving SavedModel, published if blessed.
 
 In:  models/model.keras, data/windows/ (test-split windows for the warm-up
-     requests), metrics/evaluate.json (metrics and blessing), the raw CSV
-     (hashed for the model card) and params `seed`, `serving.*`
-     (`model_name`, `base_path`, `keep_versions`, `config_file`) and
-     `evaluate.margin` and `evaluate.tolerance` (the blessing, checked again
-     at publication).
+     requests and the validation), metrics/evaluate.json (metrics and
+     blessing), the raw CSV (hashed for the model card) and params `seed`,
+     `export.*` (the validation server and how many windows it must answer),
+     `serving.*` (`model_name`, `base_path`, `keep_versions`, `config_file`)
+     and `evaluate.margin`, `evaluate.tolerance` and `evaluate.coverage_goal`
+     (the blessing, checked again at publication).
 Out: models/export/, a SavedModel whose `serving_default` signature
      (`schema.served_signature`) takes
        `history`     float32 [batch, lookback_hours, 14], raw hourly
@@ -21,10 +22,21 @@ Out: models/export/, a SavedModel whose `serving_default` signature
        assets.extra/model_card.json  params, data source and hash, metrics, git
                      commit, creation time, the model's fingerprint and its
                      forecast: quantile levels and hour offsets;
-     if the model is blessed, that SavedModel as the next numbered version in
+     if the model is blessed and a ModelServer serves it right, that
+     SavedModel as the next numbered version in
      `<serving.base_path>/<serving.model_name>/`, a local directory (see
      pipeline.publish) or s3:// or gs:// (see pipeline.store); and
      models/publication.json, what the publication did and why.
+
+Validate, then publish, as TFX's InfraValidator comes before its Pusher: a
+blessed candidate is first served by a ModelServer of `export.validation_server`
+from a temporary directory, where it must become AVAILABLE (replaying its
+warm-up requests), show the documented signature and answer
+`export.validation_windows` test windows, every output equal to the
+SavedModel's own (pipeline.serving_check). Only then is it published, so no
+watching server ever loads a version nobody has asked a question. A candidate
+that fails is not published and the stage fails; a model that is not blessed
+is not published and the stage succeeds, saying why.
 
 dvc.yaml declares models/publication.json with `cache: false`, which keeps
 this stage out of DVC's run-cache: DVC never restores the outputs without
@@ -54,6 +66,7 @@ from pipeline import store
 from pipeline.publish import (
     MODEL_CARD, PublicationRefused, fingerprint, labelled_versions, model_directory, publish, read_model_card,
 )
+from pipeline.serving_check import CheckFailure, candidate_directory, check_served_model, served_by
 from pipeline.window import Windows, load_windows
 
 WARMUP_FILE = Path("assets.extra/tf_serving_warmup_requests")
@@ -177,12 +190,13 @@ def still_blessed_at(newest: Path | None, metrics: dict, evaluate: dict) -> tupl
 
     Evaluate compared the model with `metrics["published_version"]` on the same
     test samples. If another version has landed since, its recorded test MAE
-    counts only when its model card shows the same test data; otherwise nothing
-    honest can be said without evaluating again, and the model is refused.
+    counts only when its model card shows the same test data (and, without its
+    per-sample errors, the difference itself is judged, with no interval);
+    otherwise nothing honest can be said without evaluating again, and the
+    model is refused.
     """
     if newest is None:
-        return bless(metrics["test_mae_degC"], metrics["persistence_mae_degC"], None,
-                     evaluate["margin"], evaluate["tolerance"])
+        return bless(metrics, None, evaluate)
     version = int(newest.name)
     if version == metrics.get("published_version"):
         return metrics["blessed"], metrics["blessing_reason"]
@@ -192,8 +206,22 @@ def still_blessed_at(newest: Path | None, metrics: dict, evaluate: dict) -> tupl
                        f"test data; run the evaluate stage again")
     same_data = {"version": version, "mae_degC": float(card["test_mae_degC"]),
                  "model_mae_degC": metrics["test_mae_degC"], "samples": metrics["test_samples"]}
-    return bless(metrics["test_mae_degC"], metrics["persistence_mae_degC"], same_data,
-                 evaluate["margin"], evaluate["tolerance"])
+    return bless(metrics, same_data, evaluate)
+
+
+def validate_candidate(saved_model: Path, windows: Windows, model_name: str, export_params: dict) -> dict:
+    """Serve the candidate from a temporary directory with the `export.validation_server` kind and check
+    that it answers `export.validation_windows` test windows as its SavedModel does; the figures, or
+    `CheckFailure`."""
+    test_starts = windows.starts["test"]
+    picks = np.unique(np.linspace(0, len(test_starts) - 1, export_params["validation_windows"]).round().astype(np.int64))
+    with candidate_directory(saved_model, model_name, 1) as directory:
+        with served_by(export_params["validation_server"], model_name, directory) as (target, rest_target, process):
+            figures = check_served_model(target, rest_target, model_name, 1, saved_model, windows,
+                                         test_starts[picks], timeout_seconds=export_params["validation_timeout_seconds"],
+                                         purpose="export", process=process)
+    return {"server": export_params["validation_server"], **{key: figures[key] for key in (
+        "windows_checked", "requests_sent", "max_abs_difference_degC", "latency_p50_ms", "rest_checked")}}
 
 
 def publication(saved_model: Path, metrics: dict, serving: dict, evaluate: dict) -> dict:
@@ -231,10 +259,20 @@ def main() -> None:
     windows = load_windows(WINDOWS_DIR)
 
     card = write_export(model, windows, model_card(params, metrics, RAW_CSV, windows.lookback), EXPORT_DIR)
+    validation = None
+    if metrics["blessed"]:
+        try:
+            validation = validate_candidate(EXPORT_DIR, windows, params["serving"]["model_name"], params["export"])
+        except CheckFailure as failure:
+            reason = f"the candidate failed validation in a ModelServer: {failure}"
+            write_json(PUBLICATION_RECORD, {"fingerprint": card["fingerprint"], "test_mae_degC": metrics["test_mae_degC"],
+                                            "published": False, "version": None, "path": None, "reason": reason})
+            raise SystemExit(f"export: not published: {reason}") from None
     try:
         record = publication(EXPORT_DIR, metrics, params["serving"], params["evaluate"])
     except (store.StoreError, ValueError, OSError) as error:
         raise SystemExit(f"export: not published: {error}") from None
+    record["validation"] = validation
     write_json(PUBLICATION_RECORD, record)
     print(f"export: {EXPORT_DIR}/ fingerprint {card['fingerprint'][:12]}, test MAE {metrics['test_mae_degC']:.3f} C; "
           f"{record['reason']}" + (f" ({record['path']})" if record["published"] else ""))

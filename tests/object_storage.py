@@ -13,7 +13,7 @@ import tempfile
 from gcp_storage_emulator.server import create_server
 from moto.server import ThreadedMotoServer
 
-from pipeline.smoke import free_port
+from pipeline.serving_check import free_port
 
 LOOPBACK = "127.0.0.1"
 

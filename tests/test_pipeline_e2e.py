@@ -22,7 +22,7 @@ from tensorflow_serving.apis import predict_pb2, prediction_log_pb2, prediction_
 from conftest import QUICK_PARAMS, set_params
 from pipeline.export import WARMUP_FILE
 from pipeline.publish import fingerprint, version_numbers
-from pipeline.smoke import free_port, server_command, started_server, wait_until_available
+from pipeline.serving_check import free_port, server_command, started_server, wait_until_available
 
 pytestmark = pytest.mark.slow
 

@@ -6,6 +6,7 @@ in a temporary directory on a few weeks of synthetic data with a tiny model.
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -17,10 +18,11 @@ from tensorflow.core.protobuf import meta_graph_pb2
 
 from conftest import QUICK_PARAMS, REPO_ROOT, run_stage, set_params
 from pipeline.client import tls_credentials
-from pipeline.smoke import (
-    SmokeFailure, compare, described, documented_signature, free_port, server_command, started_server,
-    version_to_check, wait_until_available,
+from pipeline.serving_check import (
+    CheckFailure, compare, described, documented_signature, free_port, server_command, started_server,
+    wait_until_available,
 )
+from pipeline.smoke import version_to_check
 from tests.tls_helper import make_tls_files
 
 pytestmark = pytest.mark.slow
@@ -178,7 +180,7 @@ def without_tf_log_level() -> dict:
 
 def test_waiting_for_a_server_that_is_not_there_times_out_clearly():
     with grpc.insecure_channel("127.0.0.1:9") as channel:
-        with pytest.raises(SmokeFailure, match=r"expected m version 3 AVAILABLE within 1 s; last answer: UNAVAILABLE"):
+        with pytest.raises(CheckFailure, match=r"expected m version 3 AVAILABLE within 1 s; last answer: UNAVAILABLE"):
             wait_until_available(channel, "m", 3, timeout_seconds=1)
 
 
@@ -213,13 +215,13 @@ def test_compare_names_the_output_and_the_first_bad_sample():
         return {"temperature_degC": np.array(temperatures), "valid_time": np.array(valid_times)}
 
     assert compare("x", outputs([1.0, 2.0]), outputs([1.0, 2.00005]), 1e-4) == pytest.approx(5e-5)
-    with pytest.raises(SmokeFailure, match=r"gRPC Predict: temperature_degC: sample 1: expected 2.0, got 2.5"):
+    with pytest.raises(CheckFailure, match=r"gRPC Predict: temperature_degC: sample 1: expected 2.0, got 2.5"):
         compare("gRPC Predict", outputs([1.0, 2.5]), outputs([1.0, 2.0]), 1e-4)
-    with pytest.raises(SmokeFailure, match="temperature_degC: sample 0"):
+    with pytest.raises(CheckFailure, match="temperature_degC: sample 0"):
         compare("x", outputs([np.nan, 1.0]), outputs([1.0, 1.0]), 1e-4)
-    with pytest.raises(SmokeFailure, match="valid_time: sample 1: expected 3600, got 3601"):
+    with pytest.raises(CheckFailure, match="valid_time: sample 1: expected 3600, got 3601"):
         compare("x", outputs([1.0, 2.0], (0, 3601)), outputs([1.0, 2.0]), 1e-4)
-    with pytest.raises(SmokeFailure, match=r"expected outputs \['temperature_degC', 'valid_time'\]"):
+    with pytest.raises(CheckFailure, match=r"expected outputs \['temperature_degC', 'valid_time'\]"):
         compare("x", {"temperature_degC": np.array([1.0])}, outputs([1.0], (0,)), 1e-4)
 
 
@@ -233,23 +235,22 @@ def test_compare_checks_every_hour_and_quantile_and_names_them():
                    reference, 1e-4) == pytest.approx(5e-5, rel=1e-3)
     wrong = quantiles.copy()
     wrong[1, 3, 2] = 0.5
-    with pytest.raises(SmokeFailure, match="temperature_quantiles_degC: sample 1, hour \\+4, quantile 2: expected 0.0"):
+    with pytest.raises(CheckFailure, match="temperature_quantiles_degC: sample 1, hour \\+4, quantile 2: expected 0.0"):
         compare("x", {"temperature_quantiles_degC": wrong, "quantile_levels": levels}, reference, 1e-4)
-    with pytest.raises(SmokeFailure, match="quantile_levels: sample 0, quantile 1"):
+    with pytest.raises(CheckFailure, match="quantile_levels: sample 0, quantile 1"):
         compare("x", {"temperature_quantiles_degC": quantiles, "quantile_levels": levels + [[0, 0.1, 0]] * 2},
                 reference, 1e-4)
-    with pytest.raises(SmokeFailure, match=r"expected shape \(2, 6, 3\), got \(2, 5, 3\)"):
+    with pytest.raises(CheckFailure, match=r"expected shape \(2, 6, 3\), got \(2, 5, 3\)"):
         compare("x", {"temperature_quantiles_degC": quantiles[:, :5], "quantile_levels": levels}, reference, 1e-4)
 
 
 def test_version_to_check(tmp_path):
     assert version_to_check({"published": True, "version": 4}, tmp_path) == 4
-    (tmp_path / "2").mkdir()
-    (tmp_path / "10").mkdir()
-    (tmp_path / ".staging-x").mkdir()
+    for name in ("2", "10", ".staging-x"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "saved_model.pb").write_bytes(b"")
     assert version_to_check({"published": False}, tmp_path) == 10
-    with pytest.raises(SmokeFailure, match="nothing to check: no version in .* \\(not blessed: worse\\)"):
-        version_to_check({"published": False, "reason": "not blessed: worse"}, tmp_path / "empty")
+    assert version_to_check({"published": False, "reason": "not blessed: worse"}, tmp_path / "empty") is None
 
 
 def smoke_with(workspace, overrides: dict, environment: dict | None = None):
@@ -281,7 +282,7 @@ def test_binary_mode_starts_tensorflow_model_server_from_path_with_the_same_flag
 def test_binary_mode_without_the_binary_says_so(workspace):
     result = smoke_with(workspace, {"smoke.server": "binary"}, {"PATH": str(Path(sys.executable).parent)})
     assert result.returncode != 0
-    assert "smoke.server is 'binary' but tensorflow_model_server is not on PATH" in result.stderr
+    assert "smoke: FAILED: server 'binary' asked for, but tensorflow_model_server is not on PATH" in result.stderr
 
 
 def test_external_mode_checks_a_server_someone_else_runs(workspace):
@@ -375,3 +376,64 @@ def test_embedded_mode_serves_and_checks_the_version_in_s3(workspace, s3_server)
     metrics = json.loads((workspace / "metrics/smoke.json").read_text())
     assert metrics["server"] == "embedded" and metrics["version"] == 1
     assert metrics["max_abs_difference_degC"] <= 1e-4
+
+
+def with_record(workspace, record: dict, overrides: dict):
+    """Run the smoke stage as after an export that published nothing (`record`), then put things back."""
+    record_path = workspace / "models/publication.json"
+    original = record_path.read_text()
+    record_path.write_text(json.dumps(record))
+    try:
+        return smoke_with(workspace, overrides)
+    finally:
+        record_path.write_text(original)
+
+
+def test_with_nothing_published_smoke_checks_the_candidate_and_succeeds(workspace, tmp_path):
+    result = with_record(workspace, {"published": False, "version": None, "reason": "not blessed: too weak"},
+                         {"serving.base_path": str(tmp_path / "empty")})
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((workspace / "metrics/smoke.json").read_text())
+    evaluation = json.loads((workspace / "metrics/evaluate.json").read_text())
+    assert metrics["checked"] == "candidate" and metrics["version"] is None and metrics["server"] == "embedded"
+    assert metrics["max_abs_difference_degC"] <= 1e-4 and metrics["rest_checked"]
+    assert metrics["served_test_mae_degC"] == pytest.approx(evaluation["test_mae_degC"], abs=1e-3)
+    assert "smoke: candidate models/export (not blessed: too weak) of jena_temperature" in result.stdout
+    assert not (tmp_path / "empty").exists() and server_processes_over(workspace) == []
+
+
+def test_when_this_run_published_nothing_smoke_checks_the_newest_published_version(workspace):
+    result = with_record(workspace, {"published": False, "version": None, "reason": "not blessed: too weak"}, {})
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((workspace / "metrics/smoke.json").read_text())
+    assert metrics["checked"] == "version 1" and metrics["version"] == 1
+    assert metrics["expected_mae_degC"] is not None  # the version's card shows the same test data
+    assert "smoke: version 1 of jena_temperature (embedded server)" in result.stdout
+
+
+def test_export_never_publishes_a_candidate_that_a_model_server_cannot_serve(workspace, tmp_path):
+    """A `binary` validation server that cannot load the model (here our server asked for a tag the
+    SavedModel lacks): the candidate is refused, nothing new is published, and the stage fails clearly."""
+    binary = tmp_path / "tensorflow_model_server"
+    binary.write_text(f'#!/bin/sh\nexec {sys.executable} -m serving.model_server "$@" --saved_model_tags=gpu '
+                      '--max_num_load_retries=0\n')
+    binary.chmod(0o755)
+    params_file, record_file = workspace / "params.yaml", workspace / "models/publication.json"
+    originals = params_file.read_text(), record_file.read_text()
+    versions = workspace / "models/serving/jena_temperature"
+    before = sorted(path.name for path in versions.iterdir())
+    set_params(params_file, {"export.validation_server": "binary", "export.validation_timeout_seconds": 60,
+                             "serving.keep_versions": 5})
+    try:
+        result = run_stage("export", workspace, environment={"PATH": f"{tmp_path}:{os.environ['PATH']}"})
+        record = json.loads(record_file.read_text())
+    finally:
+        params_file.write_text(originals[0])
+        record_file.write_text(originals[1])
+    assert result.returncode != 0
+    assert re.match(r"export: not published: the candidate failed validation in a ModelServer: (version 1 of "
+                    r"jena_temperature failed to load|the model server exited with code 1 before serving)",
+                    result.stderr.strip().splitlines()[-1]), result.stderr
+    assert record["published"] is False and record["reason"].startswith("the candidate failed validation")
+    assert sorted(path.name for path in versions.iterdir()) == before
+    assert server_processes_over(Path("candidate-")) == []
