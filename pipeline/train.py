@@ -8,7 +8,9 @@ In:  data/windows/ (the series, the start indices per split and the
 Out: models/model.keras, the model with the best validation MAE (the
      normalisation statistics inside), and dvclive/: per-epoch loss and MAE on
      the training and validation splits (`dvclive/plots/metrics/{train,eval}/`)
-     and the last and best values (`dvclive/metrics.json`).
+     and the last and best values (`dvclive/metrics.json`); models/architecture/,
+     the model's summary.txt and, where Graphviz is installed, its diagram
+     model.png (see pipeline.architecture).
 
 The loss is the pinball (quantile) loss of every hour +1 .. +horizon and every
 quantile, averaged; the +horizon hour, the forecast the model is judged on,
@@ -41,6 +43,7 @@ from dvclive import Live
 from dvclive.keras import DVCLiveCallback
 
 from pipeline import schema
+from pipeline.architecture import write_architecture
 from pipeline.atomic import atomic_path
 from pipeline.config import DVCLIVE_DIR, MODEL_PATH, WINDOWS_DIR, load_params
 from pipeline.model import PACKAGE, TEMPERATURE_INDEX, build_model, calibration_factors, median_position
@@ -215,6 +218,7 @@ def main() -> None:
           f"at epoch {epoch} of {len(history.epoch)} "
           f"({seconds / len(history.epoch):.1f} s per epoch); band calibrated on the validation split "
           f"(+{windows.horizon} h spreads {spreads}); saved {MODEL_PATH}")
+    print(f"train: {write_architecture(model)}")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ The model is tiny and poor: what is checked is the plumbing.
 import csv
 import io
 import json
+import shutil
 
 import grpc
 import pytest
@@ -54,6 +55,9 @@ def test_repro_publishes_exp_run_adds_a_version_and_unchanged_repro_adds_none(pi
     plots = json.loads(pipeline_repo.dvc("plots", "show", "--json").stdout)["data"]
     assert {"Learning curve, MAE (degC)", "Test period, observed and predicted temperature",
             "Test MAE by month of the year", "Residuals, predicted - observed"} <= set(plots)
+    assert (root / "models/architecture/summary.txt").is_file()
+    if shutil.which("dot"):  # the architecture diagram needs Graphviz, which CI installs (.ci/run)
+        assert [plot["type"] for plot in plots["models/architecture/model.png"]] == ["image"]
 
     unchanged = pipeline_repo.dvc("repro")  # 2. nothing changed: nothing runs
     assert "Running stage" not in unchanged.stdout, unchanged.stdout
