@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from pipeline import schema, synthetic
 from pipeline.atomic import atomic_path
-from pipeline.config import RAW_CSV, load_params
+from pipeline.config import RAW_CSV, load_params, stage_command_line
 
 TIMEOUT_SECONDS = 30
 CHUNK_BYTES = 1 << 20
@@ -172,4 +172,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    stage_command_line(__doc__, __spec__.name)
     main()

@@ -21,7 +21,7 @@ import pandas as pd
 
 from pipeline import schema
 from pipeline.atomic import atomic_path, write_json
-from pipeline.config import HOURLY_TABLE, PREPARE_REPORT, RAW_CSV, load_params
+from pipeline.config import HOURLY_TABLE, PREPARE_REPORT, RAW_CSV, load_params, stage_command_line
 
 
 class InvalidData(ValueError):
@@ -162,4 +162,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    stage_command_line(__doc__, __spec__.name)
     main()

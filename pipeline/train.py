@@ -45,7 +45,7 @@ from dvclive.keras import DVCLiveCallback
 from pipeline import schema
 from pipeline.architecture import write_architecture
 from pipeline.atomic import atomic_path
-from pipeline.config import DVCLIVE_DIR, MODEL_PATH, WINDOWS_DIR, load_params
+from pipeline.config import DVCLIVE_DIR, MODEL_PATH, WINDOWS_DIR, load_params, stage_command_line
 from pipeline.model import PACKAGE, TEMPERATURE_INDEX, build_model, calibration_factors, median_position
 from pipeline.window import Windows, load_windows
 
@@ -222,4 +222,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    stage_command_line(__doc__, __spec__.name)
     main()
