@@ -38,6 +38,7 @@ import urllib.parse
 import urllib.request
 import zipfile
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -208,7 +209,6 @@ def read_source(csv_path: Path, origin: str) -> pd.DataFrame:
     return text[schema.COLUMNS].assign(**{TIMES: times})
 
 
-
 def join_sources(sources: list[pd.DataFrame]) -> tuple[pd.DataFrame, list[dict]]:
     """Every source's rows (read_source's tables, oldest publication first) in one table ordered by time.
 
@@ -235,7 +235,7 @@ def write_jena_text(table: pd.DataFrame, path: Path) -> None:
 
 
 def obtain_csv(url: str, destination: Path, retries: int = 4, backoff_seconds: float = 2.0,
-               further_urls: list[str] = ()) -> list[dict]:
+               further_urls: Sequence[str] = ()) -> list[dict]:
     """Join the CSVs behind `url` and `further_urls` into one Jena CSV at `destination`, atomically.
 
     Returns join_sources' summaries, each with its `url`."""
