@@ -9,7 +9,9 @@ import pytest
 
 from conftest import make_readings, run_stage, to_csv_text
 from pipeline import schema
-from pipeline.download import DownloadError, header_problems, join_sources, obtain_csv, read_source
+from pipeline.download import (
+    DownloadError, further_sources, header_problems, join_sources, obtain_csv, read_source,
+)
 from pipeline.prepare import count_conflicting_duplicates, prepare, read_raw_csv
 
 # One row's values for the archives' 7 extra columns, a -9999 sentinel among them.
@@ -164,13 +166,12 @@ def test_stage_joins_the_sources_in_params(tmp_path):
     assert "12 readings from 2 source(s)" in result.stdout
 
 
-def test_stage_refuses_urls_that_are_not_a_list(tmp_path):
-    base_url, archive_url = base_and_archive(tmp_path, make_readings(periods=6), make_readings(periods=6))
-    (tmp_path / "params.yaml").write_text(
-        f"seed: 1\ndata:\n  source: jena\n  url: {base_url}\n  urls: {archive_url}\n"
-        "  retries: 1\n  backoff_seconds: 0\n"
-    )
-    result = run_stage("download", tmp_path)
-    assert result.returncode != 0
-    assert "data.urls must be a list of URLs or paths" in result.stderr and "Traceback" not in result.stderr
-    assert not (tmp_path / "data").exists()
+@pytest.mark.parametrize("urls", ["file:///tmp/mpi_roof_2017a.zip", [""], [None], {"a": "b"}])
+def test_urls_that_are_not_a_list_of_sources_are_refused(urls):
+    with pytest.raises(SystemExit, match=r"params.yaml: data.urls must be a list of URLs or paths, got "):
+        further_sources({"url": "base.zip", "urls": urls})
+
+
+def test_missing_or_empty_urls_are_no_further_sources():
+    assert further_sources({"url": "base.zip"}) == []
+    assert further_sources({"urls": None}) == further_sources({"urls": []}) == []
