@@ -21,8 +21,12 @@ Error messages use TF Serving's wording, so clients matching on them work.
 
 import base64
 import binascii
+import decimal
 import json
+import json.decoder
+import json.scanner
 import math
+import re
 
 import grpc
 import numpy as np
@@ -31,8 +35,6 @@ from tensorflow.core.framework import types_pb2
 
 from serving.errors import ServingError, invalid_argument
 
-_FLOAT32_MAX_INT = (1 << 24) - 1
-_FLOAT64_MAX_INT = (1 << 53) - 1
 _INT_RANGES = {
     types_pb2.DT_INT8: (-(2**31), 2**31 - 1), types_pb2.DT_INT16: (-(2**31), 2**31 - 1),
     types_pb2.DT_INT32: (-(2**31), 2**31 - 1), types_pb2.DT_UINT8: (-(2**31), 2**31 - 1),
@@ -49,7 +51,6 @@ _PYTHON_TO_RAPIDJSON_ERRORS = {
     "Expecting value": "Invalid value.",
     "Expecting property name enclosed in double quotes": "Missing a name for object member.",
     "Expecting ':' delimiter": "Missing a colon after a name of object member.",
-    "Extra data": "The document root must not be followed by other values.",
     "Unterminated string starting at": "Missing a closing quotation mark in string.",
     "Invalid control character at": "Invalid encoding in string.",
     "Invalid \\escape": "Invalid escape character in string.",
@@ -83,10 +84,97 @@ def to_text(value) -> str:
 
 
 def _value_text(value) -> str:
-    """How TF Serving quotes a JSON value in an error message."""
-    if isinstance(value, float):
-        return format_float(value, np.float64)
-    return json.dumps(value, indent=4) if isinstance(value, (dict, list)) else json.dumps(value)
+    """How TF Serving quotes a JSON value in an error message (its JsonValueToDebugString).
+
+    rapidjson's pretty writer with arrays on one line and objects indented by 4; writing stops
+    at the first token that starts once 256 bytes are written (so deep or huge values cost
+    nothing), and at a NaN or infinity, which rapidjson's writer refuses.
+    """
+    pieces, levels = [], []  # levels: [is_array, values written] per open container
+    written = 0
+
+    def put(text):
+        nonlocal written
+        pieces.append(text)
+        written += len(text.encode("utf-8"))
+
+    def prefix():
+        if not levels:
+            return
+        level = levels[-1]
+        if level[0]:
+            put(", " if level[1] else "")
+        else:
+            put((",\n" if level[1] % 2 == 0 else ": ") if level[1] else "\n")
+            if level[1] % 2 == 0:
+                put(" " * 4 * len(levels))
+        level[1] += 1
+
+    def write(item) -> bool:
+        if written >= _DEBUG_TEXT_LIMIT:
+            return False
+        if isinstance(item, (dict, list)):
+            prefix()
+            put("{" if isinstance(item, dict) else "[")
+            levels.append([isinstance(item, list), 0])
+            for key, member in (item.items() if isinstance(item, dict) else ((None, member) for member in item)):
+                if key is not None and not write_scalar(key):
+                    return False
+                if not write(member):
+                    return False
+            if written >= _DEBUG_TEXT_LIMIT:
+                return False
+            is_array, count = levels.pop()
+            if not is_array and count:
+                put("\n" + " " * 4 * len(levels))
+            put("]" if is_array else "}")
+            return True
+        return write_scalar(item)
+
+    def write_scalar(item) -> bool:
+        if written >= _DEBUG_TEXT_LIMIT or (isinstance(item, float) and not math.isfinite(item)):
+            return False
+        prefix()
+        put(_rapidjson_scalar(item))
+        return True
+
+    write(value)
+    return "".join(pieces)
+
+
+_DEBUG_TEXT_LIMIT = 256
+_CONTROL_ESCAPES = {"\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t", '"': '\\"', "\\": "\\\\"}
+
+
+def _rapidjson_scalar(item) -> str:
+    """A string, number, bool or null as rapidjson's writer writes it."""
+    if isinstance(item, str):
+        return '"' + "".join(_CONTROL_ESCAPES.get(char) or (f"\\u{ord(char):04X}" if char < " " else char)
+                             for char in item) + '"'
+    if item is None or isinstance(item, bool):
+        return json.dumps(item)
+    if isinstance(item, int):
+        return str(item)
+    return _rapidjson_double(item)
+
+
+def _rapidjson_double(value: float) -> str:
+    """rapidjson's Writer::Double: shortest digits, plain decimals up to 21 digits, else ``d.ddde±x``."""
+    sign, digits, exponent = decimal.Decimal(repr(abs(value))).as_tuple()
+    text = "".join(map(str, digits)).rstrip("0") or "0"
+    exponent += len(digits) - len(text)
+    whole = len(text) + exponent  # digits before the decimal point
+    sign_text = "-" if math.copysign(1.0, value) < 0 else ""
+    if text == "0":
+        return sign_text + "0.0"
+    if 0 <= exponent and whole <= 21:
+        return sign_text + text + "0" * exponent + ".0"
+    if 0 < whole <= 21:
+        return sign_text + text[:whole] + "." + text[whole:]
+    if -6 < whole <= 0:
+        return sign_text + "0." + "0" * -whole + text
+    mantissa = text if len(text) == 1 else text[0] + "." + text[1:]
+    return f"{sign_text}{mantissa}e{whole - 1}"
 
 
 def _json_type(value) -> str:
@@ -115,26 +203,125 @@ def format_float(value, numpy_type) -> str:
 
 
 def parse_document(body: bytes) -> dict:
-    """Request bytes -> JSON object, or TF Serving's parse error."""
+    """Request bytes -> JSON object, or TF Serving's parse error.
+
+    Read as TF Serving's rapidjson reads it: the first JSON value counts and whatever follows it
+    is ignored, NaN and Infinity are numbers, and nesting has no depth limit.
+    """
     if not body:
         raise invalid_argument("JSON Parse error: The document is empty")
     try:
-        document = json.loads(body.decode("utf-8"))
+        text = body.decode("utf-8")
     except UnicodeDecodeError as error:
         raise invalid_argument(f"JSON Parse error: Invalid encoding in string. at offset: {error.start}")
+    start = _JSON_WHITESPACE.match(text).end()
+    if start == len(text):
+        raise invalid_argument(f"JSON Parse error: The document is empty. at offset: {len(body)}")
+    try:
+        try:
+            document, _ = _DECODER.raw_decode(text, start)
+        except RecursionError:
+            document = _decode_deeply_nested(text, start)
     except json.JSONDecodeError as error:
         reason = next((text for prefix, text in _PYTHON_TO_RAPIDJSON_ERRORS.items()
                        if error.msg.startswith(prefix)), None)
         if reason is None and error.msg.startswith("Expecting ',' delimiter"):
-            opener = body.decode("utf-8", "replace")[:error.pos].rstrip()
+            opener = text[:error.pos].rstrip()
             reason = ("Missing a comma or '}' after an object member."
                       if opener.rfind("{") > opener.rfind("[") else "Missing a comma or ']' after an array element.")
-        raise invalid_argument(f"JSON Parse error: {reason or 'Invalid value.'} at offset: {error.pos}")
-    except RecursionError:
-        raise invalid_argument("JSON Parse error: Terminate parsing due to Handler error. at offset: 0")
+        offset = len(text[:error.pos].encode("utf-8"))
+        raise invalid_argument(f"JSON Parse error: {reason or 'Invalid value.'} at offset: {offset}")
     if not isinstance(document, dict):
         raise invalid_argument(f"JSON Value: {_value_text(document)} Is not object")
     return document
+
+
+_DECODER = json.JSONDecoder()
+_JSON_WHITESPACE = re.compile(r"[ \t\n\r]*")
+_JSON_WHITESPACE_CHARACTERS = " \t\n\r"
+_OPENING_BRACKETS = re.compile(r"(?:\[[ \t\n\r]*)+")
+_CLOSING_BRACKETS = re.compile(r"\](?:[ \t\n\r]*\])*")
+_JSON_CONSTANTS = {"true": True, "false": False, "null": None, "NaN": math.nan, "-Infinity": -math.inf,
+                   "Infinity": math.inf}
+
+
+def _decode_deeply_nested(text: str, index: int):
+    """The JSON value at ``index``, read without recursion (for nesting too deep for ``json``).
+
+    Runs of brackets are opened and closed in bulk, so that depth costs little per level.
+    """
+    frames = []  # [container, key of the member being read] per open object or array
+
+    def skip(position):
+        while position < len(text) and text[position] in _JSON_WHITESPACE_CHARACTERS:
+            position += 1
+        return position
+
+    def key_at(position):
+        if not text.startswith('"', position):
+            raise json.JSONDecodeError("Expecting property name enclosed in double quotes", text, position)
+        key, position = json.decoder.scanstring(text, position + 1)
+        position = skip(position)
+        if not text.startswith(":", position):
+            raise json.JSONDecodeError("Expecting ':' delimiter", text, position)
+        return key, skip(position + 1)
+
+    while True:
+        index = skip(index)
+        arrays = _OPENING_BRACKETS.match(text, index)
+        if arrays:
+            frames.extend([[], None] for _ in range(arrays.group().count("[")))
+            index = arrays.end()
+            if not text.startswith("]", index):
+                continue
+            value, index = frames.pop()[0], index + 1
+        elif text.startswith("{", index):
+            index = skip(index + 1)
+            if not text.startswith("}", index):
+                key, index = key_at(index)
+                frames.append([{}, key])
+                continue
+            value, index = {}, index + 1
+        elif text.startswith('"', index):
+            value, index = json.decoder.scanstring(text, index + 1)
+        else:
+            number = json.scanner.NUMBER_RE.match(text, index)
+            constant = next((name for name in _JSON_CONSTANTS if text.startswith(name, index)), None)
+            if number:
+                integer, fraction, exponent = number.groups()
+                value = float(integer + (fraction or "") + (exponent or "")) if fraction or exponent else int(integer)
+                index = number.end()
+            elif constant:
+                value, index = _JSON_CONSTANTS[constant], index + len(constant)
+            else:
+                raise json.JSONDecodeError("Expecting value", text, index)
+        while True:  # the value is complete: store it, then close every container it completes
+            if not frames:
+                return value
+            container, key = frames[-1]
+            if key is None:
+                container.append(value)
+            else:
+                container[key] = value
+            index = skip(index)
+            if text.startswith(",", index):
+                if key is None:
+                    index += 1
+                else:
+                    frames[-1][1], index = key_at(skip(index + 1))
+                break
+            closers = _CLOSING_BRACKETS.match(text, index) if key is None else None
+            if closers:  # each "]" closes the innermost array and stores it in the next one
+                for position in [index + offset for offset, char in enumerate(closers.group()) if char == "]"][1:]:
+                    value = frames.pop()[0]
+                    if not frames or frames[-1][1] is not None:
+                        raise json.JSONDecodeError("Expecting ',' delimiter", text, position)
+                    frames[-1][0].append(value)
+                value, index = frames.pop()[0], closers.end()
+            elif key is not None and text.startswith("}", index):
+                value, index = frames.pop()[0], index + 1
+            else:
+                raise json.JSONDecodeError("Expecting ',' delimiter", text, index)
 
 
 def signature_name(document: dict) -> str:
@@ -177,14 +364,10 @@ def _scalar(value, dtype_enum: int):
     if dtype_enum in (types_pb2.DT_FLOAT, types_pb2.DT_DOUBLE):
         if not is_number:
             raise type_error()
-        single = dtype_enum == types_pb2.DT_FLOAT
-        if math.isfinite(value):
-            lossy = (abs(value) > (_FLOAT32_MAX_INT if single else _FLOAT64_MAX_INT) if isinstance(value, int)
-                     else single and abs(value) > float(np.finfo(np.float32).max))
-            if lossy:
-                raise invalid_argument(f"Cannot convert JSON value: {_value_text(value)} to "
-                                       f"{'float' if single else 'double'} without loss of precision.")
-        return value
+        try:  # any number, as a double first (rapidjson's GetFloat/GetDouble); float32 overflows to inf in _array
+            return float(value)
+        except OverflowError:
+            raise invalid_argument("JSON Parse error: Number too big to be stored in double.")
     if dtype_enum in _INT_RANGES:
         low, high = _INT_RANGES[dtype_enum]
         if not (is_number and isinstance(value, int) and low <= value <= high):
@@ -226,7 +409,8 @@ def _array(flat: list, shape: list[int], dtype_enum: int) -> np.ndarray:
         array = np.empty(len(flat), dtype=object)
         array[:] = flat
         return array.reshape(shape)
-    return np.array(flat, dtype=_NUMPY_TYPES[dtype_enum]).reshape(shape)
+    with np.errstate(over="ignore"):  # doubles beyond float32 become +-inf, as C++'s float cast makes them
+        return np.array(flat, dtype=_NUMPY_TYPES[dtype_enum]).reshape(shape)
 
 
 def value_to_array(value, dtype_enum: int) -> np.ndarray:
@@ -277,7 +461,7 @@ def _instances_to_arrays(instances: list, input_types: dict) -> dict:
                                            f"list. Error: {_status_text(error)}")
             if set(element) != set(names):
                 raise invalid_argument(f"Failed to process element: {index} of 'instances' list. JSON object: "
-                                       f"{_value_text(element)} must only have keys: {','.join(names)}")
+                                       f"{_value_text(element)} keys must be equal to: {','.join(names)}")
         else:
             if element_is_object:
                 raise invalid_argument(f"Expecting value/list but got object at item {index} of input list")
@@ -346,13 +530,13 @@ def _add_to_feature(value, name: str, feature: feature_pb2.Feature) -> None:
     elif isinstance(value, str):
         require("bytes_list")
         feature.bytes_list.value.append(value.encode("utf-8"))
-    elif isinstance(value, float):
+    elif isinstance(value, float) or not -(2**63) <= value < 2**64:  # rapidjson reads such integers as doubles
         require("float_list")
         feature.float_list.value.append(_scalar(value, types_pb2.DT_FLOAT))
     else:
         require("int64_list")
         if value >= 2**63:
-            raise invalid_argument(f"Feature: {name} has uint64 element. Only int64 is supported.")
+            raise invalid_argument(f"Feature: {name} has uint64_t element. Only int64_t is supported.")
         feature.int64_list.value.append(value)
 
 
@@ -420,13 +604,11 @@ def predict_outputs(outputs: dict, row_format: bool) -> str:
     if not row_format:
         values = {name: _nest(array, _writer_for(array, name)) for name, array in arrays.items()}
         return to_text({"outputs": values if len(values) > 1 else next(iter(values.values()))})
-    batch_size = 0
+    batch_size = None
     for name, array in arrays.items():
         if array.ndim == 0:
             raise invalid_argument(f"Tensor name: {name} has no shape information ")
-        if array.shape[0] < 1:
-            raise invalid_argument(f"Tensor name: {name} has invalid batch size: {array.shape[0]}")
-        if batch_size and array.shape[0] != batch_size:
+        if batch_size is not None and array.shape[0] != batch_size:
             raise invalid_argument(f"Tensor name: {name} has inconsistent batch size: {array.shape[0]} "
                                    f"expecting: {batch_size}")
         batch_size = array.shape[0]

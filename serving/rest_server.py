@@ -24,6 +24,7 @@ worker.
 """
 
 import concurrent.futures
+import http
 import http.server
 import json
 import logging
@@ -31,6 +32,7 @@ import re
 import sys
 import threading
 import time
+import urllib.parse
 
 from google.protobuf import json_format
 from tensorflow_serving.apis import classification_pb2, get_model_metadata_pb2, model_pb2, regression_pb2
@@ -42,11 +44,18 @@ from serving.monitoring import Metrics
 
 log = logging.getLogger("serving")
 
+# TF Serving's routes (http_rest_api_util.cc), matched against the path with its query string.
 _SPEC = r"/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>\d+)|/labels/(?P<label>[^/:]+))?"
-INFERENCE_ROUTE = re.compile(_SPEC + r":(?P<verb>classify|regress|predict)", re.IGNORECASE)
-STATUS_ROUTE = re.compile(r"/v1/models(?:/(?P<name>[^/:]*))?"
+INFERENCE_ROUTE = re.compile(_SPEC + r":(?P<verb>classify|regress|predict)", re.IGNORECASE | re.ASCII)
+STATUS_ROUTE = re.compile(r"/v1/models(?:/(?P<name>[^/:]+))?"
                           r"(?:/versions/(?P<version>\d+)|/labels/(?P<label>[^/:]+))?(?P<metadata>/metadata)?",
-                          re.IGNORECASE)
+                          re.IGNORECASE | re.ASCII)
+# Only these paths reach TF Serving's REST handler (kHTTPRestApiHandlerPathRegex); the HTTP server answers others.
+HANDLER_PATHS = re.compile(r"/v1/.*", re.IGNORECASE)
+# The HTTP methods libevent's server accepts in TF Serving; others get 501 from libevent.
+ALLOWED_METHODS = ("GET", "POST", "HEAD", "PUT", "DELETE", "OPTIONS", "PATCH")
+# What libevent labels an answer that has no Content-Type of its own (its error pages too).
+LIBEVENT_CONTENT_TYPE = "text/html; charset=ISO-8859-1"
 
 # ------------------------------------------------------------------ server
 MAX_VERSION = 2**63 - 1
@@ -62,15 +71,22 @@ _MAX_TRAILER_LINES = 100
 
 
 def _model_spec(match) -> model_pb2.ModelSpec:
-    spec = model_pb2.ModelSpec(name=match.group("name") or "")
+    """Name, version and label of a route match; name and label are percent-decoded as TF Serving's curl does."""
+    spec = model_pb2.ModelSpec(name=urllib.parse.unquote(match.group("name") or ""))
     if match.group("version"):
         version = int(match.group("version"))
         if version > MAX_VERSION:
             raise invalid_argument(f"Failed to convert version: {match.group('version')} to numeric.")
         spec.version.value = version
     elif match.group("label"):
-        spec.version_label = match.group("label")
+        spec.version_label = urllib.parse.unquote(match.group("label"))
     return spec
+
+
+def libevent_error_page(status: int) -> str:
+    """The HTML page libevent's evhttp_send_error writes, e.g. for a path TF Serving does not route."""
+    reason = http.HTTPStatus(status).phrase
+    return f"<HTML><HEAD>\n<TITLE>{status} {reason}</TITLE>\n</HEAD><BODY>\n<H1>{reason}</H1>\n</BODY></HTML>\n"
 
 
 def _proto_json(message) -> str:
@@ -91,9 +107,10 @@ class RestApi:
         started = time.perf_counter()
         model_name, api, status = None, None, "OK"
         try:
-            path = path.split("?", 1)[0]
-            if method == "GET" and self.prometheus_path and path == self.prometheus_path:
-                return 200, "text/plain; version=0.0.4", self.metrics.render()
+            if self.prometheus_path and path.split("?", 1)[0] == self.prometheus_path:
+                if path != self.prometheus_path:
+                    return 400, "text/plain", f"Unexpected path: {path}. Should be {self.prometheus_path}"
+                return 200, "text/plain", self.metrics.render()
             match = INFERENCE_ROUTE.fullmatch(path)
             if method == "POST" and match:
                 model_name, api = match.group("name"), match.group("verb").lower()
@@ -130,6 +147,11 @@ class RestApi:
         spec = _model_spec(match)
         document = json_tensor.parse_document(body)
         spec.signature_name = json_tensor.signature_name(document)
+        if verb != "predict":  # as in TF Serving, the whole body is read before the model is looked up
+            request_type = classification_pb2.ClassificationRequest if verb == "classify" else \
+                regression_pb2.RegressionRequest
+            request = request_type(model_spec=spec)
+            json_tensor.fill_examples(document, request.input)
         with self.manager.serving(spec) as servable:
             if verb == "predict":
                 _, signature = servable.signature(spec.signature_name, lambda name: invalid_argument(
@@ -138,11 +160,7 @@ class RestApi:
                 _, outputs = servable.predict(spec.signature_name, inputs)
                 return json_tensor.predict_outputs(outputs, row_format)
             if verb == "classify":
-                request = classification_pb2.ClassificationRequest(model_spec=spec)
-                json_tensor.fill_examples(document, request.input)
                 return json_tensor.classification_result(servable.classify(request).result)
-            request = regression_pb2.RegressionRequest(model_spec=spec)
-            json_tensor.fill_examples(document, request.input)
             return json_tensor.regression_result(servable.regress(request).result)
 
 
@@ -186,7 +204,6 @@ def _read_chunked(rfile, limit: int) -> bytes:
 
 class _Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
-    server_version = "TensorFlowServing-compatible"
     api: RestApi
     timeout_seconds: float
     enable_cors: bool
@@ -216,10 +233,22 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         return body
 
     def _answer(self, method: str) -> None:
+        """Routes as TF Serving's HTTP server does: the metrics path, ``/v1/...`` to the API, else libevent's 404."""
         try:
             body = self._read_body()
         except _HttpError as error:
             self._reply(error.status, "application/json", json.dumps({"error": str(error)}), close=True)
+            return
+        if self.path.split("?", 1)[0] == self.api.prometheus_path:
+            status, content_type, text = self.api.handle(method, self.path, body)
+            self._reply(status, content_type, text, cors=False)
+            return
+        if not HANDLER_PATHS.fullmatch(self.path):
+            self._reply(404, LIBEVENT_CONTENT_TYPE, libevent_error_page(404), close=True, cors=False)
+            return
+        if method == "OPTIONS":  # a CORS preflight: no body, 400 without an http(s) Origin
+            origin = self.headers.get("Origin") or ""
+            self._reply(200 if re.search("https?://", origin) else 400, LIBEVENT_CONTENT_TYPE, "")
             return
         future = self.workers.submit(self.api.handle, method, self.path, body)
         try:
@@ -228,42 +257,47 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             status, content_type, text = 504, "application/json", json.dumps({"error": "Deadline Exceeded"})
         self._reply(status, content_type, text)
 
-    def _reply(self, status: int, content_type: str, text: str, close: bool = False) -> None:
+    def send_response(self, code, message=None):
+        """Status line and Date; no Server header, as libevent sends none in TF Serving."""
+        self.log_request(code)
+        self.send_response_only(code, message)
+        self.send_header("Date", self.date_time_string())
+
+    def _reply(self, status: int, content_type: str, text: str, close: bool = False,
+               cors: bool = True) -> None:
         payload = text.encode("utf-8")
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(payload)))
-        if self.enable_cors:
+        if cors and self.enable_cors:  # TF Serving's AddCORSHeaders, on every answer of its REST handler
             self.send_header("Access-Control-Allow-Origin", "*")
+            self.send_header("Access-Control-Allow-Methods", "POST, GET")
+            self.send_header("Access-Control-Allow-Headers", "Content-Type")
         if close:  # the rest of the stream cannot be trusted to start a request
             self.send_header("Connection", "close")
         self.end_headers()
-        self.wfile.write(payload)
+        if self.command != "HEAD":
+            self.wfile.write(payload)
 
     def send_error(self, code, message=None, explain=None):
-        """The HTTP parser's own refusals (bad request line, headers too long, ...) as JSON errors."""
+        """The HTTP parser's own refusals (bad request line, headers too long, ...) as JSON errors.
+
+        A method libevent does not accept in TF Serving gets libevent's 501 page instead.
+        """
         if self.request_version == "HTTP/0.9":  # an unparsable request line; answer with a status line anyway
             self.request_version = self.protocol_version
+        if code == http.HTTPStatus.NOT_IMPLEMENTED:
+            self._reply(code, LIBEVENT_CONTENT_TYPE, libevent_error_page(code), close=True, cors=False)
+            return
         self._reply(code, "application/json",
                     json.dumps({"error": message or self.responses.get(code, ("Error",))[0]}), close=True)
 
-    def do_GET(self):
-        self._answer("GET")
-
-    def do_POST(self):
-        self._answer("POST")
-
-    def do_OPTIONS(self):
-        self.send_response(200 if self.enable_cors else 405)
-        if self.enable_cors:
-            self.send_header("Access-Control-Allow-Origin", "*")
-            self.send_header("Access-Control-Allow-Methods", "GET, POST, OPTIONS")
-            self.send_header("Access-Control-Allow-Headers", "Content-Type")
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
     def log_message(self, format, *args):  # noqa: A002  (BaseHTTPRequestHandler's signature)
         log.debug("REST %s", format % args)
+
+
+for _method in ALLOWED_METHODS:
+    setattr(_Handler, f"do_{_method}", lambda self, method=_method: self._answer(method))
 
 
 class _HttpServer(http.server.ThreadingHTTPServer):
