@@ -250,7 +250,7 @@ def _decode_deeply_nested(text: str, index: int):
 
     Runs of brackets are opened and closed in bulk, so that depth costs little per level.
     """
-    frames = []  # [container, key of the member being read] per open object or array
+    containers, keys = [], []  # per open object or array: it, and the key of the member being read (None in arrays)
 
     def skip(position):
         while position < len(text) and text[position] in _JSON_WHITESPACE_CHARACTERS:
@@ -270,16 +270,20 @@ def _decode_deeply_nested(text: str, index: int):
         index = skip(index)
         arrays = _OPENING_BRACKETS.match(text, index)
         if arrays:
-            frames.extend([[], None] for _ in range(arrays.group().count("[")))
+            depth = arrays.group().count("[")
+            containers.extend([] for _ in range(depth))
+            keys.extend([None] * depth)
             index = arrays.end()
             if not text.startswith("]", index):
                 continue
-            value, index = frames.pop()[0], index + 1
+            value, index = containers.pop(), index + 1
+            keys.pop()
         elif text.startswith("{", index):
             index = skip(index + 1)
             if not text.startswith("}", index):
                 key, index = key_at(index)
-                frames.append([{}, key])
+                containers.append({})
+                keys.append(key)
                 continue
             value, index = {}, index + 1
         elif text.startswith('"', index):
@@ -296,9 +300,9 @@ def _decode_deeply_nested(text: str, index: int):
             else:
                 raise json.JSONDecodeError("Expecting value", text, index)
         while True:  # the value is complete: store it, then close every container it completes
-            if not frames:
+            if not containers:
                 return value
-            container, key = frames[-1]
+            container, key = containers[-1], keys[-1]
             if key is None:
                 container.append(value)
             else:
@@ -308,18 +312,23 @@ def _decode_deeply_nested(text: str, index: int):
                 if key is None:
                     index += 1
                 else:
-                    frames[-1][1], index = key_at(skip(index + 1))
+                    keys[-1], index = key_at(skip(index + 1))
                 break
             closers = _CLOSING_BRACKETS.match(text, index) if key is None else None
             if closers:  # each "]" closes the innermost array and stores it in the next one
                 for position in [index + offset for offset, char in enumerate(closers.group()) if char == "]"][1:]:
-                    value = frames.pop()[0]
-                    if not frames or frames[-1][1] is not None:
+                    value = containers.pop()
+                    keys.pop()
+                    if not containers:  # the document ended; what follows is not read
+                        return value
+                    if keys[-1] is not None:
                         raise json.JSONDecodeError("Expecting ',' delimiter", text, position)
-                    frames[-1][0].append(value)
-                value, index = frames.pop()[0], closers.end()
+                    containers[-1].append(value)
+                value, index = containers.pop(), closers.end()
+                keys.pop()
             elif key is not None and text.startswith("}", index):
-                value, index = frames.pop()[0], index + 1
+                value, index = containers.pop(), index + 1
+                keys.pop()
             else:
                 raise json.JSONDecodeError("Expecting ',' delimiter", text, index)
 

@@ -384,7 +384,8 @@ def fill_examples_request(body: str, request_type):
     """FillClassificationRequestFromJson / FillRegressionRequestFromJson."""
     document = parse_document(body.encode())
     request = request_type()
-    request.model_spec.signature_name = signature_name(document)
+    if "signature_name" in document:
+        request.model_spec.signature_name = signature_name(document)
     fill_examples(document, request.input)
     return request
 
