@@ -272,7 +272,8 @@ def parse_document(body: bytes) -> dict:
         raise invalid_argument("JSON Parse error: Terminate parsing due to Handler error. at offset: 0")
     surrogate_offset = _lone_surrogate_offset(body)
     if surrogate_offset is not None:
-        raise invalid_argument(f"JSON Parse error: The surrogate pair in string is invalid. at offset: {surrogate_offset}")
+        raise invalid_argument(
+            f"JSON Parse error: The surrogate pair in string is invalid. at offset: {surrogate_offset}")
     if not isinstance(document, dict):
         raise invalid_argument(f"JSON Value: {_value_text(document)} Is not object")
     return document

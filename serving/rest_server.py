@@ -387,7 +387,8 @@ class RestServer:
             "api": api, "timeout_seconds": timeout_ms / 1000 if timeout_ms > 0 else None,
             "enable_cors": enable_cors, "slots": self._slots, "timeout": io_timeout_seconds,
         })
-        self._server = _HttpServer((host, port), handler, listen_backlog if listen_backlog > 0 else system_max_backlog())
+        backlog = listen_backlog if listen_backlog > 0 else system_max_backlog()
+        self._server = _HttpServer((host, port), handler, backlog)
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, name="rest", daemon=True)
 

@@ -436,7 +436,8 @@ def test_huge_promised_tensor_costs_about_its_reply_and_the_cap_refuses_more(hal
     reply = tf.make_ndarray(response.outputs["y"])
     assert reply.shape == (HUGE_ROWS, 1) and np.all(reply == 2.0)  # zero-filled input, as in TF Serving
     tensor_bytes = HUGE_ROWS * 4
-    print(f"\n[{HUGE_ROWS}, 1] Predict: peak RSS growth {growth.bytes / 1e6:.0f} MB for a {tensor_bytes / 1e6:.0f} MB reply")
+    print(f"\n[{HUGE_ROWS}, 1] Predict: peak RSS growth {growth.bytes / 1e6:.0f} MB "
+          f"for a {tensor_bytes / 1e6:.0f} MB reply")
     # Full size (benchmark) bound: 2.5 GB for 400 MB, i.e. 6.25 times the tensor; Python lists took over 12.
     assert growth.bytes < 6.25 * tensor_bytes
     with pytest.raises(grpc.RpcError) as refused:
