@@ -22,6 +22,7 @@ Error messages use TF Serving's wording, so clients matching on them work.
 import base64
 import binascii
 import decimal
+import itertools
 import json
 import json.decoder
 import json.scanner
@@ -147,15 +148,20 @@ _CONTROL_ESCAPES = {"\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\
 
 
 def _rapidjson_scalar(item) -> str:
-    """A string, number, bool or null as rapidjson's writer writes it."""
+    """A string, number, bool or null as rapidjson's writer writes it.
+
+    A string longer than the debug limit is cut there, without its closing quote: rapidjson finishes
+    the token however long, which would let one string make an error reply of any size.
+    """
     if isinstance(item, str):
-        return '"' + "".join(_CONTROL_ESCAPES.get(char) or (f"\\u{ord(char):04X}" if char < " " else char)
-                             for char in item) + '"'
+        quoted = '"' + "".join(_CONTROL_ESCAPES.get(char) or (f"\\u{ord(char):04X}" if char < " " else char)
+                               for char in item[:_DEBUG_TEXT_LIMIT])
+        return quoted if len(item) > _DEBUG_TEXT_LIMIT else quoted + '"'
     if item is None or isinstance(item, bool):
         return json.dumps(item)
-    if isinstance(item, int):
+    if isinstance(item, int) and -(2**63) <= item < 2**64:
         return str(item)
-    return _rapidjson_double(item)
+    return _rapidjson_double(float(item))  # rapidjson holds integers beyond 64 bits as doubles
 
 
 def _rapidjson_double(value: float) -> str:
@@ -202,6 +208,55 @@ def format_float(value, numpy_type) -> str:
     return text
 
 
+_JSON_STRING_OR_NUMBER = re.compile(rb'"(?:[^"\\]|\\.)*"|-?[0-9]+(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?')
+_ESCAPE = re.compile(rb"\\(?:u([0-9a-fA-F]{4})|.)")
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+class _NumberTooBig(Exception):
+    """An integer literal rapidjson refuses (beyond a double's range); carries its text."""
+
+
+def _json_int(text: str) -> int:
+    """An integer literal, refused where rapidjson refuses it (before Python's int() would spend time on it)."""
+    digits = text.lstrip("-")
+    if len(digits) >= 310 or (len(digits) == 309 and float(digits[:308]) >= 1.7976931348623157e307):
+        raise _NumberTooBig(text)
+    return int(text)
+
+
+def _token_offset(body: bytes, token: bytes) -> int:
+    """Byte offset of the first number literal ``token`` outside strings."""
+    for match in _JSON_STRING_OR_NUMBER.finditer(body):
+        if match.group() == token:
+            return match.start()
+    return 0
+
+
+def _lone_surrogate_offset(body: bytes) -> int | None:
+    """Byte offset of the first ``\\uD800``-``\\uDFFF`` escape not in a valid pair (rapidjson refuses them)."""
+    if not _SURROGATE_ESCAPE.search(body):
+        return None
+    for string in _JSON_STRING_OR_NUMBER.finditer(body):
+        if not string.group().startswith(b'"') or not _SURROGATE_ESCAPE.search(string.group()):
+            continue
+        pending_high = None
+        for escape in _ESCAPE.finditer(string.group()):
+            unit = int(escape.group(1), 16) if escape.group(1) else None
+            offset = string.start() + escape.start()
+            if pending_high is not None and not (unit is not None and 0xDC00 <= unit <= 0xDFFF):
+                return pending_high
+            if pending_high is not None:
+                pending_high = None
+            elif unit is not None and 0xD800 <= unit <= 0xDBFF:
+                pending_high = offset
+            elif unit is not None and 0xDC00 <= unit <= 0xDFFF:
+                return offset
+        if pending_high is not None:
+            return pending_high
+    return None
+
+
 def parse_document(body: bytes) -> dict:
     """Request bytes -> JSON object, or TF Serving's parse error.
 
@@ -222,6 +277,9 @@ def parse_document(body: bytes) -> dict:
             document, _ = _DECODER.raw_decode(text, start)
         except RecursionError:
             document = _decode_deeply_nested(text, start)
+    except _NumberTooBig as error:
+        offset = _token_offset(body, str(error).encode("ascii"))
+        raise invalid_argument(f"JSON Parse error: Number too big to be stored in double. at offset: {offset}")
     except json.JSONDecodeError as error:
         reason = next((text for prefix, text in _PYTHON_TO_RAPIDJSON_ERRORS.items()
                        if error.msg.startswith(prefix)), None)
@@ -231,12 +289,16 @@ def parse_document(body: bytes) -> dict:
                       if opener.rfind("{") > opener.rfind("[") else "Missing a comma or ']' after an array element.")
         offset = len(text[:error.pos].encode("utf-8"))
         raise invalid_argument(f"JSON Parse error: {reason or 'Invalid value.'} at offset: {offset}")
+    surrogate_offset = _lone_surrogate_offset(body)
+    if surrogate_offset is not None:
+        raise invalid_argument(
+            f"JSON Parse error: The surrogate pair in string is invalid. at offset: {surrogate_offset}")
     if not isinstance(document, dict):
         raise invalid_argument(f"JSON Value: {_value_text(document)} Is not object")
     return document
 
 
-_DECODER = json.JSONDecoder()
+_DECODER = json.JSONDecoder(parse_int=_json_int)
 _JSON_WHITESPACE = re.compile(r"[ \t\n\r]*")
 _JSON_WHITESPACE_CHARACTERS = " \t\n\r"
 _OPENING_BRACKETS = re.compile(r"(?:\[[ \t\n\r]*)+")
@@ -293,7 +355,8 @@ def _decode_deeply_nested(text: str, index: int):
             constant = next((name for name in _JSON_CONSTANTS if text.startswith(name, index)), None)
             if number:
                 integer, fraction, exponent = number.groups()
-                value = float(integer + (fraction or "") + (exponent or "")) if fraction or exponent else int(integer)
+                literal = integer + (fraction or "") + (exponent or "")
+                value = float(literal) if fraction or exponent else _json_int(integer)
                 index = number.end()
             elif constant:
                 value, index = _JSON_CONSTANTS[constant], index + len(constant)
@@ -418,11 +481,54 @@ def _array(flat: list, shape: list[int], dtype_enum: int) -> np.ndarray:
         array = np.empty(len(flat), dtype=object)
         array[:] = flat
         return array.reshape(shape)
+    if dtype_enum in _INT_RANGES:  # stored in int_val and cast, as in TF Serving: narrower types wrap around
+        wide = np.uint64 if dtype_enum == types_pb2.DT_UINT64 else np.int64
+        return np.array(flat, dtype=wide).astype(_NUMPY_TYPES[dtype_enum]).reshape(shape)
     with np.errstate(over="ignore"):  # doubles beyond float32 become +-inf, as C++'s float cast makes them
         return np.array(flat, dtype=_NUMPY_TYPES[dtype_enum]).reshape(shape)
 
 
+def _leaf_types(value, depth: int) -> set | None:
+    """The Python types of the values ``depth`` lists deep in ``value`` (None if something else is in the way)."""
+    leaves = value
+    for _ in range(depth - 1):
+        leaves = itertools.chain.from_iterable(leaves)
+    try:
+        return set(map(type, leaves))
+    except TypeError:  # a number where a list should be
+        return None
+
+
+def _numeric_array(value, dtype_enum: int) -> np.ndarray | None:
+    """``value`` converted by numpy's C loops, when it is a regular nested list of numbers (or bools) that
+    TF Serving's rules take as they are; None otherwise, and the per-element path decides (with its errors)."""
+    is_float = dtype_enum in (types_pb2.DT_FLOAT, types_pb2.DT_DOUBLE)
+    allowed = ({int, float} if is_float else {bool} if dtype_enum == types_pb2.DT_BOOL
+               else {int} if dtype_enum in _INT_RANGES and dtype_enum != types_pb2.DT_UINT64 else None)
+    shape = _dense_shape(value)
+    if allowed is None or not shape or 0 in shape:
+        return None
+    leaf_types = _leaf_types(value, len(shape))
+    if not leaf_types or not leaf_types <= allowed:
+        return None
+    try:
+        array = np.array(value, dtype=np.float64 if is_float else np.bool_ if bool in allowed else np.int64)
+    except (TypeError, ValueError, OverflowError):  # ragged, or an integer beyond int64
+        return None
+    if array.shape != tuple(shape):
+        return None
+    if dtype_enum in _INT_RANGES:
+        low, high = _INT_RANGES[dtype_enum]
+        if array.min() < low or array.max() > high:
+            return None
+    with np.errstate(over="ignore"):  # as _array: doubles beyond float32 become +-inf
+        return array.astype(_NUMPY_TYPES[dtype_enum], copy=False)
+
+
 def value_to_array(value, dtype_enum: int) -> np.ndarray:
+    fast = _numeric_array(value, dtype_enum)
+    if fast is not None:
+        return fast
     shape = _dense_shape(value)
     flat = []
     _fill(value, 0, shape, dtype_enum, flat)
@@ -433,12 +539,32 @@ def _status_text(error: ServingError) -> str:
     return f"{error.code_name}: {error.message}"
 
 
+def _fast_instances(instances: list, input_types: dict, named: bool) -> dict | None:
+    """Row format converted a column at a time by ``_numeric_array``, when every column is regular and
+    numeric (and every object has exactly the inputs' keys); None otherwise."""
+    if not named:
+        array = _numeric_array(instances, next(iter(input_types.values())))
+        return None if array is None else {next(iter(input_types)): array}
+    keys = set(input_types)
+    if not all(type(instance) is dict and instance.keys() == keys for instance in instances):
+        return None
+    arrays = {}
+    for name, dtype_enum in input_types.items():
+        arrays[name] = _numeric_array([instance[name] for instance in instances], dtype_enum)
+        if arrays[name] is None:
+            return None
+    return arrays
+
+
 def _instances_to_arrays(instances: list, input_types: dict) -> dict:
     if not isinstance(instances[0], dict) and len(input_types) > 1:
         raise invalid_argument("instances is a plain list, but expecting list of objects as multiple "
                                "input tensors required as per tensorinfo_map")
     named = isinstance(instances[0], dict) and not _is_b64(instances[0])
     names = sorted(input_types)
+    fast = _fast_instances(instances, input_types, named)
+    if fast is not None:
+        return fast
     columns = {name: [] for name in names}
     shapes = {}
 
@@ -605,14 +731,65 @@ def _nest(array: np.ndarray, write):
     return [_nest(item, write) for item in array]
 
 
+_TEXT_CHUNK = 1 << 18  # elements formatted per step: bounds the scratch memory of _array_text
+
+
+def _number_texts(chunk: np.ndarray) -> np.ndarray:
+    """Each number's JSON text as ``_writer_for`` writes it, formatted by C loops (a numpy string array)."""
+    if chunk.dtype == np.bool_:
+        return np.where(chunk, "true", "false")
+    if chunk.dtype.kind in "iu":
+        return chunk.astype(np.str_)
+    texts = np.array(("%g\n" * chunk.size % tuple(chunk.tolist())).split("\n")[:-1])
+    finite = np.isfinite(chunk)
+    with np.errstate(over="ignore"):
+        inexact = finite & (texts.astype(np.float64).astype(chunk.dtype) != chunk)
+    if inexact.any():  # %g does not round-trip: max_digits10, as format_float
+        digits = 9 if chunk.dtype == np.float32 else 17
+        redone = chunk[inexact].tolist()
+        texts = texts.astype(object)
+        texts[inexact] = (f"%.{digits}g\n" * len(redone) % tuple(redone)).split("\n")[:-1]
+        texts = texts.astype(np.str_)
+    whole = finite & (np.strings.find(texts, ".") < 0) & (np.strings.find(texts, "e") < 0)
+    texts = np.where(whole, np.strings.add(texts, ".0"), texts)
+    texts = np.where(np.isnan(chunk), "NaN", texts)
+    return np.where(np.isinf(chunk), np.where(chunk > 0, "Infinity", "-Infinity"), texts)
+
+
+def _array_text(array: np.ndarray, name: str) -> str:
+    """An output tensor as nested JSON lists. Numbers are formatted a chunk at a time by numpy, with no
+    Python object per element kept; strings and empty tensors go through ``_nest``."""
+    if array.size == 0 or array.ndim == 0 or array.dtype not in (np.float32, np.float64) and \
+            array.dtype.kind not in "iub":
+        return to_text(_nest(array, _writer_for(array, name)))
+    strides = [math.prod(array.shape[level:]) for level in range(1, array.ndim)]
+    # After element i: "]" and "[" for every inner list that closes there, around the comma.
+    separators = np.array(["]" * count + "," + "[" * count for count in range(array.ndim)])
+    flat = array.reshape(-1)
+    pieces = ["[" * array.ndim]
+    for start in range(0, flat.size, _TEXT_CHUNK):
+        chunk = flat[start:start + _TEXT_CHUNK]
+        following = np.arange(start + 1, start + 1 + chunk.size)
+        closing = sum((following % stride == 0).astype(np.int64) for stride in strides) if strides else \
+            np.zeros(chunk.size, dtype=np.int64)
+        chunk_separators = separators[closing]
+        if start + chunk.size == flat.size:
+            chunk_separators[-1] = ""
+        pieces.append("".join(np.strings.add(_number_texts(chunk), chunk_separators).tolist()))
+    pieces.append("]" * array.ndim)
+    return "".join(pieces)
+
+
 def predict_outputs(outputs: dict, row_format: bool) -> str:
     """Output tensors -> response JSON text in the request's format."""
     if not outputs:
         raise invalid_argument("Cannot convert empty tensor map to JSON")
     arrays = {name: np.asarray(value) for name, value in outputs.items()}
     if not row_format:
-        values = {name: _nest(array, _writer_for(array, name)) for name, array in arrays.items()}
-        return to_text({"outputs": values if len(values) > 1 else next(iter(values.values()))})
+        if len(arrays) == 1:
+            return '{"outputs":' + _array_text(*next(iter(arrays.items()))[::-1]) + "}"
+        return '{"outputs":{' + ",".join(f"{json.dumps(name)}:{_array_text(array, name)}"
+                                         for name, array in arrays.items()) + "}}"
     batch_size = None
     for name, array in arrays.items():
         if array.ndim == 0:
@@ -621,9 +798,9 @@ def predict_outputs(outputs: dict, row_format: bool) -> str:
             raise invalid_argument(f"Tensor name: {name} has inconsistent batch size: {array.shape[0]} "
                                    f"expecting: {batch_size}")
         batch_size = array.shape[0]
+    if len(arrays) == 1:
+        return '{"predictions":' + _array_text(*next(iter(arrays.items()))[::-1]) + "}"
     values = {name: _nest(array, _writer_for(array, name)) for name, array in arrays.items()}
-    if len(values) == 1:
-        return to_text({"predictions": next(iter(values.values()))})
     return to_text({"predictions": [{name: column[index] for name, column in values.items()}
                                     for index in range(batch_size)]})
 

@@ -20,7 +20,15 @@ broken chunked body or an unparsable request line gets a 400 (all as JSON
 errors) and the connection is closed; a connection that sends or takes
 nothing for ``IO_TIMEOUT_SECONDS`` (libevent's, as in TF Serving) is closed.
 Each connection is read on a thread of its own, so a slow client holds no
-worker.
+worker. The socket queues as many new connections as the system allows
+(``listen_backlog``), so that a burst of clients is not reset.
+
+Requests run in ``num_threads`` slots. ``--rest_api_timeout_in_ms`` is a
+deadline: a request still queued then never runs, one still running answers
+504, gives its slot to the next request and stops at its next step (parsing,
+conversion, the model call, the reply). Every client mistake is a 4xx; only
+server faults are 5xx, logged once per kind and minute (``LogLimiter``);
+no error reply exceeds 4 kB.
 """
 
 import concurrent.futures
@@ -29,16 +37,25 @@ import http.server
 import json
 import logging
 import re
+import socket
 import sys
 import threading
 import time
 import urllib.parse
 
+import grpc
 from google.protobuf import json_format
 from tensorflow_serving.apis import classification_pb2, get_model_metadata_pb2, model_pb2, regression_pb2
 
 from serving import json_tensor
-from serving.errors import ServingError, http_status_for, invalid_argument
+from serving.errors import (
+    LogLimiter,
+    ServingError,
+    bounded_message,
+    http_status_for,
+    invalid_argument,
+    resource_exhausted,
+)
 from serving.grpc_server import model_status_response
 from serving.monitoring import Metrics
 
@@ -65,6 +82,7 @@ MAX_BODY_BYTES = 64 * 1024 * 1024
 # libevent's read/write timeout for HTTP connections (HTTP_READ_TIMEOUT), kept by TF Serving.
 IO_TIMEOUT_SECONDS = 50
 _DECIMAL = re.compile(r"[0-9]{1,19}", re.ASCII)
+_DEADLINE_EXCEEDED = (504, "application/json", json.dumps({"error": "Deadline Exceeded"}))
 _CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")
 _MAX_CHUNK_LINE = 4096
 _MAX_TRAILER_LINES = 100
@@ -74,9 +92,10 @@ def _model_spec(match) -> model_pb2.ModelSpec:
     """Name, version and label of a route match; name and label are percent-decoded as TF Serving's curl does."""
     spec = model_pb2.ModelSpec(name=urllib.parse.unquote(match.group("name") or ""))
     if match.group("version"):
-        version = int(match.group("version"))
+        digits = match.group("version")
+        version = int(digits) if len(digits) <= 19 else MAX_VERSION + 1  # more digits: out of range, not parsed
         if version > MAX_VERSION:
-            raise invalid_argument(f"Failed to convert version: {match.group('version')} to numeric.")
+            raise invalid_argument(f"Failed to convert version: {digits} to numeric.")
         spec.version.value = version
     elif match.group("label"):
         spec.version_label = urllib.parse.unquote(match.group("label"))
@@ -94,6 +113,16 @@ def _proto_json(message) -> str:
                                      always_print_fields_with_no_presence=True, indent=1)
 
 
+def _error_reply(status: int, message: str) -> tuple[int, str, str]:
+    return status, "application/json", json.dumps({"error": bounded_message(message)})
+
+
+def _check_deadline(deadline: float | None) -> None:
+    """Stops a request whose answer (504) has already been sent: its remaining steps would be wasted."""
+    if deadline is not None and time.monotonic() > deadline:
+        raise ServingError(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
+
+
 class RestApi:
     """Request routing and translation, independent of the HTTP server."""
 
@@ -101,31 +130,40 @@ class RestApi:
         self.manager = manager
         self.metrics = metrics
         self.prometheus_path = prometheus_path
+        self._faults_log = LogLimiter()
 
-    def handle(self, method: str, path: str, body: bytes) -> tuple[int, str, str]:
-        """Returns (HTTP status, content type, body text)."""
+    def handle(self, method: str, path: str, body: bytes, deadline: float | None = None) -> tuple[int, str, str]:
+        """Returns (HTTP status, content type, body text); work stops at ``deadline`` (time.monotonic)."""
         started = time.perf_counter()
         model_name, api, status = None, None, "OK"
         try:
             if self.prometheus_path and path.split("?", 1)[0] == self.prometheus_path:
                 if path != self.prometheus_path:
-                    return 400, "text/plain", f"Unexpected path: {path}. Should be {self.prometheus_path}"
+                    message = f"Unexpected path: {path}. Should be {self.prometheus_path}"
+                    return 400, "text/plain", bounded_message(message)
                 return 200, "text/plain", self.metrics.render()
             match = INFERENCE_ROUTE.fullmatch(path)
             if method == "POST" and match:
                 model_name, api = match.group("name"), match.group("verb").lower()
-                return 200, "application/json", self._inference(match, api, body)
+                return 200, "application/json", self._inference(match, api, body, deadline)
             match = STATUS_ROUTE.fullmatch(path)
             if method == "GET" and match:
                 return 200, "application/json", self._status_or_metadata(match)
             raise invalid_argument(f"Malformed request: {method} {path}")
         except ServingError as error:
             status = error.code_name
-            return http_status_for(error.code), "application/json", json.dumps({"error": error.message})
-        except Exception as error:  # never let a request take the server down
-            log.exception("REST request failed")
+            return _error_reply(http_status_for(error.code), error.message)
+        except MemoryError:
+            status = "RESOURCE_EXHAUSTED"
+            error = resource_exhausted("Out of memory while processing the request")
+            return _error_reply(http_status_for(error.code), error.message)
+        except Exception as error:  # a server fault; never let a request take the server down
             status = "INTERNAL"
-            return 500, "application/json", json.dumps({"error": f"{type(error).__name__}: {error}"})
+            allowed, left_out = self._faults_log.allow(type(error).__name__)
+            if allowed:
+                log.error("REST request failed%s", f" ({left_out} more of this kind not logged)" if left_out else "",
+                          exc_info=error)
+            return _error_reply(500, f"{type(error).__name__}: {error}")
         finally:
             if api:
                 self.metrics.record_request(model_name, api, "REST", status, time.perf_counter() - started)
@@ -143,9 +181,10 @@ class RestApi:
         model_spec = json.loads(_proto_json(response.model_spec))
         return json.dumps({"model_spec": model_spec, "metadata": {"signature_def": signature_map}}, indent=1)
 
-    def _inference(self, match, verb: str, body: bytes) -> str:
+    def _inference(self, match, verb: str, body: bytes, deadline: float | None) -> str:
         spec = _model_spec(match)
         document = json_tensor.parse_document(body)
+        _check_deadline(deadline)
         spec.signature_name = json_tensor.signature_name(document)
         if verb != "predict":  # as in TF Serving, the whole body is read before the model is looked up
             request_type = classification_pb2.ClassificationRequest if verb == "classify" else \
@@ -157,7 +196,11 @@ class RestApi:
                 _, signature = servable.signature(spec.signature_name, lambda name: invalid_argument(
                     f'Serving signature name: "{name}" not found in signature def'))
                 inputs, row_format = json_tensor.predict_inputs(document, signature)
+                del document  # its Python objects can be many times the tensors' size: free them first
+                _check_deadline(deadline)
                 _, outputs = servable.predict(spec.signature_name, inputs)
+                del inputs
+                _check_deadline(deadline)
                 return json_tensor.predict_outputs(outputs, row_format)
             if verb == "classify":
                 return json_tensor.classification_result(servable.classify(request).result)
@@ -168,6 +211,52 @@ def _unpack_signature_map(any_message):
     signature_map = get_model_metadata_pb2.SignatureDefMap()
     any_message.Unpack(signature_map)
     return signature_map
+
+
+class _Slots:
+    """``num_threads`` request slots on a pool of threads, with a deadline per request.
+
+    A request waits for a slot until its deadline; one that passes its deadline
+    while running gives its slot to the next request at once (its thread stops
+    at the request's next step), so that requests queued behind it are not
+    starved. Twice as many threads as slots bound the abandoned ones."""
+
+    def __init__(self, num_threads: int):
+        self._free = threading.BoundedSemaphore(num_threads)
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=2 * num_threads, thread_name_prefix="rest")
+
+    def run(self, call, timeout_seconds: float | None):
+        """call(deadline) in a slot; None if the deadline passed first."""
+        deadline = None if timeout_seconds is None else time.monotonic() + timeout_seconds
+        guard, owned = threading.Lock(), []  # owned: [True] while this request holds its slot
+
+        def release():  # once, by whichever side gets here first: the finished work or the timed-out wait
+            with guard:
+                if not owned:
+                    return
+                owned.clear()
+            self._free.release()
+
+        def work():
+            if not self._free.acquire(timeout=None if deadline is None else max(deadline - time.monotonic(), 0)):
+                return None
+            with guard:
+                owned.append(True)
+            try:
+                return None if deadline is not None and time.monotonic() > deadline else call(deadline)
+            finally:
+                release()
+
+        future = self._pool.submit(work)
+        try:
+            return future.result(timeout=None if deadline is None else max(deadline - time.monotonic(), 0))
+        except concurrent.futures.TimeoutError:
+            future.cancel()  # never starts if it is still queued
+            release()
+            return None
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 class _HttpError(Exception):
@@ -207,7 +296,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     api: RestApi
     timeout_seconds: float
     enable_cors: bool
-    workers: concurrent.futures.Executor
+    slots: _Slots
     # StreamRequestHandler applies it to every read and write of the connection: a client that
     # stalls (also mid-request) is disconnected after it, and an idle keep-alive connection too.
     timeout = IO_TIMEOUT_SECONDS
@@ -250,12 +339,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             origin = self.headers.get("Origin") or ""
             self._reply(200 if re.search("https?://", origin) else 400, LIBEVENT_CONTENT_TYPE, "")
             return
-        future = self.workers.submit(self.api.handle, method, self.path, body)
-        try:
-            status, content_type, text = future.result(timeout=self.timeout_seconds)
-        except concurrent.futures.TimeoutError:
-            status, content_type, text = 504, "application/json", json.dumps({"error": "Deadline Exceeded"})
-        self._reply(status, content_type, text)
+        answer = self.slots.run(lambda deadline: self.api.handle(method, self.path, body, deadline),
+                                self.timeout_seconds)
+        self._reply(*(answer or _DEADLINE_EXCEEDED))
 
     def send_response(self, code, message=None):
         """Status line and Date; no Server header, as libevent sends none in TF Serving."""
@@ -300,8 +386,21 @@ for _method in ALLOWED_METHODS:
     setattr(_Handler, f"do_{_method}", lambda self, method=_method: self._answer(method))
 
 
+def system_max_backlog() -> int:
+    """The largest queue of pending connections the kernel grants a listening socket."""
+    try:
+        with open("/proc/sys/net/core/somaxconn") as limit:
+            return int(limit.read())
+    except (OSError, ValueError):
+        return socket.SOMAXCONN
+
+
 class _HttpServer(http.server.ThreadingHTTPServer):
     daemon_threads = True
+
+    def __init__(self, address, handler, backlog: int):
+        self.request_queue_size = backlog  # read by server_activate's listen()
+        super().__init__(address, handler)
 
     def handle_error(self, request, client_address):
         """A connection that breaks (reset, timed out while writing) ends quietly: one log line."""
@@ -312,17 +411,19 @@ class RestServer:
     """ThreadingHTTPServer running RestApi on host:port in a background thread.
 
     Each connection has a thread of its own that reads the request (so a slow
-    client holds no worker), and the ``num_threads`` workers run the requests.
+    client holds no worker), and ``num_threads`` slots run the requests. ``listen_backlog`` 0 queues as
+    many new connections as the system allows.
     """
 
     def __init__(self, api: RestApi, host: str, port: int, num_threads: int, timeout_ms: int, enable_cors: bool,
-                 io_timeout_seconds: float = IO_TIMEOUT_SECONDS):
-        self._workers = concurrent.futures.ThreadPoolExecutor(max_workers=num_threads, thread_name_prefix="rest")
+                 io_timeout_seconds: float = IO_TIMEOUT_SECONDS, listen_backlog: int = 0):
+        self._slots = _Slots(num_threads)
         handler = type("Handler", (_Handler,), {
             "api": api, "timeout_seconds": timeout_ms / 1000 if timeout_ms > 0 else None,
-            "enable_cors": enable_cors, "workers": self._workers, "timeout": io_timeout_seconds,
+            "enable_cors": enable_cors, "slots": self._slots, "timeout": io_timeout_seconds,
         })
-        self._server = _HttpServer((host, port), handler)
+        backlog = listen_backlog if listen_backlog > 0 else system_max_backlog()
+        self._server = _HttpServer((host, port), handler, backlog)
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, name="rest", daemon=True)
 
@@ -332,4 +433,4 @@ class RestServer:
     def stop(self) -> None:
         self._server.shutdown()
         self._server.server_close()
-        self._workers.shutdown(wait=False, cancel_futures=True)
+        self._slots.shutdown()
