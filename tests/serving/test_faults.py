@@ -482,13 +482,15 @@ def test_a_burst_of_new_connections_is_answered_in_full(rest_server):
 
 
 class _SlowApi:
-    """A REST API whose /slow requests work until their deadline has long passed (bounded to 5 s)."""
+    """A REST API whose /v1/slow requests work until their deadline has long passed (bounded to 5 s)."""
+
+    prometheus_path = None
 
     def __init__(self):
         self.stopped_after = []
 
     def handle(self, method, path, body, deadline=None):
-        if path == "/slow":
+        if path == "/v1/slow":
             started = time.monotonic()
             while time.monotonic() - started < 5 and time.monotonic() < deadline + 0.3:
                 time.sleep(0.01)
@@ -503,11 +505,11 @@ def test_rest_timeout_frees_the_slot_for_queued_requests():
     server.start()
     answers = {}
     try:
-        slow = threading.Thread(target=lambda: answers.update(slow=abuse.post(server.port, "/slow", b"")))
+        slow = threading.Thread(target=lambda: answers.update(slow=abuse.post(server.port, "/v1/slow", b"")))
         slow.start()
         time.sleep(0.2)  # queued behind the slow request, in the only slot
         started = time.monotonic()
-        answers["fast"] = abuse.post(server.port, "/fast", b"")
+        answers["fast"] = abuse.post(server.port, "/v1/fast", b"")
         fast_seconds = time.monotonic() - started
         slow.join(10)
     finally:
