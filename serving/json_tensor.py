@@ -214,7 +214,7 @@ _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
 class _NumberTooBig(Exception):
-    """An integer literal rapidjson refuses (beyond a double's range); carries its text."""
+    """A number literal rapidjson refuses (beyond a double's range); carries its text."""
 
 
 def _json_int(text: str) -> int:
@@ -223,6 +223,14 @@ def _json_int(text: str) -> int:
     if len(digits) >= 310 or (len(digits) == 309 and float(digits[:308]) >= 1.7976931348623157e307):
         raise _NumberTooBig(text)
     return int(text)
+
+
+def _json_float(text: str) -> float:
+    """A decimal or exponent literal; one beyond a double's range (``1e400``) is refused, as rapidjson does."""
+    value = float(text)
+    if math.isinf(value):
+        raise _NumberTooBig(text)
+    return value
 
 
 def _token_offset(body: bytes, token: bytes) -> int:
@@ -261,7 +269,8 @@ def parse_document(body: bytes) -> dict:
     """Request bytes -> JSON object, or TF Serving's parse error.
 
     Read as TF Serving's rapidjson reads it: the first JSON value counts and whatever follows it
-    is ignored, NaN and Infinity are numbers, and nesting has no depth limit.
+    is ignored, NaN, Inf and Infinity (signed) are numbers, a number beyond a double is an error,
+    and nesting has no depth limit.
     """
     if not body:
         raise invalid_argument("JSON Parse error: The document is empty")
@@ -276,6 +285,10 @@ def parse_document(body: bytes) -> dict:
         try:
             document, _ = _DECODER.raw_decode(text, start)
         except RecursionError:
+            document = _decode_deeply_nested(text, start)
+        except json.JSONDecodeError as error:
+            if not _RAPIDJSON_ONLY_CONSTANTS.match(text, error.pos):
+                raise
             document = _decode_deeply_nested(text, start)
     except _NumberTooBig as error:
         offset = _token_offset(body, str(error).encode("ascii"))
@@ -298,17 +311,21 @@ def parse_document(body: bytes) -> dict:
     return document
 
 
-_DECODER = json.JSONDecoder(parse_int=_json_int)
+_DECODER = json.JSONDecoder(parse_int=_json_int, parse_float=_json_float)
 _JSON_WHITESPACE = re.compile(r"[ \t\n\r]*")
 _JSON_WHITESPACE_CHARACTERS = " \t\n\r"
 _OPENING_BRACKETS = re.compile(r"(?:\[[ \t\n\r]*)+")
 _CLOSING_BRACKETS = re.compile(r"\](?:[ \t\n\r]*\])*")
-_JSON_CONSTANTS = {"true": True, "false": False, "null": None, "NaN": math.nan, "-Infinity": -math.inf,
-                   "Infinity": math.inf}
+# rapidjson's kParseNanAndInfFlag spellings, each before its prefixes (the first match is taken).
+_JSON_CONSTANTS = {"true": True, "false": False, "null": None, "NaN": math.nan, "-NaN": math.nan,
+                   "-Infinity": -math.inf, "Infinity": math.inf, "-Inf": -math.inf, "Inf": math.inf}
+# The spellings Python's reader does not know; a document with one is read by _decode_deeply_nested.
+_RAPIDJSON_ONLY_CONSTANTS = re.compile(r"-NaN|-?Inf(?!inity)")
 
 
 def _decode_deeply_nested(text: str, index: int):
-    """The JSON value at ``index``, read without recursion (for nesting too deep for ``json``).
+    """The JSON value at ``index``, read without recursion (for nesting too deep for ``json``, and
+    rapidjson's number spellings it does not know).
 
     Runs of brackets are opened and closed in bulk, so that depth costs little per level.
     """
@@ -356,7 +373,7 @@ def _decode_deeply_nested(text: str, index: int):
             if number:
                 integer, fraction, exponent = number.groups()
                 literal = integer + (fraction or "") + (exponent or "")
-                value = float(literal) if fraction or exponent else _json_int(integer)
+                value = _json_float(literal) if fraction or exponent else _json_int(integer)
                 index = number.end()
             elif constant:
                 value, index = _JSON_CONSTANTS[constant], index + len(constant)

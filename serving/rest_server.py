@@ -42,6 +42,7 @@ import sys
 import threading
 import time
 import urllib.parse
+import zlib
 
 import grpc
 from google.protobuf import json_format
@@ -267,6 +268,22 @@ class _HttpError(Exception):
         self.status = status
 
 
+def inflate_gzip(body: bytes, limit: int) -> bytes:
+    """A gzip request body inflated, as TF Serving's HTTP server inflates one sent with ``Content-Encoding: gzip``.
+
+    A body that does not inflate becomes empty there (and so "The document is empty"); one that inflates
+    beyond ``limit`` is refused here, as a body of that size would be.
+    """
+    inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+    try:
+        inflated = inflater.decompress(body, limit + 1)
+    except zlib.error:
+        return b""
+    if len(inflated) > limit:
+        raise _HttpError(413, f"Request body inflates to more than the limit of {limit} bytes")
+    return inflated if inflater.eof else b""
+
+
 def _read_chunked(rfile, limit: int) -> bytes:
     """A ``Transfer-Encoding: chunked`` body, refused if malformed or over ``limit`` bytes."""
     chunks, total = [], 0
@@ -325,6 +342,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         """Routes as TF Serving's HTTP server does: the metrics path, ``/v1/...`` to the API, else libevent's 404."""
         try:
             body = self._read_body()
+            if "gzip" in (self.headers.get("Content-Encoding") or ""):  # TF Serving's auto_uncompress_input
+                body = inflate_gzip(body, MAX_BODY_BYTES)
         except _HttpError as error:
             self._reply(error.status, "application/json", json.dumps({"error": str(error)}), close=True)
             return

@@ -136,6 +136,22 @@ def test_float_tensor_that_exceeds_min_returns_zero():
         assert math.copysign(1.0, arrays["default"][0]) == sign
 
 
+def test_numbers_beyond_a_double_are_parse_errors():
+    """rapidjson's kParseErrorNumberTooBig (reader.h), at the number's offset, for decimals and integers."""
+    for literal in ("1e400", "-2.5E+999", "1" + "0" * 400):
+        assert predict_error('{"instances": [1.0, %s]}' % literal, default=FLOAT) == \
+            "JSON Parse error: Number too big to be stored in double. at offset: 20"
+    arrays, _, _ = fill_predict('{"instances": [1e-400]}', default=DOUBLE)
+    assert_tensor(arrays["default"], np.float64, [1], [0.0])
+
+
+def test_nan_and_inf_spellings_of_rapidjson():
+    """json_tensor.cc parses with kParseNanAndInfFlag: NaN, Inf and Infinity, each also with a minus."""
+    arrays, _, _ = fill_predict('{"instances": [NaN, -NaN, Inf, -Inf, Infinity, -Infinity]}', default=DOUBLE)
+    assert_tensor(arrays["default"], np.float64, [6], [math.nan, math.nan, math.inf, -math.inf, math.inf, -math.inf])
+    assert predict_error('{"instances": [Inx]}', default=DOUBLE) == "JSON Parse error: Invalid value. at offset: 15"
+
+
 def test_single_unnamed_tensor_with_signature():
     """JsontensorTest.SingleUnnamedTensorWithSignature"""
     arrays, row_format, name = fill_predict(

@@ -7,6 +7,7 @@ builds. Each test names the C++ test it ports (``Suite.Name``, matched by
 (``http_server.cc``: which paths reach the handler, CORS, methods) is checked on an in-process server.
 """
 
+import gzip
 import http.client
 import json
 import socket
@@ -127,6 +128,17 @@ def test_predict(server):
                      '{"signature_name": "serving_default", "instances": [3.0, 4.0]}') == {"predictions": [3.5, 4.0]}
     assert answer_of(server, f"/v1/models/{MODEL}/versions/123:predict",
                      '{"signature_name": "serving_default", "inputs": [3.0, 4.0]}') == {"outputs": [3.5, 4.0]}
+
+
+def test_gzip_bodies_are_inflated(server):
+    """evhttp_request.cc's ReadRequestGzipBytes: a body sent with Content-Encoding gzip is inflated; one that
+    does not inflate reads as empty."""
+    path = f"{server.rest}/v1/models/{MODEL}:predict"
+    answer = requests.post(path, data=gzip.compress(b'{"instances": [1.0, 2.0]}'),
+                           headers={"Content-Encoding": "gzip"}, timeout=30)
+    assert (answer.status_code, answer.json()) == (200, {"predictions": [2.5, 3.0]})
+    refused = requests.post(path, data=b'{"instances": [1.0]}', headers={"Content-Encoding": "gzip"}, timeout=30)
+    assert (refused.status_code, refused.json()) == (400, {"error": "JSON Parse error: The document is empty"})
 
 
 def test_regress(server):
