@@ -31,6 +31,7 @@ import re
 
 import grpc
 import numpy as np
+import orjson
 from tensorflow.core.example import example_pb2, feature_pb2
 from tensorflow.core.framework import types_pb2
 
@@ -272,6 +273,17 @@ def parse_document(body: bytes) -> dict:
     is ignored, NaN, Inf and Infinity (signed) are numbers, a number beyond a double is an error,
     and nesting has no depth limit.
     """
+    try:  # orjson is strict RFC 8259: what it reads, rapidjson reads alike, about twice as fast as json
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError:  # or a body only rapidjson reads (NaN, trailing bytes, deep nesting), or an error
+        document = _read_as_rapidjson(body)
+    if not isinstance(document, dict):
+        raise invalid_argument(f"JSON Value: {_value_text(document)} Is not object")
+    return document
+
+
+def _read_as_rapidjson(body: bytes):
+    """The first JSON value of ``body`` as rapidjson reads it, or its parse error in rapidjson's words."""
     if not body:
         raise invalid_argument("JSON Parse error: The document is empty")
     try:
@@ -306,8 +318,6 @@ def parse_document(body: bytes) -> dict:
     if surrogate_offset is not None:
         raise invalid_argument(
             f"JSON Parse error: The surrogate pair in string is invalid. at offset: {surrogate_offset}")
-    if not isinstance(document, dict):
-        raise invalid_argument(f"JSON Value: {_value_text(document)} Is not object")
     return document
 
 
@@ -505,15 +515,15 @@ def _array(flat: list, shape: list[int], dtype_enum: int) -> np.ndarray:
         return np.array(flat, dtype=_NUMPY_TYPES[dtype_enum]).reshape(shape)
 
 
-def _leaf_types(value, depth: int) -> set | None:
-    """The Python types of the values ``depth`` lists deep in ``value`` (None if something else is in the way)."""
-    leaves = value
-    for _ in range(depth - 1):
-        leaves = itertools.chain.from_iterable(leaves)
-    try:
-        return set(map(type, leaves))
-    except TypeError:  # a number where a list should be
-        return None
+def _regular_lists(value: list, shape: list[int]) -> list | None:
+    """The innermost lists of ``value`` (those holding the leaves), if every item of each level above is a
+    list of the shape's length there; None otherwise. Checked by C loops (``map``), one pass per level."""
+    lists = [value]
+    for size in shape[1:]:
+        lists = list(itertools.chain.from_iterable(lists))
+        if set(map(type, lists)) != {list} or set(map(len, lists)) != {size}:
+            return None
+    return lists
 
 
 def _numeric_array(value, dtype_enum: int) -> np.ndarray | None:
@@ -525,15 +535,18 @@ def _numeric_array(value, dtype_enum: int) -> np.ndarray | None:
     shape = _dense_shape(value)
     if allowed is None or not shape or 0 in shape:
         return None
-    leaf_types = _leaf_types(value, len(shape))
-    if not leaf_types or not leaf_types <= allowed:
+    lists = _regular_lists(value, shape)
+    if lists is None:
+        return None
+    leaf_types = set(map(type, itertools.chain.from_iterable(lists)))
+    if not leaf_types <= allowed:
         return None
     try:
-        array = np.array(value, dtype=np.float64 if is_float else np.bool_ if bool in allowed else np.int64)
-    except (TypeError, ValueError, OverflowError):  # ragged, or an integer beyond int64
+        array = np.fromiter(itertools.chain.from_iterable(lists), count=math.prod(shape),
+                            dtype=np.float64 if is_float else np.bool_ if bool in allowed else np.int64)
+    except OverflowError:  # an integer beyond int64
         return None
-    if array.shape != tuple(shape):
-        return None
+    array = array.reshape(shape)
     if dtype_enum in _INT_RANGES:
         low, high = _INT_RANGES[dtype_enum]
         if array.min() < low or array.max() > high:

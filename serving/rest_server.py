@@ -32,6 +32,7 @@ no error reply exceeds 4 kB.
 """
 
 import concurrent.futures
+import gc
 import http
 import http.server
 import json
@@ -124,6 +125,42 @@ def _check_deadline(deadline: float | None) -> None:
         raise ServingError(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
 
 
+class CyclicGcPause:
+    """Python's cyclic garbage collector held off from ``with`` until ``resume()`` (or the block's end).
+
+    A request's JSON document is millions of lists and numbers, and no cycles: while it is built,
+    the collector would walk all of it again every few thousand allocations (about 3/4 of the
+    parse time). It is paused while any request holds a pause, and the document is freed before
+    resuming, so the collector never sees it.
+    """
+
+    _lock = threading.Lock()
+    _holders = 0
+    _was_enabled = True
+
+    def __enter__(self):
+        with self._lock:
+            if CyclicGcPause._holders == 0:
+                CyclicGcPause._was_enabled = gc.isenabled()
+                gc.disable()
+            CyclicGcPause._holders += 1
+        self._held = True
+        return self
+
+    def resume(self) -> None:
+        with self._lock:
+            if not self._held:
+                return
+            self._held = False
+            CyclicGcPause._holders -= 1
+            if CyclicGcPause._holders == 0 and CyclicGcPause._was_enabled:
+                gc.enable()
+
+    def __exit__(self, *exc):
+        self.resume()
+        return False
+
+
 class RestApi:
     """Request routing and translation, independent of the HTTP server."""
 
@@ -184,28 +221,32 @@ class RestApi:
 
     def _inference(self, match, verb: str, body: bytes, deadline: float | None) -> str:
         spec = _model_spec(match)
-        document = json_tensor.parse_document(body)
-        _check_deadline(deadline)
-        spec.signature_name = json_tensor.signature_name(document)
-        if verb != "predict":  # as in TF Serving, the whole body is read before the model is looked up
-            request_type = classification_pb2.ClassificationRequest if verb == "classify" else \
-                regression_pb2.RegressionRequest
-            request = request_type(model_spec=spec)
-            json_tensor.fill_examples(document, request.input)
-        with self.manager.serving(spec) as servable:
-            if verb == "predict":
+        with CyclicGcPause() as pause:  # while the document lives
+            document = json_tensor.parse_document(body)
+            _check_deadline(deadline)
+            spec.signature_name = json_tensor.signature_name(document)
+            if verb != "predict":  # as in TF Serving, the whole body is read before the model is looked up
+                request_type = classification_pb2.ClassificationRequest if verb == "classify" else \
+                    regression_pb2.RegressionRequest
+                request = request_type(model_spec=spec)
+                json_tensor.fill_examples(document, request.input)
+                del document
+                pause.resume()
+            with self.manager.serving(spec) as servable:
+                if verb == "classify":
+                    return json_tensor.classification_result(servable.classify(request).result)
+                if verb == "regress":
+                    return json_tensor.regression_result(servable.regress(request).result)
                 _, signature = servable.signature(spec.signature_name, lambda name: invalid_argument(
                     f'Serving signature name: "{name}" not found in signature def'))
                 inputs, row_format = json_tensor.predict_inputs(document, signature)
                 del document  # its Python objects can be many times the tensors' size: free them first
+                pause.resume()
                 _check_deadline(deadline)
                 _, outputs = servable.predict(spec.signature_name, inputs)
                 del inputs
                 _check_deadline(deadline)
                 return json_tensor.predict_outputs(outputs, row_format)
-            if verb == "classify":
-                return json_tensor.classification_result(servable.classify(request).result)
-            return json_tensor.regression_result(servable.regress(request).result)
 
 
 def _unpack_signature_map(any_message):

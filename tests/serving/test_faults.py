@@ -20,6 +20,7 @@
   request past the REST timeout gives its slot up.
 """
 
+import gc
 import http.client
 import logging
 import os
@@ -44,7 +45,7 @@ from tensorflow_serving.config import model_server_config_pb2
 from serving.grpc_server import GrpcServer
 from serving.manager import ManagerOptions, ModelManager, parse_version
 from serving.monitoring import Metrics
-from serving.rest_server import MAX_BODY_BYTES, RestApi, RestServer
+from serving.rest_server import MAX_BODY_BYTES, CyclicGcPause, RestApi, RestServer
 from tests.serving import abuse
 from tests.serving.conftest import ServerProcess, free_port, install_version, wait_for
 
@@ -516,3 +517,14 @@ def test_rest_timeout_frees_the_slot_for_queued_requests():
         server.stop()
     assert answers["slow"][0] == 504 and b"Deadline Exceeded" in answers["slow"][1]
     assert answers["fast"] == (200, b'{"fast": true}') and fast_seconds < 0.4, fast_seconds
+
+
+def test_cyclic_gc_is_paused_while_any_request_holds_a_pause():
+    assert gc.isenabled()
+    with CyclicGcPause() as first:
+        with CyclicGcPause():
+            assert not gc.isenabled()
+        assert not gc.isenabled()
+        first.resume()
+        assert gc.isenabled()
+    assert gc.isenabled()
