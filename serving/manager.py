@@ -73,6 +73,8 @@ class ManagerOptions:
     num_request_iterations_for_warmup: int = 1
     saved_model_tags: frozenset = frozenset({"serve"})
     allow_version_labels_for_unavailable_models: bool = False
+    # Input and output tensors above this many bytes are refused with RESOURCE_EXHAUSTED (0: no limit).
+    max_tensor_bytes: int = 0
     # Called with each freshly loaded servable before it serves (batching).
     prepare_servable: Callable[[Servable], None] | None = None
     # Called with (model base path, "OK" or error code name) per load attempt.
@@ -323,7 +325,7 @@ class ModelManager:
             self._unload_unaspired(model)
 
     def _load_servable(self, name: str, version: int, path: str) -> Servable:
-        servable = Servable(name, version, path, set(self.options.saved_model_tags))
+        servable = Servable(name, version, path, set(self.options.saved_model_tags), self.options.max_tensor_bytes)
         if self.options.prepare_servable:
             self.options.prepare_servable(servable)
         if self.options.enable_model_warmup:
