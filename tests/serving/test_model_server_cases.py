@@ -53,7 +53,9 @@ def assert_model_spec(model_spec, name: str, signature: str, version: int = 123)
 
 # ------------------------------------------------------------------ TF2 models
 def test_classify_regress_and_multi_inference_on_a_tf2_model(server):
-    """tensorflow_model_server_test.py::testClassifyTf2, ::testRegressTf2 and ::testMultiInferenceTf2."""
+    """tensorflow_model_server_test.py::testClassifyTf2,
+    tensorflow_model_server_test.py::testRegressTf2,
+    tensorflow_model_server_test.py::testMultiInferenceTf2."""
     model = "saved_model_half_plus_two_tf2_cpu"
     classify = classification_pb2.ClassificationRequest()
     classify.model_spec.name = model
@@ -100,8 +102,8 @@ def test_each_signature_of_a_checkpoint_root_answers_for_itself(server):
 
 @pytest.mark.parametrize("model", ["keras_sequential", "keras_distributed"])
 def test_keras_sequential_models(server, model):
-    """tensorflow_model_server_test.py::test_sequential_keras_saved_model_save and
-    ::test_distrat_sequential_keras_saved_model_save (the second built under a MirroredStrategy on two CPUs).
+    """tensorflow_model_server_test.py::test_sequential_keras_saved_model_save,
+    tensorflow_model_server_test.py::test_distrat_sequential_keras_saved_model_save (a MirroredStrategy on two CPUs).
 
     The cases send ``x`` and read ``y``, the names Keras 2 gave these signatures. ``tf.keras`` in
     TensorFlow 2.21 is Keras 3, whose ``tf.saved_model.save`` names them ``inputs`` and ``output_0``:
@@ -118,7 +120,8 @@ def test_keras_sequential_models(server, model):
 
 # ------------------------------------------------------- a model config file
 def test_models_of_the_good_config(server):
-    """tensorflow_model_server_test.py::testGoodModelConfig and ::testGoodGrpcChannelArgs (the server runs with
+    """tensorflow_model_server_test.py::testGoodModelConfig,
+    tensorflow_model_server_test.py::testGoodGrpcChannelArgs (the server runs with
     ``grpc.max_connection_age_ms=2000,grpc.lb_policy_name=grpclb``)."""
     for output_filter in (("y",), ()):
         check_predict(server.predict_stub, 3.0, 123, model="half_plus_two", output_filter=output_filter)
@@ -126,8 +129,9 @@ def test_models_of_the_good_config(server):
 
 
 def test_config_file_is_read_once_without_a_poll_period(server):
-    """tensorflow_model_server_test.py::testModelConfigReloadWithZeroPollPeriod, and ::testGoodGrpcChannelArgs'
-    ``grpc.max_connection_age_ms=2000``: the channel's connection ages out during the wait, and the next call answers.
+    """tensorflow_model_server_test.py::testModelConfigReloadWithZeroPollPeriod; also
+    tensorflow_model_server_test.py::testGoodGrpcChannelArgs: with ``grpc.max_connection_age_ms=2000`` the channel's
+    connection ages out during the wait, and the next call answers.
 
     The file is rewritten to serve one model from a path that does not exist; with
     ``--model_config_file_poll_wait_seconds=0`` it is not read again, so half_plus_two keeps serving. (A
