@@ -18,7 +18,9 @@ needs nothing else:
    a year would otherwise put the other seasons many "stds" away). The
    statistics are constants in the layer's config, so they travel inside the
    file.
-2. A stack of GRU or LSTM layers reads the standardised sequence.
+2. Optionally a strided Conv1D (`model.conv_*`) summarises every few hours,
+   so that a stack of GRU or LSTM layers reads a shorter sequence, ending at
+   the last observed hour.
 3. A Dense layer (horizon x quantiles units) and `QuantileHead` give degrees
    Celsius: per hour a median, with `residual` the last observed temperature
    plus the predicted change (scaled by the temperature's std), otherwise the

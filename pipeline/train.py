@@ -2,8 +2,9 @@
 
 In:  data/windows/ (the series, the start indices per split and the
      normalisation statistics) and params `seed`, `epochs`, `model.*`
-     (cell, layers, units, dropout, recurrent_dropout, residual, quantiles)
-     and `train.*` (optimizer, learning_rate, batch_size, final_hour_share,
+     (cell, layers, units, dropout, recurrent_dropout, residual, quantiles,
+     conv_filters, conv_kernel, conv_stride) and `train.*` (optimizer,
+     learning_rate, schedule, warmup_share, batch_size, final_hour_share,
      patience).
 Out: models/model.keras, the model with the best validation MAE (the
      normalisation statistics inside), and dvclive/: per-epoch loss and MAE on
