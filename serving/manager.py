@@ -48,7 +48,7 @@ from tensorflow_serving.config import model_server_config_pb2
 from serving.config import ConfigError, validate_model_server_config
 from serving.errors import ServingError, failed_precondition, invalid_argument, not_found
 from serving.servable import Servable
-from serving.storage import parse_version
+from serving.store import parse_version
 
 log = logging.getLogger("serving")
 

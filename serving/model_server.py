@@ -37,7 +37,7 @@ from serving.grpc_server import GrpcServer  # noqa: E402
 from serving.manager import ManagerOptions, ModelManager  # noqa: E402
 from serving.monitoring import Metrics  # noqa: E402
 from serving.rest_server import RestApi, RestServer  # noqa: E402
-from serving.storage import BadBasePath, ModelCache, is_remote, list_versions  # noqa: E402
+from serving.store import BadBasePath, ModelCache, is_remote, list_versions  # noqa: E402
 
 log = logging.getLogger("serving")
 

@@ -1,4 +1,4 @@
-"""Publication into object storage (pipeline.store) on real S3 and GCS protocol servers on loopback.
+"""The version store in object storage (serving.store) on real S3 and GCS protocol servers on loopback.
 
 Each test that behaves the same on both stores runs on both (`object_store`).
 The races run on S3 only: gcp-storage-emulator ignores `ifGenerationMatch=0`
@@ -7,7 +7,6 @@ one number both succeed there and nothing can be proven about GCS's.
 """
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -19,9 +18,11 @@ import fsspec
 import pytest
 
 from conftest import REPO_ROOT
-from pipeline import export, store
-from pipeline.publish import PublicationRefused, fingerprint, model_directory, publish
-from test_publish import fake_export, labelled_config
+from pipeline import export
+from pipeline.published import model_directory
+from serving import store
+from serving.store import PublicationRefused, client, fingerprint, publish, remote
+from tests.exports_helper import fake_export, labelled_config
 from tests.object_storage import os_environment_with
 
 EVALUATE = {"margin": 0.05, "tolerance": 0.05}
@@ -67,8 +68,8 @@ class RecordingFileSystem:
 
 def test_first_publication_uploads_saved_model_pb_after_every_other_file(model_url, tmp_path, monkeypatch):
     writes = []
-    file_system = store._file_system
-    monkeypatch.setattr(store, "_file_system", lambda scheme: RecordingFileSystem(file_system(scheme), writes))
+    file_system = client.file_system
+    monkeypatch.setattr(client, "file_system", lambda scheme: RecordingFileSystem(file_system(scheme), writes))
     exported = fake_export(tmp_path / "export", "a", assets=5)
 
     result = store.publish(exported, model_url, keep_versions=3)
@@ -228,7 +229,7 @@ def test_concurrent_publishers_in_threads_get_distinct_numbers(s3_server, tmp_pa
 PUBLISH_IN_A_PROCESS = """
 import sys
 from pathlib import Path
-from pipeline import store
+from serving import store
 result = store.publish(Path(sys.argv[1]), sys.argv[2], keep_versions=10)
 print(result.version)
 """
@@ -303,14 +304,14 @@ def test_an_upload_silent_for_longer_than_the_staleness_limit_is_removed(model_u
 def test_a_publisher_taken_for_dead_stops_and_leaves_nothing(s3_server, tmp_path, monkeypatch):
     """A publisher paused past the staleness limit finds its number settled as abandoned when it wakes."""
     model_url = f"{s3_server.create_bucket('models')}/jena"
-    wait_for_lower = store.wait_for_lower
+    wait_for_lower = remote.wait_for_lower
 
     def settled_by_someone_else(s, number, *args, **kwargs):
         listing = wait_for_lower(s, number, *args, **kwargs)
         s.write_json(s.record(number, "outcome"), {"outcome": "abandoned"}, exclusive=True)
         return listing
 
-    monkeypatch.setattr(store, "wait_for_lower", settled_by_someone_else)
+    monkeypatch.setattr(remote, "wait_for_lower", settled_by_someone_else)
     with pytest.raises(store.StoreError, match="settled as abandoned by another publisher"):
         store.publish(fake_export(tmp_path / "e", "e"), model_url, keep_versions=3)
     assert [name for name in files_under(model_url) if not name.startswith(".publications/")] == []
@@ -403,16 +404,16 @@ def test_a_local_base_path_that_is_a_file_is_a_one_line_error(tmp_path):
 
 
 def test_a_store_error_mid_upload_is_one_line_and_leaves_nothing_loadable(model_url, tmp_path, monkeypatch):
-    upload = store.upload
+    upload = remote.upload
 
     def upload_then_fail(s, saved_model, number, names):
         upload(s, saved_model, number, names[:2])
         raise OSError("connection reset by peer")
 
-    monkeypatch.setattr(store, "upload", upload_then_fail)
+    monkeypatch.setattr(remote, "upload", upload_then_fail)
     with pytest.raises(store.StoreError, match=r"publication 1 failed, nothing published \(OSError: connection reset"):
         store.publish(fake_export(tmp_path / "e", "e"), model_url, keep_versions=3)
     assert outcome(model_url, 1)["outcome"] == "abandoned"
     assert not [name for name in files_under(model_url) if name.startswith("1/")]
-    monkeypatch.setattr(store, "upload", upload)
+    monkeypatch.setattr(remote, "upload", upload)
     assert store.publish(fake_export(tmp_path / "f", "f"), model_url, keep_versions=3).version == 2
