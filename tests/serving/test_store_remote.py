@@ -25,7 +25,7 @@ from serving.store import PublicationRefused, client, fingerprint, publish, remo
 from tests.exports_helper import fake_export, labelled_config
 from tests.object_storage import os_environment_with
 
-EVALUATE = {"margin": 0.05, "tolerance": 0.05}
+EVALUATE = {"margin": 0.05, "tolerance": 0.05, "coverage_goal": [0.78, 0.82]}
 
 
 def files_under(url: str) -> list[str]:
@@ -148,7 +148,8 @@ def test_the_export_stage_publishes_and_records_on_a_store(model_url, tmp_path):
     serving = {"base_path": base_path, "model_name": "jena_temperature", "keep_versions": 1,
                "config_file": str(labelled_config(tmp_path / "models.config", {"stable": 1}))}
     assert model_directory(serving) == model_url
-    metrics = {"test_mae_degC": 2.0, "persistence_mae_degC": 2.5, "blessed": True, "blessing_reason": "beats persistence",
+    metrics = {"test_mae_degC": 2.0, "persistence_mae_degC": 2.5, "skill_vs_persistence": 0.2,
+               "skill_interval": [0.15, 0.25], "blessed": True, "blessing_reason": "beats persistence",
                "published_version": None, "test_samples": 100, "test_data_fingerprint": "test data"}
 
     first = export.publication(fake_export(tmp_path / "v1", "first", test_mae=2.0), metrics, serving, EVALUATE)
@@ -173,7 +174,8 @@ def test_publication_json_from_the_export_stage_names_the_store(model_url, tmp_p
     """`python -m pipeline.export`'s record, here through export.main's own steps on a store."""
     serving = {"base_path": model_url.rsplit("/", 1)[0], "model_name": "jena_temperature", "keep_versions": 3,
                "config_file": str(REPO_ROOT / "serving/models.config")}
-    metrics = {"test_mae_degC": 1.0, "persistence_mae_degC": 2.5, "blessed": True, "blessing_reason": "ok"}
+    metrics = {"test_mae_degC": 1.0, "persistence_mae_degC": 2.5, "skill_vs_persistence": 0.6,
+               "skill_interval": [0.55, 0.65], "blessed": True, "blessing_reason": "ok"}
     record = export.publication(fake_export(tmp_path / "e", "e"), metrics, serving, EVALUATE)
     assert record == {**record, "published": True, "created": True, "version": 1, "path": f"{model_url}/1",
                       "reason": "published as version 1"}
