@@ -96,7 +96,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from serving.store import local, remote
-from serving.store.client import fetch_version, list_versions, look, open_store
+from serving.store.client import Listing, Store, check_usable, fetch_version, list_versions, look, open_store
 from serving.store.layout import (
     MODEL_CARD_FILE, SAVED_MODEL_FILE, BadBasePath, Publication, PublicationRefused, StoreError, StoreUnavailable,
     fingerprint, is_remote, labelled_versions, parse_version, versions_to_retire,
@@ -112,11 +112,18 @@ __all__ = [
 ]
 
 
+def _checked_listing(url: str) -> tuple[Store, Listing]:
+    """A listing of the model directory at `url`, after checking that the store can hold it (StoreError if not)."""
+    store = open_store(url)
+    check_usable(store)
+    return store, look(store)
+
+
 def complete_versions(directory) -> list[int]:
     """The loadable versions of the model at `directory` (local, or a store URL), ascending."""
     if not is_remote(directory):
         return sorted(local_versions(directory))
-    return look(open_store(str(directory))).complete()
+    return _checked_listing(str(directory))[1].complete()
 
 
 @contextlib.contextmanager
@@ -125,8 +132,8 @@ def local_version(directory, version: int) -> Iterator[Path]:
     if not is_remote(directory):
         yield Path(directory) / local_versions(directory).get(version, str(version))
         return
-    store = open_store(str(directory))
-    found = look(store).versions.get(version)
+    store, listing = _checked_listing(str(directory))
+    found = listing.versions.get(version)
     if found is None or not found.complete:
         raise StoreError(f"{directory}: no complete version {version}")
     with tempfile.TemporaryDirectory(prefix="published-") as scratch:
