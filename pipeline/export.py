@@ -62,10 +62,10 @@ from pipeline.config import (
     EVALUATE_METRICS, EXPORT_DIR, MODEL_PATH, PUBLICATION_RECORD, RAW_CSV, WINDOWS_DIR, load_params,
 )
 from pipeline.evaluate import bless
-from pipeline.published import MODEL_CARD, model_directory, read_model_card
+from pipeline.published import MODEL_CARD, labelled_versions, model_directory, read_model_card
 from pipeline.serving_check import CheckFailure, candidate_directory, check_served_model, served_by
 from pipeline.window import Windows, load_windows
-from serving.store import PublicationRefused, StoreError, fingerprint, labelled_versions, publish
+from serving.store import PublicationRefused, StoreError, fingerprint, publish
 
 WARMUP_FILE = Path("assets.extra/tf_serving_warmup_requests")
 WARMUP_BATCH_SIZES = (1, 8, 32)

@@ -69,7 +69,8 @@ The decision, in both
     (when given) is asked with a local directory holding that version (None
     when there is none), and a model no longer good enough is refused with
     ``PublicationRefused``. Then retention: all but the newest
-    ``keep_versions`` versions go, except those version labels point at.
+    ``keep_versions`` versions go, except the protected ones (those the
+    server's version labels point at, which the caller reads from its config).
 
 Reading (``serving.store.mirror``)
     A remote base path is listed with one recursive listing per poll. A
@@ -99,16 +100,16 @@ from serving.store import local, remote
 from serving.store.client import Listing, Store, check_usable, fetch_version, list_versions, look, open_store
 from serving.store.layout import (
     MODEL_CARD_FILE, SAVED_MODEL_FILE, BadBasePath, Publication, PublicationRefused, StoreError, StoreUnavailable,
-    fingerprint, is_remote, labelled_versions, parse_version, versions_to_retire,
+    fingerprint, is_remote, parse_version, versions_to_retire,
 )
 from serving.store.local import local_versions
 from serving.store.mirror import ModelCache, mirror
 
 __all__ = [
     "MODEL_CARD_FILE", "SAVED_MODEL_FILE", "BadBasePath", "ModelCache", "Publication", "PublicationRefused",
-    "StoreError", "StoreUnavailable", "complete_versions", "fingerprint", "is_remote", "labelled_versions",
-    "list_versions", "local_version", "local_versions", "mirror", "newest_published", "parse_version", "publish",
-    "retire", "versions_to_retire",
+    "StoreError", "StoreUnavailable", "complete_versions", "fingerprint", "is_remote", "list_versions",
+    "local_version", "local_versions", "mirror", "newest_published", "parse_version", "publish", "retire",
+    "versions_to_retire",
 ]
 
 

@@ -4,7 +4,7 @@ In:  names of a model directory's children, a SavedModel directory, version
      numbers, a text-format ModelServerConfig.
 Out: version numbers (``parse_version``: TF Serving's rule, the only one in
      the project), a SavedModel's content fingerprint, the versions retention
-     removes, the versions labels protect, and the errors of the store.
+     removes (but those protected, e.g. by version labels), and the errors of the store.
 """
 
 import hashlib
@@ -12,9 +12,6 @@ import os
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
-
-from google.protobuf import text_format
-from tensorflow_serving.config import model_server_config_pb2
 
 SAVED_MODEL_FILE = "saved_model.pb"
 # The remote publishers' records: a name TF Serving ignores (not a version).
@@ -101,18 +98,6 @@ def versions_to_retire(versions: list[int], keep_versions: int, protected: set[i
         raise ValueError(f"serving.keep_versions must be at least 1, got {keep_versions}")
     older = sorted(versions)[:-keep_versions]
     return [version for version in older if version not in protected]
-
-
-def labelled_versions(config_file: Path, model_name: str) -> set[int]:
-    """The versions that version labels point at for `model_name` in a text-format ModelServerConfig."""
-    config = model_server_config_pb2.ModelServerConfig()
-    try:
-        text_format.Parse(Path(config_file).read_text(encoding="utf-8"), config)
-    except text_format.ParseError as error:
-        raise ValueError(f"{config_file}: not a valid ModelServerConfig ({error})") from None
-    return {version
-            for model in config.model_config_list.config if model.name == model_name
-            for version in model.version_labels.values()}
 
 
 def process_alive(pid: int) -> bool:

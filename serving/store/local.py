@@ -8,14 +8,14 @@ The protocol (staging, lock, ``.last_version``, leftovers) is described in
 ``serving.store``'s docstring.
 """
 
+import contextlib
+import fcntl
 import os
 import shutil
 import socket
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-
-from filelock import FileLock
 
 from serving.store.layout import (
     Publication, PublicationRefused, fingerprint, parse_version, process_alive, versions_to_retire,
@@ -40,6 +40,17 @@ def local_versions(directory) -> dict[int, str]:
         if version is not None and entry.is_dir():
             found[version] = entry.name
     return found
+
+
+@contextlib.contextmanager
+def locked(directory: Path):
+    """Hold the model directory's lock file (an exclusive flock, released if the process dies)."""
+    with open(directory / LOCK_NAME, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def next_version(directory: Path, versions: list[int]) -> int:
@@ -108,7 +119,7 @@ def publish(saved_model: Path, directory, keep_versions: int, protected: set[int
     try:
         staged = staging / "model"
         shutil.copytree(saved_model, staged)
-        with FileLock(directory / LOCK_NAME):
+        with locked(directory):
             remove_leftovers(directory)
             names = local_versions(directory)
             versions = sorted(names)

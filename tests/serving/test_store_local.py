@@ -19,9 +19,9 @@ from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
 from conftest import REPO_ROOT
-from pipeline.published import read_model_card
+from pipeline.published import labelled_versions, read_model_card
 from serving.store import (
-    PublicationRefused, complete_versions, fingerprint, labelled_versions, publish, retire, versions_to_retire,
+    PublicationRefused, complete_versions, fingerprint, publish, retire, versions_to_retire,
 )
 from serving.store.local import LAST_VERSION_NAME
 from tests.exports_helper import fake_export, labelled_config
