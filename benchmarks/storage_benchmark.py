@@ -2,7 +2,7 @@
 
 Prints, for each store, in one run:
 * publish time: publishing a SavedModel shaped like ours (Keras GRU) as a new
-  version with the pipeline's publisher (pipeline/store.py, as the export stage
+  version with the pipeline's publisher (serving.store, as the export stage
   does: claim a number, decide, upload with saved_model.pb last, record);
 * publish-to-serving latency: from the end of that publication until a ModelServer
   replica reading the s3:// or gs:// base path answers Predict with the new
@@ -38,7 +38,7 @@ from tensorflow_serving.apis import prediction_service_pb2_grpc  # noqa: E402
 from serving_benchmark import REPO_ROOT, build_model, make_request, start_server, stop_server  # noqa: E402
 
 sys.path.insert(0, str(REPO_ROOT))
-from pipeline.store import publish  # noqa: E402
+from serving.store import publish  # noqa: E402
 from tests.object_storage import GcsServer, S3Server, forget_clients  # noqa: E402
 
 REQUEST_LINE = re.compile(r'"([A-Z]+) (\S+) HTTP/[0-9.]+"')

@@ -59,10 +59,10 @@ from pipeline import schema
 from pipeline.atomic import atomic_path, write_json
 from pipeline.config import EVALUATE_METRICS, EVALUATE_PLOTS_DIR, MODEL_PATH, WINDOWS_DIR, load_params, stage_command_line
 from pipeline.model import TEMPERATURE_INDEX, median_position  # importing it registers the layers for load_model
-from pipeline.publish import model_directory, read_model_card
-from pipeline.store import StoreError, newest_published
+from pipeline.published import model_directory, read_model_card
 from pipeline.train import make_dataset
 from pipeline.window import Windows, load_windows
+from serving.store import StoreError, newest_published
 
 
 PREDICT_BATCH_SIZE = 1024

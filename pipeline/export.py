@@ -24,8 +24,8 @@ Out: models/export/, a SavedModel whose `serving_default` signature
                      forecast: quantile levels and hour offsets;
      if the model is blessed and a ModelServer serves it right, that
      SavedModel as the next numbered version in
-     `<serving.base_path>/<serving.model_name>/`, a local directory (see
-     pipeline.publish) or s3:// or gs:// (see pipeline.store); and
+     `<serving.base_path>/<serving.model_name>/`, a local directory, s3://
+     or gs:// (serving.store, which documents the publication protocol); and
      models/publication.json, what the publication did and why.
 
 Validate, then publish, as TFX's InfraValidator comes before its Pusher: a
@@ -62,12 +62,10 @@ from pipeline.config import (
     EVALUATE_METRICS, EXPORT_DIR, MODEL_PATH, PUBLICATION_RECORD, RAW_CSV, WINDOWS_DIR, load_params, stage_command_line,
 )
 from pipeline.evaluate import bless
-from pipeline import store
-from pipeline.publish import (
-    MODEL_CARD, PublicationRefused, fingerprint, labelled_versions, model_directory, publish, read_model_card,
-)
+from pipeline.published import MODEL_CARD, labelled_versions, model_directory, read_model_card
 from pipeline.serving_check import CheckFailure, candidate_directory, check_served_model, served_by
 from pipeline.window import Windows, load_windows
+from serving.store import PublicationRefused, StoreError, fingerprint, publish
 
 WARMUP_FILE = Path("assets.extra/tf_serving_warmup_requests")
 WARMUP_BATCH_SIZES = (1, 8, 32)
@@ -236,11 +234,9 @@ def publication(saved_model: Path, metrics: dict, serving: dict, evaluate: dict)
         return {**not_published, "reason": f"not blessed: {metrics['blessing_reason']}"}
 
     protected = labelled_versions(Path(serving["config_file"]), serving["model_name"])
-    directory = model_directory(serving)
-    publish_into = store.publish if store.is_store_url(directory) else publish
     try:
-        result = publish_into(saved_model, directory, serving["keep_versions"], protected,
-                              lambda newest: still_blessed_at(newest, metrics, evaluate))
+        result = publish(saved_model, model_directory(serving), serving["keep_versions"], protected,
+                         lambda newest: still_blessed_at(newest, metrics, evaluate))
     except PublicationRefused as refusal:
         return {**not_published, "reason": f"no longer blessed against the newest published version: {refusal}"}
     reason = (f"published as version {result.version}" if result.created
@@ -270,7 +266,7 @@ def main() -> None:
             raise SystemExit(f"export: not published: {reason}") from None
     try:
         record = publication(EXPORT_DIR, metrics, params["serving"], params["evaluate"])
-    except (store.StoreError, ValueError, OSError) as error:
+    except (StoreError, ValueError, OSError) as error:
         raise SystemExit(f"export: not published: {error}") from None
     record["validation"] = validation
     write_json(PUBLICATION_RECORD, record)

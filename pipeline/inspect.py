@@ -32,10 +32,10 @@ from tensorflow.core.protobuf import saved_model_pb2
 
 import pipeline.model  # noqa: F401  registers the custom layers that load_model rebuilds
 from pipeline.architecture import GraphvizMissing, draw, summary_text
-from pipeline.publish import MODEL_CARD, newest_version, read_model_card
+from pipeline.published import MODEL_CARD, read_model_card
+from serving.store import SAVED_MODEL_FILE, local_versions
 
 KERAS_EXTENSIONS = (".keras", ".h5", ".hdf5")
-SAVED_MODEL_FILE = "saved_model.pb"
 
 
 class InspectError(Exception):
@@ -52,9 +52,10 @@ def saved_model_of(path: Path) -> Path | None:
         return None
     if (path / SAVED_MODEL_FILE).is_file():
         return path
-    newest = newest_version(path)
-    if newest is not None and (path / str(newest) / SAVED_MODEL_FILE).is_file():
-        return path / str(newest)
+    versions = local_versions(path)
+    newest = path / versions[max(versions)] if versions else None
+    if newest is not None and (newest / SAVED_MODEL_FILE).is_file():
+        return newest
     raise InspectError(f"{path}: a directory without {SAVED_MODEL_FILE}: not a SavedModel, a published version "
                        f"or a model directory of numbered versions")
 

@@ -33,8 +33,8 @@ from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc
 
 from pipeline import schema
 from pipeline.client import GrpcForecaster, RestForecaster
-from pipeline.publish import read_model_card
-from pipeline.store import is_store_url
+from pipeline.published import read_model_card
+from serving.store import is_remote
 
 PARITY_TOLERANCE_DEGC = 1e-4
 MAE_TOLERANCE_DEGC = 1e-3
@@ -58,7 +58,7 @@ def server_command(kind: str, grpc_port: int, rest_port: int, model_name: str, b
         raise CheckFailure("server 'binary' asked for, but tensorflow_model_server is not on PATH")
     return program + [
         f"--port={grpc_port}", f"--rest_api_port={rest_port}", f"--model_name={model_name}",
-        f"--model_base_path={base_path if is_store_url(base_path) else Path(base_path).resolve()}", "--file_system_poll_wait_seconds=1",
+        f"--model_base_path={base_path if is_remote(base_path) else Path(base_path).resolve()}", "--file_system_poll_wait_seconds=1",
     ]
 
 

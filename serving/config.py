@@ -20,7 +20,7 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, te
 from google.protobuf import wrappers_pb2  # noqa: F401  (registers wrappers.proto in the pool)
 from tensorflow_serving.config import model_server_config_pb2
 
-from serving.storage import is_remote
+from serving.store import is_remote
 
 
 class ConfigError(Exception):

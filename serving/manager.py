@@ -12,7 +12,7 @@ It follows TensorFlow Serving's ServerCore / AspiredVersionsManager:
   failure ends the polling: it is logged once per streak of failing polls,
   and once more when polls succeed again. A remote base path (``s3://``,
   ``gs://``) is listed and loaded through a local mirror of its complete
-  versions (the ``local_base_path`` hook, serving/storage.py).
+  versions (the ``local_base_path`` hook, serving/store/mirror.py).
 * The version policy picks the aspired versions: ``latest { num_versions }``
   (default 1), ``all`` or ``specific { versions }``.
 * Aspired versions that are not loaded are loaded in the background (state
@@ -48,7 +48,7 @@ from tensorflow_serving.config import model_server_config_pb2
 from serving.config import ConfigError, validate_model_server_config
 from serving.errors import ServingError, failed_precondition, invalid_argument, not_found
 from serving.servable import Servable
-from serving.storage import parse_version
+from serving.store import parse_version
 
 log = logging.getLogger("serving")
 
@@ -80,7 +80,7 @@ class ManagerOptions:
     # Called with (model base path, "OK" or error code name) per load attempt.
     on_load_attempt: Callable[[str, str], None] | None = None
     # Turns a base path into the local directory its versions are listed and loaded from, given the model's
-    # version policy (aspired versions from those found): remote base paths are mirrored (serving/storage.py).
+    # version policy (aspired versions from those found): remote base paths are mirrored (serving/store/mirror.py).
     local_base_path: Callable[[str, Callable[[set[int]], set[int]]], str] | None = None
 
 

@@ -9,7 +9,7 @@ no effect and are named in one startup log line (``NO_EFFECT_FLAGS``).
 Every file a flag names is parsed before any port is opened.
 ``--host`` (ours) chooses the bind address and defaults to loopback.
 ``--model_cache_dir`` (ours) keeps the local copies of s3:// and gs:// base
-paths (default: a temporary directory removed at exit; serving/storage.py).
+paths (default: a temporary directory removed at exit; serving/store/mirror.py).
 ``--max_tensor_bytes`` (ours, 0 = no limit) refuses larger input and output
 tensors with RESOURCE_EXHAUSTED; ``--rest_api_listen_backlog`` (ours, 0 = as
 many as the system allows) sets the REST socket's queue of connections.
@@ -40,7 +40,7 @@ from serving.grpc_server import GrpcServer  # noqa: E402
 from serving.manager import ManagerOptions, ModelManager  # noqa: E402
 from serving.monitoring import Metrics  # noqa: E402
 from serving.rest_server import RestApi, RestServer  # noqa: E402
-from serving.storage import BadBasePath, ModelCache, is_remote, list_versions  # noqa: E402
+from serving.store import BadBasePath, ModelCache, is_remote, list_versions  # noqa: E402
 
 log = logging.getLogger("serving")
 

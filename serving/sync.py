@@ -8,8 +8,8 @@ Real TF Serving has not read s3:// since 2.7, so on S3 this runs beside it
 hold exactly SOURCE's complete versions (``saved_model.pb`` present): a new
 version is copied under a hidden name and renamed to its number, so TF
 Serving never sees a half-copied version; a version deleted at the source is
-removed (rollback). It shares ``serving/storage.py`` with the ModelServer's
-own cache. Credentials and endpoints come from the standard environment.
+removed (rollback). It mirrors as the ModelServer's own cache does
+(``serving.store``). Credentials and endpoints come from the standard environment.
 
 A failing poll (store unreachable, slow, no objects yet) changes nothing in
 DEST and is retried next poll; it is logged once per streak of failures and
@@ -30,7 +30,7 @@ import sys
 import threading
 import time
 
-from serving.storage import BadBasePath, StoreUnavailable, is_remote, mirror
+from serving.store import BadBasePath, StoreUnavailable, is_remote, mirror
 
 log = logging.getLogger("serving")
 
@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def sync_once(source: str, dest: str, stop: threading.Event | None = None) -> None:
-    """One mirror pass; raises as ``storage.mirror`` does."""
+    """One mirror pass; raises as ``serving.store.mirror`` does."""
     result = mirror(source, dest, stop=stop)
     if result.added or result.removed:
         log.info("%s -> %s: now holds versions %s (added %s, removed %s)", source, dest,

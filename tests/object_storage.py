@@ -142,7 +142,7 @@ def version_files(saved_model_dir) -> list:
 def upload_version(base_url: str, version, saved_model_dir, without_saved_model: bool = False) -> None:
     """Uploads a SavedModel under `base_url/<version>/` with plain fsspec, saved_model.pb last.
 
-    Stands in for a publisher (TFX's Pusher, pipeline/store.py): `without_saved_model` stops
+    Stands in for a publisher (TFX's Pusher, serving.store): `without_saved_model` stops
     before the last file, as an upload killed at the end would.
     """
     import fsspec

@@ -437,7 +437,7 @@ def with_base_path(params_file: Path, base_path: str) -> None:
 def test_the_published_version_in_object_storage_is_downloaded_and_scored(object_store, tmp_path, monkeypatch):
     """serving.base_path on s3:// or gs://: the newest complete version is copied and run on these windows;
     a newer upload without saved_model.pb (killed or still running) is not the published version."""
-    from pipeline import store
+    from serving import store
 
     windows, candidate = evaluation_workspace(tmp_path, monkeypatch)
     built = publish_version(tmp_path, persistence_model(windows), windows, {

@@ -20,8 +20,9 @@ from tensorflow_serving.apis import prediction_log_pb2
 from conftest import REPO_ROOT
 from pipeline import export, schema
 from pipeline.model import build_model
-from pipeline.publish import MODEL_CARD, fingerprint, newest_version, publish, version_numbers
-from test_publish import fake_export
+from pipeline.published import MODEL_CARD, model_directory
+from serving.store import complete_versions, fingerprint, publish
+from tests.exports_helper import fake_export
 from windows_helper import small_windows
 
 LOOKBACK = 24
@@ -200,17 +201,17 @@ def test_only_a_blessed_model_is_published_and_only_once(exported, tmp_path):
                                  EVALUATE)
     assert refused["published"] is False and refused["version"] is None
     assert refused["reason"] == "not blessed: too weak"
-    assert version_numbers(versions) == []
+    assert complete_versions(versions) == []
 
     first = export.publication(exported, METRICS, serving, EVALUATE)
     assert (first["published"], first["created"], first["version"]) == (True, True, 1)
     assert first["path"] == str(versions / "1") and first["fingerprint"] == fingerprint(exported)
-    assert newest_version(versions) == 1
+    assert complete_versions(versions)[-1] == 1
 
     again = export.publication(exported, METRICS, serving, EVALUATE)
     assert (again["published"], again["created"], again["version"]) == (True, False, 1)
     assert "no new version" in again["reason"]
-    assert version_numbers(versions) == [1]
+    assert complete_versions(versions) == [1]
 
 
 def test_a_model_outrun_by_a_better_publication_is_not_published(exported, tmp_path):
@@ -227,7 +228,7 @@ def test_a_model_outrun_by_a_better_publication_is_not_published(exported, tmp_p
     assert record["published"] is False and record["version"] is None
     assert record["reason"].startswith("no longer blessed against the newest published version: ")
     assert "published version 2's 1.500 C" in record["reason"]
-    assert version_numbers(versions) == [1, 2]
+    assert complete_versions(versions) == [1, 2]
 
 
 def test_the_recheck_never_compares_numbers_from_different_data(exported, tmp_path):
@@ -242,3 +243,8 @@ def test_the_recheck_never_compares_numbers_from_different_data(exported, tmp_pa
     assert not blessed and "measured on other test data; run the evaluate stage again" in reason
     # everything rolled back: only persistence is left to beat
     assert export.still_blessed_at(None, evaluated, EVALUATE)[0] is True
+
+def test_model_directory_joins_base_path_and_model_name(tmp_path):
+    assert model_directory({"base_path": "models/serving", "model_name": "m"}) == Path("models/serving/m")
+    assert model_directory({"base_path": str(tmp_path), "model_name": "m"}) == tmp_path / "m"
+    assert model_directory({"base_path": "s3://bucket/models/", "model_name": "m"}) == "s3://bucket/models/m"

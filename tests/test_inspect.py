@@ -28,7 +28,8 @@ from pipeline import architecture, export
 from pipeline import inspect as inspect_command
 from pipeline import train as train_stage
 from pipeline.model import build_model
-from pipeline.publish import MODEL_CARD, fingerprint, publish
+from pipeline.published import MODEL_CARD
+from serving.store import fingerprint, publish
 from pipeline.window import save_windows
 from windows_helper import small_windows
 

@@ -22,7 +22,7 @@ from tensorflow_serving.apis import predict_pb2, prediction_log_pb2, prediction_
 
 from conftest import QUICK_PARAMS, set_params
 from pipeline.export import WARMUP_FILE
-from pipeline.publish import fingerprint, version_numbers
+from serving.store import complete_versions, fingerprint
 from pipeline.serving_check import free_port, server_command, started_server, wait_until_available
 
 pytestmark = pytest.mark.slow
@@ -42,7 +42,7 @@ def test_repro_publishes_exp_run_adds_a_version_and_unchanged_repro_adds_none(pi
 
     fresh = pipeline_repo.dvc("repro")  # 1. fresh clone: every stage, down to the smoke test
     assert "Running stage 'smoke'" in fresh.stdout, fresh.stdout
-    assert version_numbers(versions) == [1]
+    assert complete_versions(versions) == [1]
     first = json.loads((root / "models/publication.json").read_text())
     assert (first["version"], first["created"], first["published"]) == (1, True, True)
     evaluation = json.loads((root / "metrics/evaluate.json").read_text())
@@ -68,7 +68,7 @@ def test_repro_publishes_exp_run_adds_a_version_and_unchanged_repro_adds_none(pi
     experiment = pipeline_repo.dvc("exp", "run", "-S", "epochs=3")  # 3. an experiment
     assert "Running stage 'train'" in experiment.stdout and "Running stage 'smoke'" in experiment.stdout
     assert "Running stage 'window'" not in experiment.stdout, experiment.stdout
-    assert version_numbers(versions) == [1, 2]
+    assert complete_versions(versions) == [1, 2]
     assert fingerprint(versions / "2") == fingerprint(root / "models/export")
     assert json.loads((root / "metrics/smoke.json").read_text())["version"] == 2
     rows = list(csv.DictReader(io.StringIO(pipeline_repo.dvc("exp", "show", "--csv").stdout)))
@@ -77,20 +77,20 @@ def test_repro_publishes_exp_run_adds_a_version_and_unchanged_repro_adds_none(pi
 
     unchanged = pipeline_repo.dvc("repro")  # 4. nothing changed after the experiment
     assert "Running stage" not in unchanged.stdout, unchanged.stdout
-    assert version_numbers(versions) == [1, 2]
+    assert complete_versions(versions) == [1, 2]
 
     # Back to the first params: export has no run-cache entry (its cache: false
     # output), so DVC runs it rather than restoring it, and it publishes. Training
     # is deterministic, so the re-export of version 1's weights has its fingerprint.
     back = pipeline_repo.dvc("exp", "run", "-S", "epochs=1")
     assert "Running stage 'export'" in back.stdout and "Stage 'export' is cached" not in back.stdout, back.stdout
-    assert version_numbers(versions) == [1, 2, 3]
+    assert complete_versions(versions) == [1, 2, 3]
     assert fingerprint(versions / "3") == fingerprint(versions / "1")
 
     # A model that is not blessed: the stage succeeds, says why and publishes nothing.
     refused = pipeline_repo.dvc("exp", "run", "-S", "evaluate.margin=0.99")
     assert "not blessed" in refused.stdout, refused.stdout
-    assert version_numbers(versions) == [1, 2, 3]
+    assert complete_versions(versions) == [1, 2, 3]
     record = yaml.safe_load((pipeline_repo.root / "models/publication.json").read_text())
     assert (record["published"], record["version"]) == (False, None)
 
@@ -115,7 +115,7 @@ def test_exp_run_is_served_by_a_watching_server_without_restart(pipeline_repo):
         assert served_version(channel, pipeline_repo.root / "models/export") == 1
 
         pipeline_repo.dvc("exp", "run", "-S", "epochs=3")  # 4. while the server watches
-        assert version_numbers(versions) == [1, 2]
+        assert complete_versions(versions) == [1, 2]
         wait_until_available(channel, MODEL_NAME, 2, 120, server)
         assert served_version(channel, pipeline_repo.root / "models/export") == 2
         assert server.poll() is None, "the server stopped"

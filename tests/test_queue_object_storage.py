@@ -20,7 +20,7 @@ import fsspec
 import pytest
 
 from conftest import QUICK_PARAMS, set_params
-from pipeline import store
+from serving import store
 
 pytestmark = pytest.mark.slow
 

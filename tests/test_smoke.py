@@ -299,7 +299,7 @@ def test_external_mode_checks_a_server_someone_else_runs(workspace):
 def test_external_mode_with_the_versions_in_s3(workspace, s3_server):
     """serving.base_path on s3://: the version is read from the store (the reference runs on a copy of it)
     while a server someone else runs (here over a local mirror, as `serving.sync` keeps one) is checked."""
-    from pipeline import store
+    from serving import store
 
     base_path = f"{s3_server.create_bucket('models')}/serving"
     local = workspace / "models/serving/jena_temperature"
@@ -366,7 +366,7 @@ def test_tls_params_with_a_server_the_stage_starts_are_an_error(workspace, tmp_p
 
 def test_embedded_mode_serves_and_checks_the_version_in_s3(workspace, s3_server):
     """`dvc repro` with an s3:// base path: the stage's own ModelServer reads the store, as TF Serving does gs://."""
-    from pipeline import store
+    from serving import store
 
     base_path = f"{s3_server.create_bucket('models')}/serving"
     assert store.publish(workspace / "models/serving/jena_temperature/1", f"{base_path}/jena_temperature",

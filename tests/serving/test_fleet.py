@@ -1,7 +1,7 @@
 """A fleet on one s3:// base path: two replicas read it directly, one through serving.sync (the S3 overlay).
 
 8 clients predict through all three replicas while the pipeline's publisher
-(pipeline/store.py, as the export stage runs it) publishes version 2 and while it
+(serving.store, as the export stage runs it) publishes version 2 and while it
 retires version 2 again at the source: no request may fail, every replica must end
 on the same version, and the publish-to-all-serving times are printed.
 """
@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from tensorflow_serving.apis import get_model_status_pb2
 
-from pipeline.store import open_store, publish, retire
+from serving.store import publish, retire
 from tests.object_storage import os_environment_with
 from tests.serving.conftest import REPO_ROOT, ServerProcess, wait_for
 from tests.serving.test_versions import served_version, statuses
@@ -89,7 +89,7 @@ def test_fleet_switches_versions_together_without_failed_requests(s3_server, mod
             publish_seconds = time.monotonic() - started
             rollout_seconds = seconds_until_all_serve(replicas, 2)
             rollback_started = time.monotonic()
-            retire(open_store(base), 2)  # saved_model.pb first
+            retire(base, 2)  # saved_model.pb first
             delete_seconds = time.monotonic() - rollback_started
             rollback_seconds = seconds_until_all_serve(replicas, 1)
             for replica in replicas:

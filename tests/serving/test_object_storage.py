@@ -71,8 +71,8 @@ def test_model_config_file_mixes_remote_and_local_base_paths(s3_server, model_fa
 
 
 @pytest.mark.parametrize("base_path, message", [
-    ("ftp://models/linear", "Unknown scheme 'ftp://' in base path ftp://models/linear"),
-    ("s3://no-such-bucket/linear", "Bucket 'no-such-bucket' of base path s3://no-such-bucket/linear does not exist"),
+    ("ftp://models/linear", "ftp://models/linear: unknown scheme 'ftp'; use s3://, gs:// or a local path"),
+    ("s3://no-such-bucket/linear", "s3://no-such-bucket/linear: bucket 'no-such-bucket' does not exist"),
     ("s3://models/linear/1/saved_model.pb", "is a file, not a directory of numbered versions"),
 ])
 def test_bad_remote_base_paths_stop_the_server_with_a_clear_error(s3_server, model_factory, base_path, message):

@@ -20,7 +20,7 @@ from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc
 
 from pipeline.export import write_export
 from pipeline.model import build_model
-from pipeline.publish import publish, retire
+from serving.store import publish, retire
 from tests.serving.conftest import ServerProcess, wait_for
 from tests.windows_helper import small_windows
 

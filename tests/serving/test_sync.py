@@ -90,9 +90,9 @@ def test_exit_codes_name_the_problem(s3_server, tmp_path):
     dest = tmp_path / "dest"
     (tmp_path / "a-file").write_text("not a directory")
     bad = {
-        ("ftp://models/jena", dest): "Unknown scheme 'ftp://'",
+        ("ftp://models/jena", dest): "ftp://models/jena: unknown scheme 'ftp'",
         (str(tmp_path / "model"), dest): "is not a URL",
-        ("s3://no-such-bucket/jena", dest): "Bucket 'no-such-bucket' of base path s3://no-such-bucket/jena does not exist",
+        ("s3://no-such-bucket/jena", dest): "s3://no-such-bucket/jena: bucket 'no-such-bucket' does not exist",
         (f"{bucket}/jena/1/saved_model.pb", dest): "is a file, not a directory of numbered versions",
         (f"{bucket}/jena", tmp_path / "a-file"): "is not a directory",
     }

@@ -1,4 +1,4 @@
-"""Publication into object storage (pipeline.store) on real S3 and GCS protocol servers on loopback.
+"""The version store in object storage (serving.store) on real S3 and GCS protocol servers on loopback.
 
 Each test that behaves the same on both stores runs on both (`object_store`).
 The races run on S3 only: gcp-storage-emulator ignores `ifGenerationMatch=0`
@@ -7,7 +7,6 @@ one number both succeed there and nothing can be proven about GCS's.
 """
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -19,12 +18,14 @@ import fsspec
 import pytest
 
 from conftest import REPO_ROOT
-from pipeline import export, store
-from pipeline.publish import PublicationRefused, fingerprint, model_directory, publish
-from test_publish import fake_export, labelled_config
+from pipeline import export
+from pipeline.published import model_directory
+from serving import store
+from serving.store import PublicationRefused, client, fingerprint, publish, remote
+from tests.exports_helper import fake_export, labelled_config
 from tests.object_storage import os_environment_with
 
-EVALUATE = {"margin": 0.05, "tolerance": 0.05}
+EVALUATE = {"margin": 0.05, "tolerance": 0.05, "coverage_goal": [0.78, 0.82]}
 
 
 def files_under(url: str) -> list[str]:
@@ -67,8 +68,8 @@ class RecordingFileSystem:
 
 def test_first_publication_uploads_saved_model_pb_after_every_other_file(model_url, tmp_path, monkeypatch):
     writes = []
-    file_system = store._file_system
-    monkeypatch.setattr(store, "_file_system", lambda scheme: RecordingFileSystem(file_system(scheme), writes))
+    file_system = client.file_system
+    monkeypatch.setattr(client, "file_system", lambda scheme: RecordingFileSystem(file_system(scheme), writes))
     exported = fake_export(tmp_path / "export", "a", assets=5)
 
     result = store.publish(exported, model_url, keep_versions=3)
@@ -147,7 +148,8 @@ def test_the_export_stage_publishes_and_records_on_a_store(model_url, tmp_path):
     serving = {"base_path": base_path, "model_name": "jena_temperature", "keep_versions": 1,
                "config_file": str(labelled_config(tmp_path / "models.config", {"stable": 1}))}
     assert model_directory(serving) == model_url
-    metrics = {"test_mae_degC": 2.0, "persistence_mae_degC": 2.5, "blessed": True, "blessing_reason": "beats persistence",
+    metrics = {"test_mae_degC": 2.0, "persistence_mae_degC": 2.5, "skill_vs_persistence": 0.2,
+               "skill_interval": [0.15, 0.25], "blessed": True, "blessing_reason": "beats persistence",
                "published_version": None, "test_samples": 100, "test_data_fingerprint": "test data"}
 
     first = export.publication(fake_export(tmp_path / "v1", "first", test_mae=2.0), metrics, serving, EVALUATE)
@@ -172,7 +174,8 @@ def test_publication_json_from_the_export_stage_names_the_store(model_url, tmp_p
     """`python -m pipeline.export`'s record, here through export.main's own steps on a store."""
     serving = {"base_path": model_url.rsplit("/", 1)[0], "model_name": "jena_temperature", "keep_versions": 3,
                "config_file": str(REPO_ROOT / "serving/models.config")}
-    metrics = {"test_mae_degC": 1.0, "persistence_mae_degC": 2.5, "blessed": True, "blessing_reason": "ok"}
+    metrics = {"test_mae_degC": 1.0, "persistence_mae_degC": 2.5, "skill_vs_persistence": 0.6,
+               "skill_interval": [0.55, 0.65], "blessed": True, "blessing_reason": "ok"}
     record = export.publication(fake_export(tmp_path / "e", "e"), metrics, serving, EVALUATE)
     assert record == {**record, "published": True, "created": True, "version": 1, "path": f"{model_url}/1",
                       "reason": "published as version 1"}
@@ -228,7 +231,7 @@ def test_concurrent_publishers_in_threads_get_distinct_numbers(s3_server, tmp_pa
 PUBLISH_IN_A_PROCESS = """
 import sys
 from pathlib import Path
-from pipeline import store
+from serving import store
 result = store.publish(Path(sys.argv[1]), sys.argv[2], keep_versions=10)
 print(result.version)
 """
@@ -303,14 +306,14 @@ def test_an_upload_silent_for_longer_than_the_staleness_limit_is_removed(model_u
 def test_a_publisher_taken_for_dead_stops_and_leaves_nothing(s3_server, tmp_path, monkeypatch):
     """A publisher paused past the staleness limit finds its number settled as abandoned when it wakes."""
     model_url = f"{s3_server.create_bucket('models')}/jena"
-    wait_for_lower = store.wait_for_lower
+    wait_for_lower = remote.wait_for_lower
 
     def settled_by_someone_else(s, number, *args, **kwargs):
         listing = wait_for_lower(s, number, *args, **kwargs)
         s.write_json(s.record(number, "outcome"), {"outcome": "abandoned"}, exclusive=True)
         return listing
 
-    monkeypatch.setattr(store, "wait_for_lower", settled_by_someone_else)
+    monkeypatch.setattr(remote, "wait_for_lower", settled_by_someone_else)
     with pytest.raises(store.StoreError, match="settled as abandoned by another publisher"):
         store.publish(fake_export(tmp_path / "e", "e"), model_url, keep_versions=3)
     assert [name for name in files_under(model_url) if not name.startswith(".publications/")] == []
@@ -403,16 +406,16 @@ def test_a_local_base_path_that_is_a_file_is_a_one_line_error(tmp_path):
 
 
 def test_a_store_error_mid_upload_is_one_line_and_leaves_nothing_loadable(model_url, tmp_path, monkeypatch):
-    upload = store.upload
+    upload = remote.upload
 
     def upload_then_fail(s, saved_model, number, names):
         upload(s, saved_model, number, names[:2])
         raise OSError("connection reset by peer")
 
-    monkeypatch.setattr(store, "upload", upload_then_fail)
+    monkeypatch.setattr(remote, "upload", upload_then_fail)
     with pytest.raises(store.StoreError, match=r"publication 1 failed, nothing published \(OSError: connection reset"):
         store.publish(fake_export(tmp_path / "e", "e"), model_url, keep_versions=3)
     assert outcome(model_url, 1)["outcome"] == "abandoned"
     assert not [name for name in files_under(model_url) if name.startswith("1/")]
-    monkeypatch.setattr(store, "upload", upload)
+    monkeypatch.setattr(remote, "upload", upload)
     assert store.publish(fake_export(tmp_path / "f", "f"), model_url, keep_versions=3).version == 2

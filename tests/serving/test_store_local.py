@@ -1,11 +1,10 @@
-"""Publication into the watched directory: numbering, atomicity, concurrency, idempotence, retention.
+"""The version store in a local directory (serving.store): numbering, atomicity, concurrency, idempotence, retention.
 
 The exports here are stand-ins with a SavedModel's layout (no TensorFlow is
 needed to publish); tests/test_export.py publishes a real one. The server
 configs in serving/ are checked here too.
 """
 
-import json
 import os
 import socket
 import subprocess
@@ -20,44 +19,19 @@ from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
 from conftest import REPO_ROOT
-from pipeline.publish import (
-    LAST_VERSION_NAME, MODEL_CARD, PublicationRefused, fingerprint, labelled_versions, model_directory, publish,
-    newest_version, read_model_card, retire, version_numbers, versions_to_retire,
+from pipeline.published import labelled_versions, read_model_card
+from serving.store import (
+    PublicationRefused, complete_versions, fingerprint, publish, retire, versions_to_retire,
 )
+from serving.store.local import LAST_VERSION_NAME
+from tests.exports_helper import fake_export, labelled_config
 
 MODELS_CONFIG = REPO_ROOT / "serving/models.config"
 COMPOSE_FILE = REPO_ROOT / "serving/docker-compose.yml"
 
 
-def fake_export(path: Path, weights: str, test_mae: float = 1.5, variables_bytes: int = 1000, assets: int = 0,
-                test_data: str = "test data") -> Path:
-    """A directory laid out like our exports; `weights` decides its content and so its fingerprint.
-
-    `assets` small files in assets/ make a copy take long enough for a watcher to catch it half done.
-    """
-    (path / "variables").mkdir(parents=True)
-    (path / "assets").mkdir()
-    (path / "assets.extra").mkdir()
-    for number in range(assets):
-        (path / f"assets/vocabulary-{number}.txt").write_text(weights)
-    (path / "saved_model.pb").write_text(f"graph for {weights}")
-    (path / "fingerprint.pb").write_bytes(os.urandom(16))  # like TensorFlow's, which holds a random id
-    (path / "variables/variables.index").write_text(weights)
-    (path / "variables/variables.data-00000-of-00001").write_bytes(weights.encode() * (variables_bytes // len(weights)))
-    (path / "assets.extra/tf_serving_warmup_requests").write_bytes(b"requests")
-    (path / MODEL_CARD).write_text(json.dumps({"metrics": {"test_mae_degC": test_mae, "test_data_fingerprint": test_data}}))
-    return path
-
-
 def file_sizes(directory: Path) -> dict[str, int]:
     return {str(path.relative_to(directory)): path.stat().st_size for path in directory.rglob("*") if path.is_file()}
-
-
-def labelled_config(path: Path, labels: dict[str, int], model_name="jena_temperature") -> Path:
-    label_lines = "\n".join(f'    version_labels {{ key: "{key}" value: {value} }}' for key, value in labels.items())
-    path.write_text(f'model_config_list {{\n  config {{\n    name: "{model_name}"\n    base_path: "/models/x"\n'
-                    f'    model_platform: "tensorflow"\n{label_lines}\n  }}\n}}\n')
-    return path
 
 
 def test_first_publication_is_version_1(tmp_path):
@@ -66,13 +40,8 @@ def test_first_publication_is_version_1(tmp_path):
     result = publish(export, served, keep_versions=3)
     assert (result.version, result.created, result.retired) == (1, True, [])
     assert result.fingerprint == fingerprint(export)
-    assert version_numbers(served) == [1]
+    assert complete_versions(served) == [1]
     assert file_sizes(served / "1") == file_sizes(export)
-
-
-def test_model_directory_joins_base_path_and_model_name(tmp_path):
-    assert model_directory({"base_path": "models/serving", "model_name": "m"}) == Path("models/serving/m")
-    assert model_directory({"base_path": str(tmp_path), "model_name": "m"}) == tmp_path / "m"
 
 
 def test_identical_model_creates_no_new_version(tmp_path):
@@ -80,7 +49,7 @@ def test_identical_model_creates_no_new_version(tmp_path):
     first = publish(fake_export(tmp_path / "one", "a"), served, keep_versions=3)
     again = publish(fake_export(tmp_path / "two", "a", test_mae=9.9), served, keep_versions=3)  # new card and id only
     assert (again.version, again.created, again.fingerprint) == (1, False, first.fingerprint)
-    assert version_numbers(served) == [1]
+    assert complete_versions(served) == [1]
     assert set(os.listdir(served)) == {"1", ".publish.lock", ".last_version"}  # no staging copy left behind
 
 
@@ -89,30 +58,31 @@ def test_changed_model_becomes_the_next_version_and_the_old_one_stays(tmp_path):
     publish(fake_export(tmp_path / "one", "a"), served, keep_versions=3)
     result = publish(fake_export(tmp_path / "two", "b"), served, keep_versions=3)
     assert (result.version, result.created) == (2, True)
-    assert version_numbers(served) == [1, 2]
+    assert complete_versions(served) == [1, 2]
 
 
 def test_a_model_equal_to_an_older_version_is_published_again_to_be_served(tmp_path):
     served = tmp_path / "served"
     for weights in "aba":
-        result = publish(fake_export(tmp_path / f"export-{len(version_numbers(served))}", weights), served, 5)
+        result = publish(fake_export(tmp_path / f"export-{len(complete_versions(served))}", weights), served, 5)
     assert (result.version, result.created) == (3, True)
     assert fingerprint(served / "3") == fingerprint(served / "1")
 
 
-def test_only_digit_names_are_versions(tmp_path):
-    for name in ("1", "10", "2", ".staging-x", "7a", "tmp", "-3"):
+def test_version_names_are_read_as_tf_serving_reads_them(tmp_path):
+    """absl::SimpleAtoi's rule, as FileSystemStoragePathSource applies it: a sign and digits are a version."""
+    for name in ("1", "10", "2", ".staging-x", "7a", "tmp", "-3", "0x10", "1.5"):
         (tmp_path / name).mkdir()
     (tmp_path / "5").write_text("a file, not a version")
-    assert version_numbers(tmp_path) == [1, 2, 10]
-    assert version_numbers(tmp_path / "missing") == []
+    assert complete_versions(tmp_path) == [-3, 1, 2, 10]
+    assert complete_versions(tmp_path / "missing") == []
 
 
 def test_retention_keeps_the_newest_versions(tmp_path):
     served = tmp_path / "served"
     for weights in "abcde":
         result = publish(fake_export(tmp_path / weights, weights), served, keep_versions=2)
-    assert version_numbers(served) == [4, 5]
+    assert complete_versions(served) == [4, 5]
     assert result.retired == [3]
     assert not [name for name in os.listdir(served) if name.startswith(".retiring-")]
 
@@ -123,7 +93,7 @@ def test_retention_never_deletes_a_labelled_version(tmp_path):
     protected = labelled_versions(config, "jena_temperature")
     for weights in "abcdef":
         publish(fake_export(tmp_path / weights, weights), served, keep_versions=2, protected=protected)
-    assert version_numbers(served) == [2, 4, 5, 6]
+    assert complete_versions(served) == [2, 4, 5, 6]
 
 
 def test_versions_to_retire():
@@ -151,7 +121,7 @@ def test_a_version_number_is_never_given_twice(tmp_path):
     retire(served, 2)  # a rollback: the newest version is deleted
     result = publish(fake_export(tmp_path / "c", "c"), served, keep_versions=3)
     assert (result.version, result.created) == (3, True)
-    assert version_numbers(served) == [1, 3]
+    assert complete_versions(served) == [1, 3]
     assert (served / LAST_VERSION_NAME).read_text() == "3\n"
 
 
@@ -161,7 +131,7 @@ def test_an_unreadable_version_record_is_named(tmp_path):
     (served / LAST_VERSION_NAME).write_text("three")
     with pytest.raises(ValueError, match=r"\.last_version: expected the last published version number"):
         publish(fake_export(tmp_path / "a", "a"), served, keep_versions=3)
-    assert version_numbers(served) == []
+    assert complete_versions(served) == []
 
 
 def test_leftovers_of_killed_publications_are_removed(tmp_path):
@@ -192,18 +162,18 @@ def test_the_blessing_is_checked_again_against_the_newest_version(tmp_path):
     with pytest.raises(PublicationRefused, match="1.700 C against 1.5"):
         publish(fake_export(tmp_path / "c", "c", test_mae=1.7), served, 3, still_blessed=within_a_tenth)
     assert asked == [None, "2"]
-    assert version_numbers(served) == [1, 2]
+    assert complete_versions(served) == [1, 2]
     assert set(os.listdir(served)) == {"1", "2", ".publish.lock", LAST_VERSION_NAME}
 
 
-def test_newest_version_is_the_highest_number(tmp_path):
+def test_complete_versions_ascend_and_follow_a_rollback(tmp_path):
     served = tmp_path / "served"
-    assert newest_version(served) is None
+    assert complete_versions(served) == []
     publish(fake_export(tmp_path / "a", "a", test_mae=2.0), served, keep_versions=3)
     publish(fake_export(tmp_path / "b", "b", test_mae=1.8), served, keep_versions=3)
-    assert newest_version(served) == 2
+    assert complete_versions(served) == [1, 2]
     os.rename(served / "2", served / ".rolled-back")  # a rollback: the newest version is removed
-    assert newest_version(served) == 1
+    assert complete_versions(served) == [1]
 
 
 def test_a_watcher_never_sees_an_incomplete_version(tmp_path):
@@ -216,7 +186,7 @@ def test_a_watcher_never_sees_an_incomplete_version(tmp_path):
 
     def watch():
         while not done.is_set():
-            for version in version_numbers(served):
+            for version in complete_versions(served):
                 path = served / str(version)
                 try:
                     sizes = file_sizes(path)
@@ -237,13 +207,13 @@ def test_a_watcher_never_sees_an_incomplete_version(tmp_path):
         done.set()
         watcher.join()
     assert not incomplete, incomplete[:3]
-    assert len(seen) >= 3 and version_numbers(served) == [4, 5, 6]
+    assert len(seen) >= 3 and complete_versions(served) == [4, 5, 6]
 
 
 PUBLISH_ONE = """
 import sys, time
 from pathlib import Path
-from pipeline.publish import publish
+from serving.store import publish
 export, served, start = Path(sys.argv[1]), Path(sys.argv[2]), float(sys.argv[3])
 time.sleep(max(0.0, start - time.time()))
 print(publish(export, served, keep_versions=100).version)
@@ -260,7 +230,7 @@ def test_parallel_publications_get_distinct_consecutive_versions(tmp_path):
     versions = [int(process.communicate(timeout=60)[0]) for process in processes]
     assert all(process.returncode == 0 for process in processes)
     assert sorted(versions) == [1, 2, 3, 4, 5]
-    assert version_numbers(served) == [1, 2, 3, 4, 5]
+    assert complete_versions(served) == [1, 2, 3, 4, 5]
     for export, version in zip(exports, versions):
         assert fingerprint(served / str(version)) == fingerprint(export)
 
@@ -290,3 +260,10 @@ def test_docker_compose_runs_tensorflow_serving_on_the_versions_with_our_config(
     config = text_format.Parse(MODELS_CONFIG.read_text(), model_server_config_pb2.ModelServerConfig())
     versions_target = str(Path(config.model_config_list.config[0].base_path).parent)
     assert sources[versions_target] == "${SERVING_DIR:-../models/serving}"  # default: serving.base_path
+
+
+def test_the_store_reads_fingerprints_where_the_export_writes_its_card():
+    from pipeline import schema
+    from serving.store import MODEL_CARD_FILE
+
+    assert MODEL_CARD_FILE == schema.MODEL_CARD_FILE
