@@ -262,7 +262,10 @@ def test_the_train_stage_writes_the_summary_and_the_diagram(windows, tmp_path, m
     png_size(directory / "model.png")
     trained = keras.saving.load_model(tmp_path / "models" / "model.keras", compile=False)
     summary = (directory / "summary.txt").read_text()
-    assert summary.startswith('Model: "wetterfrosch"') and f"Trainable params: {trained.count_params():,}" in summary
+    trainable = sum(int(np.prod(weight.shape)) for weight in trained.trainable_weights)
+    calibration = sum(int(np.prod(weight.shape)) for weight in trained.non_trainable_weights)
+    assert summary.startswith('Model: "wetterfrosch"') and f"Trainable params: {trainable:,}" in summary
+    assert f"Non-trainable params: {calibration:,}" in summary  # the band's calibration factors
     assert all(f"({layer_class})" in summary for layer_class in LAYER_CLASSES)
     out = capsys.readouterr().out
     assert "train: wrote models/architecture/summary.txt and model.png\n" in out
