@@ -155,10 +155,6 @@ def still_on_disk(path: str) -> bool:
     return os.path.isfile(os.path.join(path, "saved_model.pb"))
 
 
-def _versions_in(models: list[_Model], state: str) -> list[_Version]:
-    return [record for model in models for record in model.versions.values() if record.state == state]
-
-
 def mark_aspired(model: _Model, aspired: dict[int, str]) -> None:
     """Records which versions (number -> path) the version policy aspires to now.
 
@@ -240,11 +236,10 @@ class ModelManager:
         self._stopping.set()
         if self._poll_thread:
             self._poll_thread.join()
-        with self._changed:
+        with self._lock:
             for model in self._models.values():
                 self._retire(model)
-            models = list(self._models.values())
-            self._changed.wait_for(lambda: not _versions_in(models, UNLOADING), timeout=30)
+        self._wait_until(list(self._models), lambda record: record.state != UNLOADING, timeout=30)
 
     def _poll_forever(self) -> None:
         """Polls until stopped; a failing poll is logged (once per streak) and the next one runs."""
@@ -324,13 +319,21 @@ class ModelManager:
                 self._start_unload(model, record)
 
     def _wait_for_loads(self, names: list[str]) -> None:
-        """Waits until no version of these models is loading (each load ends after its bounded retries).
+        """Waits until no version of these models is on its way to AVAILABLE (loads end after bounded retries).
 
-        START needs no wait: a version is loaded in the same locked step that puts it in START.
+        On its way: LOADING, or UNLOADING while aspired again (it loads once unloaded). START needs no
+        wait: a version is loaded in the same locked step that puts it in START.
         """
-        models = [self._models[name] for name in names]
+        self._wait_until(names, lambda record: record.state != LOADING
+                         and not (record.state == UNLOADING and record.aspired))
+
+    def _wait_until(self, names: list[str], settled: Callable[[_Version], bool], timeout: float | None = None):
+        """Waits until ``settled`` holds for every version of these models (or ``timeout`` passes)."""
+        def all_settled() -> bool:
+            return all(settled(record) for name in names for record in self._models[name].versions.values())
+
         with self._changed:
-            self._changed.wait_for(lambda: not _versions_in(models, LOADING))
+            self._changed.wait_for(all_settled, timeout)
 
     # ------------------------------------------------------------ actions
     def _start_load(self, model: _Model, record: _Version) -> None:
