@@ -5,6 +5,7 @@ Every stage runs from the repository root (DVC's working directory), reads
 paths as deps and outs (tests/test_dvc_pipeline.py keeps the two in step).
 """
 
+import argparse
 from pathlib import Path
 
 import yaml
@@ -35,3 +36,12 @@ def load_params(path: Path = PARAMS_FILE) -> dict:
     if not isinstance(params, dict):
         raise SystemExit(f"{path}: expected a mapping of params, got {type(params).__name__}")
     return params
+
+
+def stage_command_line(docstring: str, module: str, argv: list[str] | None = None) -> None:
+    """A stage takes no arguments (params.yaml holds its settings): `python -m <module> --help` prints its
+    docstring, what it reads and writes, and exits 0 without running it; anything else exits 2."""
+    parser = argparse.ArgumentParser(prog=f"python -m {module}", description=docstring,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="Settings come from params.yaml; `dvc repro` runs the stage when they change.")
+    parser.parse_args(argv)

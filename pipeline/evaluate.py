@@ -57,7 +57,7 @@ import tensorflow as tf
 
 from pipeline import schema
 from pipeline.atomic import atomic_path, write_json
-from pipeline.config import EVALUATE_METRICS, EVALUATE_PLOTS_DIR, MODEL_PATH, WINDOWS_DIR, load_params
+from pipeline.config import EVALUATE_METRICS, EVALUATE_PLOTS_DIR, MODEL_PATH, WINDOWS_DIR, load_params, stage_command_line
 from pipeline.model import TEMPERATURE_INDEX, median_position  # importing it registers the layers for load_model
 from pipeline.publish import model_directory, read_model_card
 from pipeline.store import StoreError, newest_published
@@ -513,4 +513,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    stage_command_line(__doc__, __spec__.name)
     main()

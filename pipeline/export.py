@@ -59,7 +59,7 @@ from pipeline.model import median_position  # importing pipeline.model registers
 from pipeline.client import predict_request
 from pipeline.atomic import atomic_directory, write_json
 from pipeline.config import (
-    EVALUATE_METRICS, EXPORT_DIR, MODEL_PATH, PUBLICATION_RECORD, RAW_CSV, WINDOWS_DIR, load_params,
+    EVALUATE_METRICS, EXPORT_DIR, MODEL_PATH, PUBLICATION_RECORD, RAW_CSV, WINDOWS_DIR, load_params, stage_command_line,
 )
 from pipeline.evaluate import bless
 from pipeline import store
@@ -279,4 +279,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    stage_command_line(__doc__, __spec__.name)
     main()

@@ -18,7 +18,9 @@ needs nothing else:
    a year would otherwise put the other seasons many "stds" away). The
    statistics are constants in the layer's config, so they travel inside the
    file.
-2. A stack of GRU or LSTM layers reads the standardised sequence.
+2. Optionally a strided Conv1D (`model.conv_*`) summarises every few hours,
+   so that a stack of GRU or LSTM layers reads a shorter sequence, ending at
+   the last observed hour.
 3. A Dense layer (horizon x quantiles units) and `QuantileHead` give degrees
    Celsius: per hour a median, with `residual` the last observed temperature
    plus the predicted change (scaled by the temperature's std), otherwise the
@@ -171,11 +173,31 @@ def standardisation(normalization: dict) -> tuple[list[float], list[float]]:
     return mean, std
 
 
+def strided_convolution(x, lookback: int, model_params: dict):
+    """With `conv_filters` > 0, a Conv1D (`conv_kernel` hours wide, every `conv_stride` hours) over the
+    features, so the recurrent layers read lookback / stride steps instead of lookback. The first
+    (lookback - kernel) % stride hours are dropped so that the last step ends at the last observed hour."""
+    filters = model_params.get("conv_filters", 0)
+    if filters == 0:
+        return x
+    kernel, stride = model_params.get("conv_kernel", 1), model_params.get("conv_stride", 1)
+    if filters < 0 or kernel < 1 or stride < 1:
+        raise ValueError(f"model.conv_filters must be >= 0 and model.conv_kernel, model.conv_stride >= 1, "
+                         f"got {filters}, {kernel}, {stride}")
+    if kernel > lookback:
+        raise ValueError(f"model.conv_kernel {kernel} is longer than the lookback of {lookback} hours")
+    skipped = (lookback - kernel) % stride
+    if skipped:
+        x = keras.layers.Cropping1D((skipped, 0), name="conv_alignment")(x)
+    return keras.layers.Conv1D(filters, kernel, strides=stride, name="conv")(x)
+
+
 def build_model(normalization: dict, model_params: dict) -> keras.Model:
     """A fresh, uncompiled forecaster for the window stage's `normalization.json`.
 
     `model_params`: `cell` (gru or lstm), `layers`, `units`, `dropout`,
-    `recurrent_dropout`, `residual` and `quantiles`. Weights are drawn from
+    `recurrent_dropout`, `residual` and `quantiles`; optionally `conv_filters`,
+    `conv_kernel`, `conv_stride` (see `strided_convolution`; 0 filters: none). Weights are drawn from
     Keras' global seed (see `keras.utils.set_random_seed`).
     """
     cell = model_params["cell"]
@@ -197,6 +219,7 @@ def build_model(normalization: dict, model_params: dict) -> keras.Model:
         normalization["wind_vector"],
         name="features",
     )([history, timestamps])
+    x = strided_convolution(x, lookback, model_params)
     for layer in range(model_params["layers"]):
         x = RECURRENT_CELLS[cell](
             model_params["units"],

@@ -9,7 +9,10 @@ Cleaning, in order:
 1. validation: the header must be the Jena header; every timestamp and number
    must parse, else the error names the file, column and line;
 2. the logger's -9999 wind sentinels become missing values;
-3. duplicated timestamps are dropped (the first reading stays);
+3. duplicated timestamps are dropped (the first reading stays: the download
+   stage writes the later source's rows of a timestamp first, so across sources
+   the later one wins); `conflicting_duplicates` counts the dropped readings that
+   disagreed with the kept one in any measurement (equal readings are harmless);
 4. readings are averaged into hours, labelled by the hour's end (00:10 ... 01:00
    -> 01:00); wind direction is averaged as a unit vector, never arithmetically;
 5. gaps of at most `max_fill_hours` are interpolated; longer gaps stay NaN so the
@@ -21,7 +24,7 @@ import pandas as pd
 
 from pipeline import schema
 from pipeline.atomic import atomic_path, write_json
-from pipeline.config import HOURLY_TABLE, PREPARE_REPORT, RAW_CSV, load_params
+from pipeline.config import HOURLY_TABLE, PREPARE_REPORT, RAW_CSV, load_params, stage_command_line
 
 
 class InvalidData(ValueError):
@@ -69,6 +72,20 @@ def drop_duplicate_timestamps(readings: pd.DataFrame) -> tuple[pd.DataFrame, int
     duplicated = readings[schema.DATE_COLUMN].duplicated(keep="first")
     readings = readings[~duplicated].sort_values(schema.DATE_COLUMN, kind="stable")
     return readings.reset_index(drop=True), int(duplicated.sum())
+
+
+def count_conflicting_duplicates(readings: pd.DataFrame) -> int:
+    """How many readings with an earlier reading of the same timestamp differ from that one in a
+    measurement; missing values agree with missing values."""
+    duplicated = readings[schema.DATE_COLUMN].duplicated(keep="first").to_numpy()
+    if not duplicated.any():
+        return 0
+    kept = readings[~duplicated].set_index(schema.DATE_COLUMN)[schema.MEASUREMENTS]
+    dropped = readings[duplicated]
+    kept_values = kept.loc[dropped[schema.DATE_COLUMN]].to_numpy()
+    dropped_values = dropped[schema.MEASUREMENTS].to_numpy()
+    agree = (kept_values == dropped_values) | (np.isnan(kept_values) & np.isnan(dropped_values))
+    return int((~agree).any(axis=1).sum())
 
 
 def mean_direction_degrees(direction_degrees: pd.Series, by) -> pd.Series:
@@ -132,12 +149,14 @@ def prepare(readings: pd.DataFrame, max_fill_hours: int) -> tuple[pd.DataFrame, 
     """Validated 10-minute readings -> hourly table and a report of what was cleaned."""
     rows_in = len(readings)
     readings, sentinels = replace_sentinels(readings)
+    conflicting = count_conflicting_duplicates(readings)
     readings, duplicates = drop_duplicate_timestamps(readings)
     hourly, gap_report = fill_short_gaps(to_hourly(readings), max_fill_hours)
     report = {
         "rows_in": rows_in,
         "hours_out": len(hourly),
         "duplicates_dropped": duplicates,
+        "conflicting_duplicates": conflicting,
         "sentinels_replaced": sentinels,
         "first_hour": str(hourly.index[0]),
         "last_hour": str(hourly.index[-1]),
@@ -162,4 +181,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    stage_command_line(__doc__, __spec__.name)
     main()

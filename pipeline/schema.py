@@ -26,6 +26,21 @@ MEASUREMENTS = [
     "wd (deg)",
 ]
 COLUMNS = [DATE_COLUMN, *MEASUREMENTS]
+# The Jena CSV's first line: every name in double quotes.
+CSV_HEADER = ",".join(f'"{name}"' for name in COLUMNS)
+
+# The station's own half-year archives (mpi_roof_2017a.zip, ...) carry the same 14
+# measurements in the same order, then these 7; their header is latin-1 encoded.
+# The model reads none of them: the download stage drops them.
+ARCHIVE_EXTRA_MEASUREMENTS = [
+    "rain (mm)",
+    "raining (s)",
+    "SWDR (W/m²)",
+    "PAR (µmol/m²/s)",
+    "max. PAR (µmol/m²/s)",
+    "Tlog (degC)",
+    "CO2 (ppm)",
+]
 
 TEMPERATURE = "T (degC)"
 PRESSURE = "p (mbar)"

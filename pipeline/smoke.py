@@ -39,7 +39,7 @@ import json
 
 from pipeline.atomic import write_json
 from pipeline.client import tls_credentials
-from pipeline.config import EVALUATE_METRICS, EXPORT_DIR, PUBLICATION_RECORD, SMOKE_METRICS, WINDOWS_DIR, load_params
+from pipeline.config import EVALUATE_METRICS, EXPORT_DIR, PUBLICATION_RECORD, SMOKE_METRICS, WINDOWS_DIR, load_params, stage_command_line
 from pipeline.publish import model_directory, read_model_card
 from pipeline.serving_check import CheckFailure, candidate_directory, check_served_model, served_by
 from pipeline.store import StoreError, complete_versions, local_version
@@ -132,4 +132,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    stage_command_line(__doc__, __spec__.name)
     main()

@@ -260,7 +260,6 @@ def write_jena_csv(readings: pd.DataFrame, path) -> None:
     for name in schema.MEASUREMENTS:
         parts += [byte_column(n, ord(",")), fixed_point_bytes(readings[name].to_numpy(np.float64))]
     table = np.concatenate([*parts, byte_column(n, ord("\n"))], axis=1)
-    header = ",".join(f'"{name}"' for name in schema.COLUMNS) + "\n"
     with open(Path(path), "wb") as out:
-        out.write(header.encode("ascii"))
+        out.write((schema.CSV_HEADER + "\n").encode("ascii"))
         out.write(table[table != PAD].tobytes())

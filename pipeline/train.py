@@ -2,8 +2,9 @@
 
 In:  data/windows/ (the series, the start indices per split and the
      normalisation statistics) and params `seed`, `epochs`, `model.*`
-     (cell, layers, units, dropout, recurrent_dropout, residual, quantiles)
-     and `train.*` (optimizer, learning_rate, batch_size, final_hour_share,
+     (cell, layers, units, dropout, recurrent_dropout, residual, quantiles,
+     conv_filters, conv_kernel, conv_stride) and `train.*` (optimizer,
+     learning_rate, schedule, warmup_share, batch_size, final_hour_share,
      patience).
 Out: models/model.keras, the model with the best validation MAE (the
      normalisation statistics inside), and dvclive/: per-epoch loss and MAE on
@@ -45,7 +46,7 @@ from dvclive.keras import DVCLiveCallback
 from pipeline import schema
 from pipeline.architecture import write_architecture
 from pipeline.atomic import atomic_path
-from pipeline.config import DVCLIVE_DIR, MODEL_PATH, WINDOWS_DIR, load_params
+from pipeline.config import DVCLIVE_DIR, MODEL_PATH, WINDOWS_DIR, load_params, stage_command_line
 from pipeline.model import PACKAGE, TEMPERATURE_INDEX, build_model, calibration_factors, median_position
 from pipeline.window import Windows, load_windows
 
@@ -128,12 +129,39 @@ class FinalHourMedianMAE(keras.metrics.Mean):
         return {**super().get_config(), "median": self.median}
 
 
-def compile_model(model: keras.Model, quantiles, horizon: int, train_params: dict) -> keras.Model:
-    """Attach the optimizer (`train.optimizer`, `train.learning_rate`), the pinball loss (weighted by
-    `train.final_hour_share`) and the +horizon median MAE metric."""
-    optimizer = keras.optimizers.get(
-        {"class_name": train_params["optimizer"], "config": {"learning_rate": train_params["learning_rate"]}}
+SCHEDULES = ("constant", "cosine")
+
+
+def learning_rate(train_params: dict, epochs: int, steps_per_epoch: int):
+    """The optimizer's learning rate: `train.learning_rate` throughout (schedule `constant`), or
+    (`cosine`) a linear warm-up from a tenth of it to it over the first `train.warmup_share` of the
+    `epochs` x `steps_per_epoch` steps, then a cosine decay to zero at the last step: large steps
+    early, fine ones late, in a set budget."""
+    schedule, peak = train_params.get("schedule", "constant"), train_params["learning_rate"]
+    if schedule not in SCHEDULES:
+        raise ValueError(f"train.schedule must be one of {list(SCHEDULES)}, got {schedule!r}")
+    if schedule == "constant":
+        return peak
+    warmup_share = train_params.get("warmup_share", 0)
+    if not 0 <= warmup_share < 1:
+        raise ValueError(f"train.warmup_share must lie in [0, 1), got {warmup_share}")
+    steps = epochs * steps_per_epoch
+    warmup_steps = min(round(warmup_share * steps), steps - 1)
+    return keras.optimizers.schedules.CosineDecay(
+        peak / 10 if warmup_steps else peak, decay_steps=steps - warmup_steps,
+        warmup_target=peak if warmup_steps else None, warmup_steps=warmup_steps,
     )
+
+
+def compile_model(model: keras.Model, quantiles, horizon: int, train_params: dict, epochs: int = 1,
+                  steps_per_epoch: int = 1) -> keras.Model:
+    """Attach the optimizer (`train.optimizer`, with `learning_rate`'s rate or schedule over `epochs`
+    of `steps_per_epoch` batches), the pinball loss (weighted by `train.final_hour_share`) and the
+    +horizon median MAE metric."""
+    optimizer = keras.optimizers.get({
+        "class_name": train_params["optimizer"],
+        "config": {"learning_rate": learning_rate(train_params, epochs, steps_per_epoch)},
+    })
     loss = PinballLoss(quantiles, hour_weights(horizon, train_params["final_hour_share"]))
     model.compile(optimizer=optimizer, loss=loss, metrics=[FinalHourMedianMAE(median_position(quantiles))])
     return model
@@ -146,8 +174,9 @@ def train(windows: Windows, params: dict, callbacks=(), verbose: int | str = "au
     """
     seed_everything(params["seed"])
     train_params = params["train"]
+    steps_per_epoch = -(-len(windows.starts["train"]) // train_params["batch_size"])
     model = compile_model(build_model(windows.normalization, params["model"]), params["model"]["quantiles"],
-                          windows.horizon, train_params)
+                          windows.horizon, train_params, params["epochs"], steps_per_epoch)
     training = make_dataset(windows, windows.starts["train"], train_params["batch_size"], shuffle_seed=params["seed"])
     validation = make_dataset(windows, windows.starts["validation"], train_params["batch_size"])
     early_stopping = keras.callbacks.EarlyStopping(
@@ -222,4 +251,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    stage_command_line(__doc__, __spec__.name)
     main()

@@ -26,7 +26,7 @@ import pandas as pd
 
 from pipeline import schema
 from pipeline.atomic import atomic_directory, write_json
-from pipeline.config import HOURLY_TABLE, WINDOWS_DIR, load_params
+from pipeline.config import HOURLY_TABLE, WINDOWS_DIR, load_params, stage_command_line
 from pipeline.features import derive_features, feature_names
 
 SPLITS = ("train", "validation", "test")
@@ -167,4 +167,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    stage_command_line(__doc__, __spec__.name)
     main()

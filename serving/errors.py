@@ -6,7 +6,12 @@ The gRPC front end passes both through; the REST front end maps the code to
 the HTTP status TensorFlow Serving uses (``http_status_for``).
 """
 
+import threading
+import time
+
 import grpc
+
+MAX_ERROR_MESSAGE_BYTES = 4000  # with its JSON wrapping, no error reply exceeds 4 kB
 
 _HTTP_STATUS_BY_CODE = {
     grpc.StatusCode.OK: 200,
@@ -79,3 +84,38 @@ def status_code_from_number(number: int) -> grpc.StatusCode:
 def error_code_number(code: grpc.StatusCode) -> int:
     """The numeric canonical code (tensorflow.error.Code) for a gRPC code."""
     return code.value[0]
+
+
+def resource_exhausted(message: str) -> ServingError:
+    return ServingError(grpc.StatusCode.RESOURCE_EXHAUSTED, message)
+
+
+def bounded_message(message: str, limit: int = MAX_ERROR_MESSAGE_BYTES) -> str:
+    """``message`` cut so that its UTF-8 (and its ASCII JSON escaping) stays within about ``limit`` bytes."""
+    if len(message) * 6 <= limit:  # even \uXXXX for every character fits
+        return message
+    marker = f" ... [{len(message)} characters, truncated]"
+    cut = message
+    while len(cut.encode("utf-8", "replace")) > limit - len(marker) or len(ascii(cut)) > limit - len(marker):
+        cut = cut[:len(cut) * 3 // 4]
+    return cut + marker if cut != message else message
+
+
+class LogLimiter:
+    """At most one log line per kind per ``interval`` seconds; the next one says how many were left out."""
+
+    def __init__(self, interval: float = 60.0):
+        self._interval = interval
+        self._lock = threading.Lock()
+        self._last = {}  # kind -> (monotonic time of the last line, lines left out since)
+
+    def allow(self, kind: str) -> tuple[bool, int]:
+        """(whether to log a line for ``kind`` now, how many were left out before it)."""
+        now = time.monotonic()
+        with self._lock:
+            last, left_out = self._last.get(kind, (None, 0))
+            if last is not None and now - last < self._interval:
+                self._last[kind] = (last, left_out + 1)
+                return False, 0
+            self._last[kind] = (now, 0)
+            return True, left_out

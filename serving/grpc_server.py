@@ -45,7 +45,7 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from serving.errors import ServingError, error_code_number, invalid_argument
+from serving.errors import LogLimiter, ServingError, bounded_message, error_code_number, invalid_argument
 from serving.monitoring import Metrics
 
 log = logging.getLogger("serving")
@@ -53,6 +53,7 @@ log = logging.getLogger("serving")
 MAX_MESSAGE_SIZE = 2**31 - 1
 SERVICE_NAMES = ("tensorflow.serving.PredictionService", "tensorflow.serving.ModelService")
 _STATE_ENUM = get_model_status_pb2.ModelVersionStatus.State
+_FAULTS_LOG = LogLimiter()
 
 
 def _answering_errors(api: str | None = None):
@@ -67,11 +68,17 @@ def _answering_errors(api: str | None = None):
                 return await handler(self, request, context)
             except ServingError as error:
                 status = error.code_name
-                await context.abort(error.code, error.message)
-            except Exception as error:  # never let a request take the server down
+                await context.abort(error.code, bounded_message(error.message))
+            except MemoryError:
+                status = "RESOURCE_EXHAUSTED"
+                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "Out of memory while processing the request")
+            except Exception as error:  # a server fault; never let a request take the server down
                 status = "INTERNAL"
-                log.exception("%s failed", handler.__name__)
-                await context.abort(grpc.StatusCode.INTERNAL, f"{type(error).__name__}: {error}")
+                allowed, left_out = _FAULTS_LOG.allow(f"{handler.__name__} {type(error).__name__}")
+                if allowed:
+                    log.error("%s failed%s", handler.__name__,
+                              f" ({left_out} more of this kind not logged)" if left_out else "", exc_info=error)
+                await context.abort(grpc.StatusCode.INTERNAL, bounded_message(f"{type(error).__name__}: {error}"))
             finally:
                 if api and request.model_spec.name:
                     self.metrics.record_request(request.model_spec.name, api, "GRPC", status,
@@ -170,6 +177,11 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
         return model_management_pb2.ReloadConfigResponse()
 
 
+def _serialize(response) -> bytes:
+    """A response message's bytes; a response already serialized (Predict's, see Servable) as it is."""
+    return response if isinstance(response, bytes) else response.SerializeToString()
+
+
 def _add_service(server, service, servicer, wrap=None) -> None:
     """Registers each method of a proto service (all unary), so that gRPC's core
     matches incoming calls to them instead of a Python lookup per request."""
@@ -177,7 +189,7 @@ def _add_service(server, service, servicer, wrap=None) -> None:
         method.name: grpc.unary_unary_rpc_method_handler(
             (wrap or (lambda handler: handler))(getattr(servicer, method.name)),
             request_deserializer=message_factory.GetMessageClass(method.input_type).FromString,
-            response_serializer=message_factory.GetMessageClass(method.output_type).SerializeToString)
+            response_serializer=_serialize)
         for method in service.methods
     }
     server.add_registered_method_handlers(service.full_name, handlers)

@@ -21,18 +21,22 @@ Error messages use TF Serving's wording, so clients matching on them work.
 
 import base64
 import binascii
+import decimal
+import itertools
 import json
+import json.decoder
+import json.scanner
 import math
+import re
 
 import grpc
 import numpy as np
+import orjson
 from tensorflow.core.example import example_pb2, feature_pb2
 from tensorflow.core.framework import types_pb2
 
 from serving.errors import ServingError, invalid_argument
 
-_FLOAT32_MAX_INT = (1 << 24) - 1
-_FLOAT64_MAX_INT = (1 << 53) - 1
 _INT_RANGES = {
     types_pb2.DT_INT8: (-(2**31), 2**31 - 1), types_pb2.DT_INT16: (-(2**31), 2**31 - 1),
     types_pb2.DT_INT32: (-(2**31), 2**31 - 1), types_pb2.DT_UINT8: (-(2**31), 2**31 - 1),
@@ -49,7 +53,6 @@ _PYTHON_TO_RAPIDJSON_ERRORS = {
     "Expecting value": "Invalid value.",
     "Expecting property name enclosed in double quotes": "Missing a name for object member.",
     "Expecting ':' delimiter": "Missing a colon after a name of object member.",
-    "Extra data": "The document root must not be followed by other values.",
     "Unterminated string starting at": "Missing a closing quotation mark in string.",
     "Invalid control character at": "Invalid encoding in string.",
     "Invalid \\escape": "Invalid escape character in string.",
@@ -83,10 +86,102 @@ def to_text(value) -> str:
 
 
 def _value_text(value) -> str:
-    """How TF Serving quotes a JSON value in an error message."""
-    if isinstance(value, float):
-        return format_float(value, np.float64)
-    return json.dumps(value, indent=4) if isinstance(value, (dict, list)) else json.dumps(value)
+    """How TF Serving quotes a JSON value in an error message (its JsonValueToDebugString).
+
+    rapidjson's pretty writer with arrays on one line and objects indented by 4; writing stops
+    at the first token that starts once 256 bytes are written (so deep or huge values cost
+    nothing), and at a NaN or infinity, which rapidjson's writer refuses.
+    """
+    pieces, levels = [], []  # levels: [is_array, values written] per open container
+    written = 0
+
+    def put(text):
+        nonlocal written
+        pieces.append(text)
+        written += len(text.encode("utf-8"))
+
+    def prefix():
+        if not levels:
+            return
+        level = levels[-1]
+        if level[0]:
+            put(", " if level[1] else "")
+        else:
+            put((",\n" if level[1] % 2 == 0 else ": ") if level[1] else "\n")
+            if level[1] % 2 == 0:
+                put(" " * 4 * len(levels))
+        level[1] += 1
+
+    def write(item) -> bool:
+        if written >= _DEBUG_TEXT_LIMIT:
+            return False
+        if isinstance(item, (dict, list)):
+            prefix()
+            put("{" if isinstance(item, dict) else "[")
+            levels.append([isinstance(item, list), 0])
+            for key, member in (item.items() if isinstance(item, dict) else ((None, member) for member in item)):
+                if key is not None and not write_scalar(key):
+                    return False
+                if not write(member):
+                    return False
+            if written >= _DEBUG_TEXT_LIMIT:
+                return False
+            is_array, count = levels.pop()
+            if not is_array and count:
+                put("\n" + " " * 4 * len(levels))
+            put("]" if is_array else "}")
+            return True
+        return write_scalar(item)
+
+    def write_scalar(item) -> bool:
+        if written >= _DEBUG_TEXT_LIMIT or (isinstance(item, float) and not math.isfinite(item)):
+            return False
+        prefix()
+        put(_rapidjson_scalar(item))
+        return True
+
+    write(value)
+    return "".join(pieces)
+
+
+_DEBUG_TEXT_LIMIT = 256
+_CONTROL_ESCAPES = {"\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t", '"': '\\"', "\\": "\\\\"}
+
+
+def _rapidjson_scalar(item) -> str:
+    """A string, number, bool or null as rapidjson's writer writes it.
+
+    A string longer than the debug limit is cut there, without its closing quote: rapidjson finishes
+    the token however long, which would let one string make an error reply of any size.
+    """
+    if isinstance(item, str):
+        quoted = '"' + "".join(_CONTROL_ESCAPES.get(char) or (f"\\u{ord(char):04X}" if char < " " else char)
+                               for char in item[:_DEBUG_TEXT_LIMIT])
+        return quoted if len(item) > _DEBUG_TEXT_LIMIT else quoted + '"'
+    if item is None or isinstance(item, bool):
+        return json.dumps(item)
+    if isinstance(item, int) and -(2**63) <= item < 2**64:
+        return str(item)
+    return _rapidjson_double(float(item))  # rapidjson holds integers beyond 64 bits as doubles
+
+
+def _rapidjson_double(value: float) -> str:
+    """rapidjson's Writer::Double: shortest digits, plain decimals up to 21 digits, else ``d.ddde±x``."""
+    sign, digits, exponent = decimal.Decimal(repr(abs(value))).as_tuple()
+    text = "".join(map(str, digits)).rstrip("0") or "0"
+    exponent += len(digits) - len(text)
+    whole = len(text) + exponent  # digits before the decimal point
+    sign_text = "-" if math.copysign(1.0, value) < 0 else ""
+    if text == "0":
+        return sign_text + "0.0"
+    if 0 <= exponent and whole <= 21:
+        return sign_text + text + "0" * exponent + ".0"
+    if 0 < whole <= 21:
+        return sign_text + text[:whole] + "." + text[whole:]
+    if -6 < whole <= 0:
+        return sign_text + "0." + "0" * -whole + text
+    mantissa = text if len(text) == 1 else text[0] + "." + text[1:]
+    return f"{sign_text}{mantissa}e{whole - 1}"
 
 
 def _json_type(value) -> str:
@@ -114,27 +209,218 @@ def format_float(value, numpy_type) -> str:
     return text
 
 
+_JSON_STRING_OR_NUMBER = re.compile(rb'"(?:[^"\\]|\\.)*"|-?[0-9]+(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?')
+_ESCAPE = re.compile(rb"\\(?:u([0-9a-fA-F]{4})|.)")
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+class _NumberTooBig(Exception):
+    """A number literal rapidjson refuses (beyond a double's range); carries its text."""
+
+
+def _json_int(text: str) -> int:
+    """An integer literal, refused where rapidjson refuses it (before Python's int() would spend time on it)."""
+    digits = text.lstrip("-")
+    if len(digits) >= 310 or (len(digits) == 309 and float(digits[:308]) >= 1.7976931348623157e307):
+        raise _NumberTooBig(text)
+    return int(text)
+
+
+def _json_float(text: str) -> float:
+    """A decimal or exponent literal; one beyond a double's range (``1e400``) is refused, as rapidjson does."""
+    value = float(text)
+    if math.isinf(value):
+        raise _NumberTooBig(text)
+    return value
+
+
+def _token_offset(body: bytes, token: bytes) -> int:
+    """Byte offset of the first number literal ``token`` outside strings."""
+    for match in _JSON_STRING_OR_NUMBER.finditer(body):
+        if match.group() == token:
+            return match.start()
+    return 0
+
+
+def _lone_surrogate_offset(body: bytes) -> int | None:
+    """Byte offset of the first ``\\uD800``-``\\uDFFF`` escape not in a valid pair (rapidjson refuses them)."""
+    if not _SURROGATE_ESCAPE.search(body):
+        return None
+    for string in _JSON_STRING_OR_NUMBER.finditer(body):
+        if not string.group().startswith(b'"') or not _SURROGATE_ESCAPE.search(string.group()):
+            continue
+        pending_high = None
+        for escape in _ESCAPE.finditer(string.group()):
+            unit = int(escape.group(1), 16) if escape.group(1) else None
+            offset = string.start() + escape.start()
+            if pending_high is not None and not (unit is not None and 0xDC00 <= unit <= 0xDFFF):
+                return pending_high
+            if pending_high is not None:
+                pending_high = None
+            elif unit is not None and 0xD800 <= unit <= 0xDBFF:
+                pending_high = offset
+            elif unit is not None and 0xDC00 <= unit <= 0xDFFF:
+                return offset
+        if pending_high is not None:
+            return pending_high
+    return None
+
+
 def parse_document(body: bytes) -> dict:
-    """Request bytes -> JSON object, or TF Serving's parse error."""
+    """Request bytes -> JSON object, or TF Serving's parse error.
+
+    Read as TF Serving's rapidjson reads it: the first JSON value counts and whatever follows it
+    is ignored, NaN, Inf and Infinity (signed) are numbers, a number beyond a double is an error,
+    and nesting has no depth limit.
+    """
+    try:  # orjson is strict RFC 8259: what it reads, rapidjson reads alike, about twice as fast as json
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError:  # or a body only rapidjson reads (NaN, trailing bytes, deep nesting), or an error
+        document = _read_as_rapidjson(body)
+    if not isinstance(document, dict):
+        raise invalid_argument(f"JSON Value: {_value_text(document)} Is not object")
+    return document
+
+
+def _read_as_rapidjson(body: bytes):
+    """The first JSON value of ``body`` as rapidjson reads it, or its parse error in rapidjson's words."""
     if not body:
         raise invalid_argument("JSON Parse error: The document is empty")
     try:
-        document = json.loads(body.decode("utf-8"))
+        text = body.decode("utf-8")
     except UnicodeDecodeError as error:
         raise invalid_argument(f"JSON Parse error: Invalid encoding in string. at offset: {error.start}")
+    start = _JSON_WHITESPACE.match(text).end()
+    if start == len(text):
+        raise invalid_argument(f"JSON Parse error: The document is empty. at offset: {len(body)}")
+    try:
+        try:
+            document, _ = _DECODER.raw_decode(text, start)
+        except RecursionError:
+            document = _decode_deeply_nested(text, start)
+        except json.JSONDecodeError as error:
+            if not _RAPIDJSON_ONLY_CONSTANTS.match(text, error.pos):
+                raise
+            document = _decode_deeply_nested(text, start)
+    except _NumberTooBig as error:
+        offset = _token_offset(body, str(error).encode("ascii"))
+        raise invalid_argument(f"JSON Parse error: Number too big to be stored in double. at offset: {offset}")
     except json.JSONDecodeError as error:
         reason = next((text for prefix, text in _PYTHON_TO_RAPIDJSON_ERRORS.items()
                        if error.msg.startswith(prefix)), None)
         if reason is None and error.msg.startswith("Expecting ',' delimiter"):
-            opener = body.decode("utf-8", "replace")[:error.pos].rstrip()
+            opener = text[:error.pos].rstrip()
             reason = ("Missing a comma or '}' after an object member."
                       if opener.rfind("{") > opener.rfind("[") else "Missing a comma or ']' after an array element.")
-        raise invalid_argument(f"JSON Parse error: {reason or 'Invalid value.'} at offset: {error.pos}")
-    except RecursionError:
-        raise invalid_argument("JSON Parse error: Terminate parsing due to Handler error. at offset: 0")
-    if not isinstance(document, dict):
-        raise invalid_argument(f"JSON Value: {_value_text(document)} Is not object")
+        offset = len(text[:error.pos].encode("utf-8"))
+        raise invalid_argument(f"JSON Parse error: {reason or 'Invalid value.'} at offset: {offset}")
+    surrogate_offset = _lone_surrogate_offset(body)
+    if surrogate_offset is not None:
+        raise invalid_argument(
+            f"JSON Parse error: The surrogate pair in string is invalid. at offset: {surrogate_offset}")
     return document
+
+
+_DECODER = json.JSONDecoder(parse_int=_json_int, parse_float=_json_float)
+_JSON_WHITESPACE = re.compile(r"[ \t\n\r]*")
+_JSON_WHITESPACE_CHARACTERS = " \t\n\r"
+_OPENING_BRACKETS = re.compile(r"(?:\[[ \t\n\r]*)+")
+_CLOSING_BRACKETS = re.compile(r"\](?:[ \t\n\r]*\])*")
+# rapidjson's kParseNanAndInfFlag spellings, each before its prefixes (the first match is taken).
+_JSON_CONSTANTS = {"true": True, "false": False, "null": None, "NaN": math.nan, "-NaN": math.nan,
+                   "-Infinity": -math.inf, "Infinity": math.inf, "-Inf": -math.inf, "Inf": math.inf}
+# The spellings Python's reader does not know; a document with one is read by _decode_deeply_nested.
+_RAPIDJSON_ONLY_CONSTANTS = re.compile(r"-NaN|-?Inf(?!inity)")
+
+
+def _decode_deeply_nested(text: str, index: int):
+    """The JSON value at ``index``, read without recursion (for nesting too deep for ``json``, and
+    rapidjson's number spellings it does not know).
+
+    Runs of brackets are opened and closed in bulk, so that depth costs little per level.
+    """
+    containers, keys = [], []  # per open object or array: it, and the key of the member being read (None in arrays)
+
+    def skip(position):
+        while position < len(text) and text[position] in _JSON_WHITESPACE_CHARACTERS:
+            position += 1
+        return position
+
+    def key_at(position):
+        if not text.startswith('"', position):
+            raise json.JSONDecodeError("Expecting property name enclosed in double quotes", text, position)
+        key, position = json.decoder.scanstring(text, position + 1)
+        position = skip(position)
+        if not text.startswith(":", position):
+            raise json.JSONDecodeError("Expecting ':' delimiter", text, position)
+        return key, skip(position + 1)
+
+    while True:
+        index = skip(index)
+        arrays = _OPENING_BRACKETS.match(text, index)
+        if arrays:
+            depth = arrays.group().count("[")
+            containers.extend([] for _ in range(depth))
+            keys.extend([None] * depth)
+            index = arrays.end()
+            if not text.startswith("]", index):
+                continue
+            value, index = containers.pop(), index + 1
+            keys.pop()
+        elif text.startswith("{", index):
+            index = skip(index + 1)
+            if not text.startswith("}", index):
+                key, index = key_at(index)
+                containers.append({})
+                keys.append(key)
+                continue
+            value, index = {}, index + 1
+        elif text.startswith('"', index):
+            value, index = json.decoder.scanstring(text, index + 1)
+        else:
+            number = json.scanner.NUMBER_RE.match(text, index)
+            constant = next((name for name in _JSON_CONSTANTS if text.startswith(name, index)), None)
+            if number:
+                integer, fraction, exponent = number.groups()
+                literal = integer + (fraction or "") + (exponent or "")
+                value = _json_float(literal) if fraction or exponent else _json_int(integer)
+                index = number.end()
+            elif constant:
+                value, index = _JSON_CONSTANTS[constant], index + len(constant)
+            else:
+                raise json.JSONDecodeError("Expecting value", text, index)
+        while True:  # the value is complete: store it, then close every container it completes
+            if not containers:
+                return value
+            container, key = containers[-1], keys[-1]
+            if key is None:
+                container.append(value)
+            else:
+                container[key] = value
+            index = skip(index)
+            if text.startswith(",", index):
+                if key is None:
+                    index += 1
+                else:
+                    keys[-1], index = key_at(skip(index + 1))
+                break
+            closers = _CLOSING_BRACKETS.match(text, index) if key is None else None
+            if closers:  # each "]" closes the innermost array and stores it in the next one
+                for position in [index + offset for offset, char in enumerate(closers.group()) if char == "]"][1:]:
+                    value = containers.pop()
+                    keys.pop()
+                    if not containers:  # the document ended; what follows is not read
+                        return value
+                    if keys[-1] is not None:
+                        raise json.JSONDecodeError("Expecting ',' delimiter", text, position)
+                    containers[-1].append(value)
+                value, index = containers.pop(), closers.end()
+                keys.pop()
+            elif key is not None and text.startswith("}", index):
+                value, index = containers.pop(), index + 1
+                keys.pop()
+            else:
+                raise json.JSONDecodeError("Expecting ',' delimiter", text, index)
 
 
 def signature_name(document: dict) -> str:
@@ -177,14 +463,10 @@ def _scalar(value, dtype_enum: int):
     if dtype_enum in (types_pb2.DT_FLOAT, types_pb2.DT_DOUBLE):
         if not is_number:
             raise type_error()
-        single = dtype_enum == types_pb2.DT_FLOAT
-        if math.isfinite(value):
-            lossy = (abs(value) > (_FLOAT32_MAX_INT if single else _FLOAT64_MAX_INT) if isinstance(value, int)
-                     else single and abs(value) > float(np.finfo(np.float32).max))
-            if lossy:
-                raise invalid_argument(f"Cannot convert JSON value: {_value_text(value)} to "
-                                       f"{'float' if single else 'double'} without loss of precision.")
-        return value
+        try:  # any number, as a double first (rapidjson's GetFloat/GetDouble); float32 overflows to inf in _array
+            return float(value)
+        except OverflowError:
+            raise invalid_argument("JSON Parse error: Number too big to be stored in double.")
     if dtype_enum in _INT_RANGES:
         low, high = _INT_RANGES[dtype_enum]
         if not (is_number and isinstance(value, int) and low <= value <= high):
@@ -226,10 +508,57 @@ def _array(flat: list, shape: list[int], dtype_enum: int) -> np.ndarray:
         array = np.empty(len(flat), dtype=object)
         array[:] = flat
         return array.reshape(shape)
-    return np.array(flat, dtype=_NUMPY_TYPES[dtype_enum]).reshape(shape)
+    if dtype_enum in _INT_RANGES:  # stored in int_val and cast, as in TF Serving: narrower types wrap around
+        wide = np.uint64 if dtype_enum == types_pb2.DT_UINT64 else np.int64
+        return np.array(flat, dtype=wide).astype(_NUMPY_TYPES[dtype_enum]).reshape(shape)
+    with np.errstate(over="ignore"):  # doubles beyond float32 become +-inf, as C++'s float cast makes them
+        return np.array(flat, dtype=_NUMPY_TYPES[dtype_enum]).reshape(shape)
+
+
+def _regular_lists(value: list, shape: list[int]) -> list | None:
+    """The innermost lists of ``value`` (those holding the leaves), if every item of each level above is a
+    list of the shape's length there; None otherwise. Checked by C loops (``map``), one pass per level."""
+    lists = [value]
+    for size in shape[1:]:
+        lists = list(itertools.chain.from_iterable(lists))
+        if set(map(type, lists)) != {list} or set(map(len, lists)) != {size}:
+            return None
+    return lists
+
+
+def _numeric_array(value, dtype_enum: int) -> np.ndarray | None:
+    """``value`` converted by numpy's C loops, when it is a regular nested list of numbers (or bools) that
+    TF Serving's rules take as they are; None otherwise, and the per-element path decides (with its errors)."""
+    is_float = dtype_enum in (types_pb2.DT_FLOAT, types_pb2.DT_DOUBLE)
+    allowed = ({int, float} if is_float else {bool} if dtype_enum == types_pb2.DT_BOOL
+               else {int} if dtype_enum in _INT_RANGES and dtype_enum != types_pb2.DT_UINT64 else None)
+    shape = _dense_shape(value)
+    if allowed is None or not shape or 0 in shape:
+        return None
+    lists = _regular_lists(value, shape)
+    if lists is None:
+        return None
+    leaf_types = set(map(type, itertools.chain.from_iterable(lists)))
+    if not leaf_types <= allowed:
+        return None
+    try:
+        array = np.fromiter(itertools.chain.from_iterable(lists), count=math.prod(shape),
+                            dtype=np.float64 if is_float else np.bool_ if bool in allowed else np.int64)
+    except OverflowError:  # an integer beyond int64
+        return None
+    array = array.reshape(shape)
+    if dtype_enum in _INT_RANGES:
+        low, high = _INT_RANGES[dtype_enum]
+        if array.min() < low or array.max() > high:
+            return None
+    with np.errstate(over="ignore"):  # as _array: doubles beyond float32 become +-inf
+        return array.astype(_NUMPY_TYPES[dtype_enum], copy=False)
 
 
 def value_to_array(value, dtype_enum: int) -> np.ndarray:
+    fast = _numeric_array(value, dtype_enum)
+    if fast is not None:
+        return fast
     shape = _dense_shape(value)
     flat = []
     _fill(value, 0, shape, dtype_enum, flat)
@@ -240,12 +569,32 @@ def _status_text(error: ServingError) -> str:
     return f"{error.code_name}: {error.message}"
 
 
+def _fast_instances(instances: list, input_types: dict, named: bool) -> dict | None:
+    """Row format converted a column at a time by ``_numeric_array``, when every column is regular and
+    numeric (and every object has exactly the inputs' keys); None otherwise."""
+    if not named:
+        array = _numeric_array(instances, next(iter(input_types.values())))
+        return None if array is None else {next(iter(input_types)): array}
+    keys = set(input_types)
+    if not all(type(instance) is dict and instance.keys() == keys for instance in instances):
+        return None
+    arrays = {}
+    for name, dtype_enum in input_types.items():
+        arrays[name] = _numeric_array([instance[name] for instance in instances], dtype_enum)
+        if arrays[name] is None:
+            return None
+    return arrays
+
+
 def _instances_to_arrays(instances: list, input_types: dict) -> dict:
     if not isinstance(instances[0], dict) and len(input_types) > 1:
         raise invalid_argument("instances is a plain list, but expecting list of objects as multiple "
                                "input tensors required as per tensorinfo_map")
     named = isinstance(instances[0], dict) and not _is_b64(instances[0])
     names = sorted(input_types)
+    fast = _fast_instances(instances, input_types, named)
+    if fast is not None:
+        return fast
     columns = {name: [] for name in names}
     shapes = {}
 
@@ -277,7 +626,7 @@ def _instances_to_arrays(instances: list, input_types: dict) -> dict:
                                            f"list. Error: {_status_text(error)}")
             if set(element) != set(names):
                 raise invalid_argument(f"Failed to process element: {index} of 'instances' list. JSON object: "
-                                       f"{_value_text(element)} must only have keys: {','.join(names)}")
+                                       f"{_value_text(element)} keys must be equal to: {','.join(names)}")
         else:
             if element_is_object:
                 raise invalid_argument(f"Expecting value/list but got object at item {index} of input list")
@@ -346,13 +695,13 @@ def _add_to_feature(value, name: str, feature: feature_pb2.Feature) -> None:
     elif isinstance(value, str):
         require("bytes_list")
         feature.bytes_list.value.append(value.encode("utf-8"))
-    elif isinstance(value, float):
+    elif isinstance(value, float) or not -(2**63) <= value < 2**64:  # rapidjson reads such integers as doubles
         require("float_list")
         feature.float_list.value.append(_scalar(value, types_pb2.DT_FLOAT))
     else:
         require("int64_list")
         if value >= 2**63:
-            raise invalid_argument(f"Feature: {name} has uint64 element. Only int64 is supported.")
+            raise invalid_argument(f"Feature: {name} has uint64_t element. Only int64_t is supported.")
         feature.int64_list.value.append(value)
 
 
@@ -412,27 +761,76 @@ def _nest(array: np.ndarray, write):
     return [_nest(item, write) for item in array]
 
 
+_TEXT_CHUNK = 1 << 18  # elements formatted per step: bounds the scratch memory of _array_text
+
+
+def _number_texts(chunk: np.ndarray) -> np.ndarray:
+    """Each number's JSON text as ``_writer_for`` writes it, formatted by C loops (a numpy string array)."""
+    if chunk.dtype == np.bool_:
+        return np.where(chunk, "true", "false")
+    if chunk.dtype.kind in "iu":
+        return chunk.astype(np.str_)
+    texts = np.array(("%g\n" * chunk.size % tuple(chunk.tolist())).split("\n")[:-1])
+    finite = np.isfinite(chunk)
+    with np.errstate(over="ignore"):
+        inexact = finite & (texts.astype(np.float64).astype(chunk.dtype) != chunk)
+    if inexact.any():  # %g does not round-trip: max_digits10, as format_float
+        digits = 9 if chunk.dtype == np.float32 else 17
+        redone = chunk[inexact].tolist()
+        texts = texts.astype(object)
+        texts[inexact] = (f"%.{digits}g\n" * len(redone) % tuple(redone)).split("\n")[:-1]
+        texts = texts.astype(np.str_)
+    whole = finite & (np.strings.find(texts, ".") < 0) & (np.strings.find(texts, "e") < 0)
+    texts = np.where(whole, np.strings.add(texts, ".0"), texts)
+    texts = np.where(np.isnan(chunk), "NaN", texts)
+    return np.where(np.isinf(chunk), np.where(chunk > 0, "Infinity", "-Infinity"), texts)
+
+
+def _array_text(array: np.ndarray, name: str) -> str:
+    """An output tensor as nested JSON lists. Numbers are formatted a chunk at a time by numpy, with no
+    Python object per element kept; strings and empty tensors go through ``_nest``."""
+    if array.size == 0 or array.ndim == 0 or array.dtype not in (np.float32, np.float64) and \
+            array.dtype.kind not in "iub":
+        return to_text(_nest(array, _writer_for(array, name)))
+    strides = [math.prod(array.shape[level:]) for level in range(1, array.ndim)]
+    # After element i: "]" and "[" for every inner list that closes there, around the comma.
+    separators = np.array(["]" * count + "," + "[" * count for count in range(array.ndim)])
+    flat = array.reshape(-1)
+    pieces = ["[" * array.ndim]
+    for start in range(0, flat.size, _TEXT_CHUNK):
+        chunk = flat[start:start + _TEXT_CHUNK]
+        following = np.arange(start + 1, start + 1 + chunk.size)
+        closing = sum((following % stride == 0).astype(np.int64) for stride in strides) if strides else \
+            np.zeros(chunk.size, dtype=np.int64)
+        chunk_separators = separators[closing]
+        if start + chunk.size == flat.size:
+            chunk_separators[-1] = ""
+        pieces.append("".join(np.strings.add(_number_texts(chunk), chunk_separators).tolist()))
+    pieces.append("]" * array.ndim)
+    return "".join(pieces)
+
+
 def predict_outputs(outputs: dict, row_format: bool) -> str:
     """Output tensors -> response JSON text in the request's format."""
     if not outputs:
         raise invalid_argument("Cannot convert empty tensor map to JSON")
     arrays = {name: np.asarray(value) for name, value in outputs.items()}
     if not row_format:
-        values = {name: _nest(array, _writer_for(array, name)) for name, array in arrays.items()}
-        return to_text({"outputs": values if len(values) > 1 else next(iter(values.values()))})
-    batch_size = 0
+        if len(arrays) == 1:
+            return '{"outputs":' + _array_text(*next(iter(arrays.items()))[::-1]) + "}"
+        return '{"outputs":{' + ",".join(f"{json.dumps(name)}:{_array_text(array, name)}"
+                                         for name, array in arrays.items()) + "}}"
+    batch_size = None
     for name, array in arrays.items():
         if array.ndim == 0:
             raise invalid_argument(f"Tensor name: {name} has no shape information ")
-        if array.shape[0] < 1:
-            raise invalid_argument(f"Tensor name: {name} has invalid batch size: {array.shape[0]}")
-        if batch_size and array.shape[0] != batch_size:
+        if batch_size is not None and array.shape[0] != batch_size:
             raise invalid_argument(f"Tensor name: {name} has inconsistent batch size: {array.shape[0]} "
                                    f"expecting: {batch_size}")
         batch_size = array.shape[0]
+    if len(arrays) == 1:
+        return '{"predictions":' + _array_text(*next(iter(arrays.items()))[::-1]) + "}"
     values = {name: _nest(array, _writer_for(array, name)) for name, array in arrays.items()}
-    if len(values) == 1:
-        return to_text({"predictions": next(iter(values.values()))})
     return to_text({"predictions": [{name: column[index] for name, column in values.items()}
                                     for index in range(batch_size)]})
 

@@ -83,6 +83,8 @@ class ManagerOptions:
     num_request_iterations_for_warmup: int = 1
     saved_model_tags: frozenset = frozenset({"serve"})
     allow_version_labels_for_unavailable_models: bool = False
+    # Input and output tensors above this many bytes are refused with RESOURCE_EXHAUSTED (0: no limit).
+    max_tensor_bytes: int = 0
     # Batching parameters every loaded servable batches its model calls with (--enable_batching), or None.
     batching: BatchingParameters | None = None
     # Called with (model base path, "OK" or error code name) per load attempt.
@@ -383,7 +385,8 @@ class ModelManager:
         return error
 
     def _load_servable(self, name: str, version: int, path: str) -> Servable:
-        servable = Servable(name, version, path, set(self.options.saved_model_tags), self.options.batching)
+        servable = Servable(name, version, path, set(self.options.saved_model_tags),
+                            max_tensor_bytes=self.options.max_tensor_bytes, batching=self.options.batching)
         if self.options.enable_model_warmup:
             try:
                 replayed = servable.warm_up(self.options.num_request_iterations_for_warmup)

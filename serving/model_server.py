@@ -10,6 +10,9 @@ Every file a flag names is parsed before any port is opened.
 ``--host`` (ours) chooses the bind address and defaults to loopback.
 ``--model_cache_dir`` (ours) keeps the local copies of s3:// and gs:// base
 paths (default: a temporary directory removed at exit; serving/storage.py).
+``--max_tensor_bytes`` (ours, 0 = no limit) refuses larger input and output
+tensors with RESOURCE_EXHAUSTED; ``--rest_api_listen_backlog`` (ours, 0 = as
+many as the system allows) sets the REST socket's queue of connections.
 Unknown flags are an error (exit code 2). SIGTERM and SIGINT shut the server
 down cleanly: servers stop accepting, in-flight requests finish, models unload.
 """
@@ -107,6 +110,8 @@ IMPLEMENTED_FLAGS = [
     ("tensorflow_session_config_file", str, ""),
     ("host", str, "127.0.0.1"),
     ("model_cache_dir", str, ""),
+    ("max_tensor_bytes", int, 0),
+    ("rest_api_listen_backlog", int, 0),
 ]
 
 
@@ -318,6 +323,7 @@ def main(argv=None) -> int:
         num_request_iterations_for_warmup=flags.num_request_iterations_for_warmup,
         saved_model_tags=frozenset(tag.strip() for tag in flags.saved_model_tags.split(",") if tag.strip()),
         allow_version_labels_for_unavailable_models=flags.allow_version_labels_for_unavailable_models,
+        max_tensor_bytes=max(flags.max_tensor_bytes, 0),
         batching=batching,
         on_load_attempt=metrics.record_load_attempt,
         local_base_path=ModelCache(cache_dir).local_base_path,
@@ -350,7 +356,7 @@ def main(argv=None) -> int:
             prometheus_path = monitoring.prometheus_path if monitoring.prometheus_enabled else None
             rest_server = RestServer(RestApi(manager, metrics, prometheus_path), flags.host, flags.rest_api_port,
                                      flags.rest_api_num_threads, flags.rest_api_timeout_in_ms,
-                                     flags.rest_api_enable_cors_support)
+                                     flags.rest_api_enable_cors_support, listen_backlog=flags.rest_api_listen_backlog)
             rest_server.start()
             host = "localhost" if flags.host in ("127.0.0.1", "localhost") else flags.host
             log.info("Exporting HTTP/REST API at:%s:%d ...", host, rest_server.port)

@@ -24,6 +24,10 @@ with batching on, ``batcher`` merges it with concurrent calls. A Predict is
 three steps, ``prepare_request`` (decode and validate), the model call and
 ``predict_response``, so that an asynchronous server can await the batch
 in between; ``predict_request`` does all three in the calling thread.
+``predict_response`` writes the serialized PredictResponse (bytes, encoded
+from the output arrays without a Python object per value). With
+``max_tensor_bytes`` every input and output tensor larger than that is
+refused with RESOURCE_EXHAUSTED (a gRPC input before it is allocated).
 """
 
 import dataclasses
@@ -109,9 +113,10 @@ def _read_meta_graph(path: str, tags: set[str]) -> meta_graph_pb2.MetaGraphDef:
 class Servable:
     """A loaded model version: signatures plus the calls to run them."""
 
-    def __init__(self, model_name: str, version: int, path: str, tags: set[str],
+    def __init__(self, model_name: str, version: int, path: str, tags: set[str], max_tensor_bytes: int = 0,
                  batching: BatchingParameters | None = None):
         self.model_name = model_name
+        self.max_tensor_bytes = max_tensor_bytes
         self.version = version
         self.path = path
         meta_graph = _read_meta_graph(path, tags)
@@ -261,6 +266,9 @@ class Servable:
     def prepare(self, signature_name: str, inputs: dict[str, np.ndarray], output_filter=()) -> ModelCall:
         """Validates inputs against the signature and resolves the outputs to return."""
         resolved, signature = self.signature(signature_name)
+        for alias, value in inputs.items():
+            tensors.check_tensor_size(alias, np.shape(value), tensors.dtype_enum_of(np.asarray(value)),
+                                      self.max_tensor_bytes)
         feeds, added_unit_dims = _prepare_inputs(signature, inputs, check_shapes=self._session is None)
         return ModelCall(resolved, feeds, _select_outputs(signature, output_filter), added_unit_dims)
 
@@ -273,6 +281,7 @@ class Servable:
                 size == 1 for size in value.shape[-call.added_unit_dims:]
             ):
                 value = value.reshape(value.shape[:-call.added_unit_dims])
+            tensors.check_tensor_size(alias, value.shape, tensors.dtype_enum_of(value), self.max_tensor_bytes)
             selected[alias] = value
         return selected
 
@@ -283,17 +292,23 @@ class Servable:
         return call.signature_name, self.selected_outputs(call, self.run(call.signature_name, call.feeds))
 
     def prepare_request(self, request: predict_pb2.PredictRequest) -> ModelCall:
-        arrays = {alias: tensors.to_ndarray(proto, alias) for alias, proto in request.inputs.items()}
+        arrays = {alias: tensors.to_ndarray(proto, alias, self.max_tensor_bytes)
+                  for alias, proto in request.inputs.items()}
         return self.prepare(request.model_spec.signature_name, arrays, request.output_filter)
 
-    def predict_response(self, call: ModelCall, outputs: dict[str, np.ndarray]) -> predict_pb2.PredictResponse:
-        response = predict_pb2.PredictResponse()
-        self._fill_model_spec(response.model_spec, call.signature_name)
+    def predict_response(self, call: ModelCall, outputs: dict[str, np.ndarray]) -> bytes:
+        """The serialized PredictResponse: ``outputs`` map entries (field 1), then ``model_spec``."""
+        header = predict_pb2.PredictResponse()
+        self._fill_model_spec(header.model_spec, call.signature_name)
+        pieces = []
         for alias, value in self.selected_outputs(call, outputs).items():
-            response.outputs[alias].CopyFrom(tensors.to_tensor_proto(value))
-        return response
+            tensor = tensors.serialized_tensor(value)
+            pieces += tensors.length_delimited(1, *tensors.length_delimited(1, alias.encode("utf-8")),
+                                               *tensors.length_delimited(2, *tensor))
+        pieces.append(header.SerializeToString())
+        return b"".join(pieces)
 
-    def predict_request(self, request: predict_pb2.PredictRequest) -> predict_pb2.PredictResponse:
+    def predict_request(self, request: predict_pb2.PredictRequest) -> bytes:
         call = self.prepare_request(request)
         return self.predict_response(call, self.run(call.signature_name, call.feeds))
 

@@ -13,7 +13,8 @@ from pipeline.evaluate import pinball_loss
 from pipeline.model import (
     TEMPERATURE_INDEX, JenaFeatures, QuantileHead, build_model, calibration_factors, standardisation,
 )
-from pipeline.train import FinalHourMedianMAE, PinballLoss, best_epoch, hour_weights, make_dataset, save_model, train
+from pipeline.train import (FinalHourMedianMAE, PinballLoss, best_epoch, compile_model, hour_weights, learning_rate,
+                            make_dataset, save_model, train)
 from pipeline.window import save_windows
 from windows_helper import small_windows
 
@@ -160,9 +161,71 @@ def test_unknown_cell_is_an_error(windows):
         build_model(windows.normalization, {**MODEL_PARAMS, "cell": "transformer"})
 
 
-@pytest.mark.parametrize("cell,layers", [("gru", 1), ("lstm", 2)])
-def test_model_trains_and_its_loss_falls(windows, cell, layers):
-    model, history = train(windows, make_params(epochs=4, cell=cell, layers=layers), verbose=0)
+CONV = {"conv_filters": 5, "conv_kernel": 4, "conv_stride": 3}  # 24 h of history: 2 h dropped, 7 steps
+
+
+def sequence_model(model: keras.Model, layer: str) -> keras.Model:
+    return keras.Model(model.inputs, model.get_layer(layer).output)
+
+
+def test_the_strided_convolution_shortens_the_sequence_and_ends_at_the_last_hour(windows):
+    """(24 - 4) % 3 = 2 oldest hours dropped, then 7 steps of 4 hours every 3: the last reads hours 21-24."""
+    keras.utils.set_random_seed(2)
+    model = build_model(windows.normalization, {**MODEL_PARAMS, **CONV})
+    convolved = sequence_model(model, "conv")
+    history, timestamps = windows.history(windows.starts["test"][:4])
+    before = convolved.predict({"history": history, "timestamps": timestamps}, verbose=0)
+    assert before.shape == (4, 7, 5)
+
+    def changed_steps(hour):
+        touched = history.copy()
+        touched[:, hour, 0] += 10.0  # pressure, hour `hour` of the history
+        after = convolved.predict({"history": touched, "timestamps": timestamps}, verbose=0)
+        return [step for step in range(7) if not np.allclose(after[:, step], before[:, step])]
+
+    assert changed_steps(23) == [6]
+    assert changed_steps(20) == [5, 6]
+    assert changed_steps(2) == [0]
+    assert changed_steps(1) == []  # dropped so that the last step ends at the last hour
+
+
+@pytest.mark.parametrize("overrides,named", [
+    ({"conv_filters": -1}, "model.conv_filters"), ({**CONV, "conv_stride": 0}, "model.conv_stride"),
+    ({**CONV, "conv_kernel": 25}, "model.conv_kernel"),
+])
+def test_bad_convolution_params_are_errors_that_name_the_param(windows, overrides, named):
+    with pytest.raises(ValueError, match=named):
+        build_model(windows.normalization, {**MODEL_PARAMS, **overrides})
+
+
+def test_cosine_schedule_warms_up_then_decays_to_zero_at_the_last_step():
+    schedule = learning_rate({"learning_rate": 0.01, "schedule": "cosine", "warmup_share": 0.25}, epochs=4,
+                             steps_per_epoch=10)
+    rates = [float(schedule(step)) for step in (0, 5, 10, 25, 40)]
+    assert rates == pytest.approx([0.001, 0.0055, 0.01, 0.005, 0.0], abs=1e-6)
+    assert learning_rate({"learning_rate": 0.01}, epochs=4, steps_per_epoch=10) == 0.01  # constant
+
+
+@pytest.mark.parametrize("overrides,named", [
+    ({"schedule": "linear"}, "train.schedule"), ({"schedule": "cosine", "warmup_share": 1}, "train.warmup_share"),
+])
+def test_bad_schedule_is_an_error_that_names_the_param(windows, overrides, named):
+    model = build_model(windows.normalization, MODEL_PARAMS)
+    with pytest.raises(ValueError, match=named):
+        compile_model(model, MODEL_PARAMS["quantiles"], windows.horizon, {**TRAIN_PARAMS, **overrides}, epochs=4)
+
+
+def strided_cosine_params(epochs: int, **model_overrides) -> dict:
+    """The shape of the default configuration: the convolution and the cosine schedule."""
+    params = make_params(epochs=epochs, **CONV, **model_overrides)
+    params["train"].update(schedule="cosine", warmup_share=0.2)
+    return params
+
+
+@pytest.mark.parametrize("cell,layers,strided", [("gru", 1, False), ("lstm", 2, False), ("gru", 1, True)])
+def test_model_trains_and_its_loss_falls(windows, cell, layers, strided):
+    params = (strided_cosine_params if strided else make_params)(epochs=4, cell=cell, layers=layers)
+    model, history = train(windows, params, verbose=0)
     losses = history.history["loss"]
     assert losses[-1] < losses[0] * 0.9, losses
     assert set(history.history) >= {"loss", "mae", "val_loss", "val_mae"}
@@ -186,15 +249,17 @@ def test_the_single_output_configuration_is_a_median_at_the_last_hour(windows):
     assert np.isfinite(history.history["val_mae"]).all()
 
 
-def test_same_seed_gives_the_same_validation_mae(windows):
-    params = make_params(epochs=2, dropout=0.1, recurrent_dropout=0.1)
-    first = best_epoch(train(windows, params, verbose=0)[1])[1]
-    second = best_epoch(train(windows, params, verbose=0)[1])[1]
-    assert round(first, 3) == round(second, 3)
+def test_same_seed_gives_the_same_weights(windows):
+    params = strided_cosine_params(epochs=2, dropout=0.1, recurrent_dropout=0.1)
+    first, second = (train(windows, params, verbose=0)[0] for _ in range(2))
+    for mine, theirs in zip(first.get_weights(), second.get_weights(), strict=True):
+        np.testing.assert_array_equal(mine, theirs)
 
 
-def test_saved_model_loads_and_predicts_identically(windows, tmp_path):
-    model, _ = train(windows, make_params(epochs=1), verbose=0)
+@pytest.mark.parametrize("strided", [False, True])
+def test_saved_model_loads_and_predicts_identically(windows, tmp_path, strided):
+    """Also with the convolution and the cosine schedule (its optimizer config travels in the file)."""
+    model, _ = train(windows, (strided_cosine_params if strided else make_params)(epochs=1), verbose=0)
     path = tmp_path / "models" / "model.keras"
     save_model(model, path)
     assert [entry.name for entry in path.parent.iterdir()] == ["model.keras"]  # no temporary left behind

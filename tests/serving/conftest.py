@@ -19,6 +19,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from tensorflow.core.framework import types_pb2
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -145,6 +146,31 @@ def model_factory(tmp_path_factory):
         return path
 
     return build
+
+
+def check_predict(stub, expected: float, version: int, model: str = "default", signature: str = "serving_default",
+                  output_filter: tuple = ("y",), shape: tuple = (1,), alias: str = "x", output: str = "y") -> None:
+    """Predict x = 2.0 and check the answer as TF Serving's own harness does (``VerifyPredictRequest``).
+
+    In: a PredictionService stub, the one float expected in ``output`` and the version expected to answer.
+    The input is a float tensor of ``shape`` holding 2.0 in ``float_val``; ``output_filter`` may be empty.
+    Out: nothing; fails unless ``output`` is a DT_FLOAT with exactly ``expected`` in ``float_val`` and the
+    response's model spec names ``model``, ``signature`` and ``version``.
+    """
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = model
+    request.model_spec.signature_name = signature
+    request.inputs[alias].dtype = types_pb2.DT_FLOAT
+    request.inputs[alias].float_val.append(2.0)
+    for size in shape:
+        request.inputs[alias].tensor_shape.dim.add(size=size)
+    request.output_filter.extend(output_filter)
+    response = stub.Predict(request, timeout=20)
+    assert output in response.outputs, list(response.outputs)
+    assert response.outputs[output].dtype == types_pb2.DT_FLOAT
+    assert list(response.outputs[output].float_val) == [expected]
+    assert (response.model_spec.name, response.model_spec.signature_name, response.model_spec.version.value) == (
+        model, signature, version)
 
 
 def install_version(base_path: Path, version: int, source: Path) -> Path:

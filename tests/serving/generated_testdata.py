@@ -22,9 +22,26 @@ in ``../shared/tfserving-testdata``), made with TensorFlow's TF1 API:
 * ``half_plus_two_model_metadata.json`` and
   ``saved_model_half_plus_two_2_versions_metadata.json``: the GetModelMetadata
   answers expected over REST, written from the SignatureDefs as built here.
+
+``build_tf2_testdata(directory)`` writes the TF2 models of TF Serving's
+``tensorflow_model_server_test.py``, each as version ``00000123`` of a base path:
+
+* ``saved_model_half_plus_two_tf2_cpu``: ``y = 0.5 x + 2`` as a ``tf.Module`` saved with
+  ``tf.saved_model.save``: ``serving_default`` (``x`` of shape ``[1]`` -> ``y``), ``classify_x_to_y`` and
+  ``regress_x_to_y`` (serialized tf.Examples with float feature ``x``).
+* ``tf_saved_model_save``: ``y = 3 * 2 * x`` behind a signature of unknown rank.
+* ``tf_saved_model_save_multiple_signatures``: ``serving_default`` answers 1.0, ``custom_signature_key`` 2.0.
+* ``keras_sequential``: a Keras ``Sequential`` identity model (input layer ``x``).
+* ``keras_distributed``: a Keras ``Sequential`` ``Dense(1)`` with kernel 1 and bias 0, built and saved
+  under a ``MirroredStrategy`` over two virtual CPUs.
+
+The last one needs two virtual CPUs, which TensorFlow allows only before its runtime starts, so
+these models are built in a fresh process: ``python -m tests.serving.generated_testdata DIRECTORY``.
 """
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import tensorflow as tf
@@ -136,3 +153,76 @@ def build_testdata(directory: Path) -> Path:
     (directory / "monitoring_config.txt").write_text(
         'prometheus_config: {\n  enable: true,\n  path: "/monitoring/prometheus/metrics"\n}\n')
     return directory
+
+
+def _save_half_plus_two_tf2(export_dir: Path) -> None:
+    def parse_x(serialized):
+        return tf.io.parse_example(serialized, {"x": tf.io.FixedLenFeature([1], tf.float32)})["x"]
+
+    module = tf.Module()
+    module.slope = tf.Variable(0.5)
+    module.intercept = tf.Variable(2.0)
+    examples = tf.TensorSpec([None], tf.string, name="inputs")
+    module.predict = tf.function(lambda x: {"y": module.slope * x + module.intercept},
+                                 input_signature=[tf.TensorSpec([1], tf.float32, name="x")])
+    module.classify = tf.function(lambda inputs: {"scores": module.slope * parse_x(inputs) + module.intercept},
+                                  input_signature=[examples])
+    module.regress = tf.function(lambda inputs: {"outputs": module.slope * parse_x(inputs) + module.intercept},
+                                 input_signature=[examples])
+    tf.saved_model.save(module, str(export_dir), signatures={
+        "serving_default": module.predict, "classify_x_to_y": module.classify, "regress_x_to_y": module.regress})
+
+
+def _save_checkpoint_models(directory: Path) -> None:
+    """The two models TF Serving's test saves from a ``tf.train.Checkpoint`` root."""
+    root = tf.train.Checkpoint()
+    root.v1 = tf.Variable(3.0)
+    root.v2 = tf.Variable(2.0)
+    root.f = tf.function(lambda x: {"y": root.v1 * root.v2 * x})
+    tf.saved_model.save(root, str(directory / "tf_saved_model_save" / "00000123"),
+                        signatures=root.f.get_concrete_function(tf.TensorSpec(None, tf.float32)))
+
+    two = tf.train.Checkpoint()
+    unknown_rank = [tf.TensorSpec(None, tf.float32)]
+    two.f = tf.function(lambda x: {"y": 1.0}, input_signature=unknown_rank)
+    two.g = tf.function(lambda x: {"y": 2.0}, input_signature=unknown_rank)
+    tf.saved_model.save(two, str(directory / "tf_saved_model_save_multiple_signatures" / "00000123"),
+                        signatures={"serving_default": two.f, "custom_signature_key": two.g})
+
+
+def _save_keras_models(directory: Path) -> None:
+    identity = tf.keras.Sequential([tf.keras.layers.Input(shape=(1,), dtype="float32", name="x"),
+                                    tf.keras.layers.Lambda(lambda x: x, name="y")])
+    tf.saved_model.save(identity, str(directory / "keras_sequential" / "00000123"))
+
+    strategy = tf.distribute.MirroredStrategy(devices=["/cpu:0", "/cpu:1"])
+    with strategy.scope():
+        dense = tf.keras.Sequential([
+            tf.keras.layers.Input(shape=(1,), dtype="float32", name="x"),
+            tf.keras.layers.Dense(1, kernel_initializer="ones", bias_initializer="zeros"),
+            tf.keras.layers.Lambda(lambda x: x, name="y")])
+    tf.saved_model.save(dense, str(directory / "keras_distributed" / "00000123"))
+
+
+def build_tf2_testdata(directory: Path) -> Path:
+    """Writes the TF2 models listed in the module docstring; call it in a process whose TensorFlow has not started."""
+    (cpu,) = tf.config.list_physical_devices("CPU")
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    directory.mkdir(parents=True, exist_ok=True)
+    _save_half_plus_two_tf2(directory / "saved_model_half_plus_two_tf2_cpu" / "00000123")
+    _save_checkpoint_models(directory)
+    _save_keras_models(directory)
+    return directory
+
+
+def build_tf2_testdata_in_subprocess(directory: Path, cwd: Path) -> Path:
+    """``build_tf2_testdata`` in a fresh Python process (see the module docstring); raises if it fails."""
+    result = subprocess.run([sys.executable, "-m", "tests.serving.generated_testdata", str(directory)],
+                            cwd=cwd, capture_output=True, text=True, timeout=300)
+    if result.returncode != 0:
+        raise RuntimeError(f"building the TF2 test models failed:\n{result.stderr[-4000:]}")
+    return directory
+
+
+if __name__ == "__main__":
+    build_tf2_testdata(Path(sys.argv[1]))

@@ -134,6 +134,7 @@ def test_reload_rejects_label_on_unavailable_version_and_keeps_serving(server, t
 
 
 def test_reload_by_rpc_then_by_polling_the_config_file(server, testdata):
+    """tensorflow_model_server_test.py::testModelConfigReload: a config file rewritten under a 1 s poll is served."""
     # By RPC: the shared good config replaces "two"/"three" with "half_plus_two"/"half_plus_three".
     response = reload(server, good_config_text(testdata))
     assert response.status.error_code == 0

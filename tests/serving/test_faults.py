@@ -12,8 +12,15 @@
 * The polling loop cannot be killed: failing polls are logged once per streak.
 * Requests beyond the limits: REST bodies too large, malformed HTTP, clients
   that stall (raw sockets); gRPC messages beyond the receive limit (official stubs).
+* Abuse probes (``tests/serving/abuse.py``, at full size in
+  ``benchmarks/abuse_benchmark.py``): a Predict promising a huge tensor costs
+  about its reply (measured on the server process) and ``--max_tensor_bytes``
+  refuses it; echoed JSON is cut as in TF Serving; client mistakes are 400s
+  without tracebacks; a burst of 150 new connections is answered in full; a
+  request past the REST timeout gives its slot up.
 """
 
+import gc
 import http.client
 import logging
 import os
@@ -23,6 +30,7 @@ import threading
 import time
 
 import grpc
+import numpy as np
 import pytest
 import tensorflow as tf
 from tensorflow_serving.apis import (
@@ -37,7 +45,8 @@ from tensorflow_serving.config import model_server_config_pb2
 from serving.grpc_server import GrpcServer
 from serving.manager import ManagerOptions, ModelManager, parse_version
 from serving.monitoring import Metrics
-from serving.rest_server import MAX_BODY_BYTES, RestApi, RestServer
+from serving.rest_server import MAX_BODY_BYTES, CyclicGcPause, RestApi, RestServer
+from tests.serving import abuse
 from tests.serving.conftest import ServerProcess, free_port, install_version, wait_for
 
 pytestmark = pytest.mark.slow
@@ -403,3 +412,119 @@ def test_grpc_message_size_limit(channel_arguments, oversized_code):
     finally:
         channel.close()
         server.stop(grace_seconds=1)
+
+
+# ------------------------------------------------------------ abuse probes
+MAX_TENSOR_BYTES = 100_000_000
+HUGE_ROWS = 5_000_000  # the [1e8, 1] probe scaled by 1/20: 20 MB in, 20 MB out
+
+
+@pytest.fixture(scope="module")
+def half_plus_two(generated_testdata, tmp_path_factory):
+    server = ServerProcess(tmp_path_factory.mktemp("abuse"), "--model_name=half",
+                           f"--model_base_path={generated_testdata / 'saved_model_half_plus_two_cpu'}",
+                           f"--max_tensor_bytes={MAX_TENSOR_BYTES}")
+    yield server
+    server.stop()
+
+
+def test_huge_promised_tensor_costs_about_its_reply_and_the_cap_refuses_more(half_plus_two):
+    channel = grpc.insecure_channel(f"127.0.0.1:{half_plus_two.port}",
+                                    options=[("grpc.max_receive_message_length", -1)])
+    with channel, abuse.PeakRssGrowth(half_plus_two.process.pid) as growth:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        response = stub.Predict(abuse.huge_shape_request("half", HUGE_ROWS), timeout=60)
+    reply = tf.make_ndarray(response.outputs["y"])
+    assert reply.shape == (HUGE_ROWS, 1) and np.all(reply == 2.0)  # zero-filled input, as in TF Serving
+    tensor_bytes = HUGE_ROWS * 4
+    print(f"\n[{HUGE_ROWS}, 1] Predict: peak RSS growth {growth.bytes / 1e6:.0f} MB "
+          f"for a {tensor_bytes / 1e6:.0f} MB reply")
+    # Full size (benchmark) bound: 2.5 GB for 400 MB, i.e. 6.25 times the tensor; Python lists took over 12.
+    assert growth.bytes < 6.25 * tensor_bytes
+    with pytest.raises(grpc.RpcError) as refused:
+        half_plus_two.predict_stub.Predict(abuse.huge_shape_request("half", MAX_TENSOR_BYTES // 4 + 1), timeout=10)
+    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert f"more than --max_tensor_bytes={MAX_TENSOR_BYTES}" in refused.value.details()
+
+
+def test_echoed_json_is_cut_and_client_mistakes_are_400s_without_tracebacks(half_plus_two):
+    status, body = abuse.post(half_plus_two.rest_port, "/v1/models/half:predict", abuse.deep_arrays_body())
+    assert status == 400 and len(body) < 4096, (status, len(body))
+    echoed = body.decode().split("JSON Value: ", 1)[1]
+    assert echoed.startswith("[[[[") and "Is not object" in echoed
+    log_size = len(half_plus_two.log_text())
+    for probe, path, request_body in abuse.bad_requests("half"):
+        status, body = abuse.post(half_plus_two.rest_port, path, request_body)
+        assert status == 400 and len(body) < 4096, (probe, status, body[:300])
+    status, body = abuse.post(half_plus_two.rest_port, "/v1/models/half:predict",
+                              b'{"instances": [[' + b"9" * 400 + b"]]}")
+    assert b"Number too big to be stored in double. at offset: 16" in body
+    status, body = abuse.post(half_plus_two.rest_port, "/v1/models/half:predict",
+                              b'{"signature_name": "\\ud800"}')
+    assert b"The surrogate pair in string is invalid. at offset: 20" in body
+    added = half_plus_two.log_text()[log_size:]
+    assert "Traceback" not in added and len(added) < 1000, added
+    # The numeric fast path answers as the per-element one: values, and errors when it declines.
+    status, body = abuse.post(half_plus_two.rest_port, "/v1/models/half:predict", b'{"instances": [[1], [2.5]]}')
+    assert (status, body) == (200, b'{"predictions":[[2.5],[3.25]]}')
+    status, body = abuse.post(half_plus_two.rest_port, "/v1/models/half:predict",
+                              b'{"instances": [[1.0], [16777217]]}')  # a double first, then float32, as GetFloat
+    assert (status, body) == (200, b'{"predictions":[[2.5],[8.38861e+06]]}')
+    status, body = abuse.post(half_plus_two.rest_port, "/v1/models/half:predict", b'{"instances": [[1.0], ["a"]]}')
+    assert status == 400 and b'JSON Value: \\"a\\" Type: String is not of expected type: float' in body, body
+
+
+def test_a_burst_of_new_connections_is_answered_in_full(rest_server):
+    results = abuse.burst(rest_server.port, "/v1/models/absent", clients=150)
+    statuses = [status for status, _ in results]
+    print(f"\n150 simultaneous connections: {statuses.count(404)} answered, "
+          f"worst {max(seconds for _, seconds in results) * 1000:.0f} ms")
+    assert statuses == [404] * 150
+
+
+class _SlowApi:
+    """A REST API whose /v1/slow requests work until their deadline has long passed (bounded to 5 s)."""
+
+    prometheus_path = None
+
+    def __init__(self):
+        self.stopped_after = []
+
+    def handle(self, method, path, body, deadline=None):
+        if path == "/v1/slow":
+            started = time.monotonic()
+            while time.monotonic() - started < 5 and time.monotonic() < deadline + 0.3:
+                time.sleep(0.01)
+            self.stopped_after.append(time.monotonic() - started)
+            return 200, "application/json", "{}"
+        return 200, "application/json", '{"fast": true}'
+
+
+def test_rest_timeout_frees_the_slot_for_queued_requests():
+    api = _SlowApi()
+    server = RestServer(api, "127.0.0.1", 0, num_threads=1, timeout_ms=400, enable_cors=False)
+    server.start()
+    answers = {}
+    try:
+        slow = threading.Thread(target=lambda: answers.update(slow=abuse.post(server.port, "/v1/slow", b"")))
+        slow.start()
+        time.sleep(0.2)  # queued behind the slow request, in the only slot
+        started = time.monotonic()
+        answers["fast"] = abuse.post(server.port, "/v1/fast", b"")
+        fast_seconds = time.monotonic() - started
+        slow.join(10)
+    finally:
+        server.stop()
+    assert answers["slow"][0] == 504 and b"Deadline Exceeded" in answers["slow"][1]
+    assert answers["fast"] == (200, b'{"fast": true}') and fast_seconds < 0.4, fast_seconds
+
+
+def test_cyclic_gc_is_paused_while_any_request_holds_a_pause():
+    assert gc.isenabled()
+    with CyclicGcPause() as first:
+        with CyclicGcPause():
+            assert not gc.isenabled()
+        assert not gc.isenabled()
+        first.resume()
+        assert gc.isenabled()
+    assert gc.isenabled()

@@ -27,7 +27,7 @@ from tensorflow_serving.apis import (
     regression_pb2,
 )
 
-from tests.serving.conftest import ServerProcess
+from tests.serving.conftest import ServerProcess, check_predict
 
 pytestmark = pytest.mark.slow
 
@@ -73,6 +73,8 @@ def example(**features):
 
 # ---------------------------------------------------------------- REST facts
 def test_rest_predict_row_and_columnar_match_tf_serving(server):
+    """tensorflow_model_server_test.py::testPredictREST,
+    tensorflow_model_server_test.py::testPredictColumnarREST."""
     row = requests.post(f"{server.rest}/v1/models/default:predict", json={"instances": [2.0, 3.0, 4.0]})
     assert row.status_code == 200
     assert row.json() == {"predictions": [3.0, 3.5, 4.0]}
@@ -84,6 +86,7 @@ def test_rest_predict_row_and_columnar_match_tf_serving(server):
 
 
 def test_rest_status_matches_tf_serving(server):
+    """tensorflow_model_server_test.py::testGetStatusREST."""
     answer = requests.get(f"{server.rest}/v1/models/default")
     assert answer.status_code == 200
     assert answer.json() == {"model_version_status": [
@@ -92,6 +95,7 @@ def test_rest_status_matches_tf_serving(server):
 
 
 def test_rest_metadata_is_tf_servings_exact_answer(server, testdata):
+    """tensorflow_model_server_test.py::testGetModelMetadataREST (compared exactly, not only sorted)."""
     expected = json.loads((testdata / "half_plus_two_model_metadata.json").read_text())
     answer = requests.get(f"{server.rest}/v1/models/default/versions/123/metadata")
     assert answer.status_code == 200
@@ -99,14 +103,17 @@ def test_rest_metadata_is_tf_servings_exact_answer(server, testdata):
 
 
 def test_rest_regress_and_classify(server):
+    """tensorflow_model_server_test.py::testRegressREST,
+    tensorflow_model_server_test.py::testClassifyREST."""
     regress = requests.post(f"{server.rest}/v1/models/default:regress",
                             json={"signature_name": "regress_x_to_y", "examples": [{"x": 2.0}, {"x": 4.0}]})
     assert regress.status_code == 200, regress.text
     assert regress.json() == {"results": [3.0, 4.0]}
-    classify = requests.post(f"{server.rest}/v1/models/default:classify",
-                             json={"signature_name": "classify_x_to_y", "examples": [{"x": 6.0}]})
-    assert classify.status_code == 200, classify.text
-    assert classify.json() == {"results": [[["", 5.0]]]}
+    for x, y in ((2.0, 3.0), (6.0, 5.0)):
+        classify = requests.post(f"{server.rest}/v1/models/default:classify",
+                                 json={"signature_name": "classify_x_to_y", "examples": [{"x": x}]})
+        assert classify.status_code == 200, classify.text
+        assert classify.json() == {"results": [[["", y]]]}
 
 
 def test_rest_nan_and_infinity_pass_through(server):
@@ -167,6 +174,16 @@ def test_rest_unknown_model_status_is_not_found(server):
 
 
 # ---------------------------------------------------------------------- gRPC
+def test_grpc_predict_as_tf_servings_harness_checks_it(server):
+    """tensorflow_model_server_test.py::testPredictSavedModel,
+    tensorflow_model_server_test.py::testPredictUDS: a [1] float of 2.0, with and without an output filter,
+    answers 3.0 in ``float_val`` from version 123, over TCP and the UNIX socket."""
+    with grpc.insecure_channel(f"unix:{server.socket_path}") as channel:
+        for stub in (server.predict_stub, prediction_service_pb2_grpc.PredictionServiceStub(channel)):
+            for output_filter in (("y",), ()):
+                check_predict(stub, 3.0, 123, output_filter=output_filter)
+
+
 def test_grpc_predict_over_tcp_and_unix_socket(server):
     response = server.predict_stub.Predict(predict_request([[1.0], [2.0]]), timeout=10)
     assert tf.make_ndarray(response.outputs["y"]).tolist() == [[2.5], [3.0]]
@@ -196,6 +213,7 @@ def test_grpc_nan_passes_through(server):
 
 
 def test_grpc_metadata(server, testdata):
+    """tensorflow_model_server_test.py::testGetModelMetadata."""
     request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
     request.model_spec.name = "default"
     response = server.predict_stub.GetModelMetadata(request, timeout=10)
@@ -212,12 +230,13 @@ def test_grpc_metadata(server, testdata):
 
 
 def test_grpc_model_status(server):
+    """tensorflow_model_server_test.py::testGetModelStatus."""
     stub = model_service_pb2_grpc.ModelServiceStub(server.channel)
     request = get_model_status_pb2.GetModelStatusRequest()
     request.model_spec.name = "default"
     response = stub.GetModelStatus(request, timeout=10)
-    assert [(status.version, status.state) for status in response.model_version_status] == [
-        (123, get_model_status_pb2.ModelVersionStatus.AVAILABLE)]
+    assert [(status.version, status.state, status.status.error_code) for status in response.model_version_status] == [
+        (123, get_model_status_pb2.ModelVersionStatus.AVAILABLE, 0)]
     request.model_spec.version.value = 5
     error = rpc_error(stub.GetModelStatus, request)
     assert error.code() == grpc.StatusCode.NOT_FOUND
@@ -225,12 +244,17 @@ def test_grpc_model_status(server):
 
 
 def test_grpc_classify_regress_and_multi_inference(server):
+    """tensorflow_model_server_test.py::testClassify,
+    tensorflow_model_server_test.py::testRegress,
+    tensorflow_model_server_test.py::testMultiInference (on the TF1 model)."""
     classify = classification_pb2.ClassificationRequest()
     classify.model_spec.name = "default"
     classify.model_spec.signature_name = "classify_x_to_y"
     classify.input.example_list.examples.add().CopyFrom(example(x=2.0))
     result = server.predict_stub.Classify(classify, timeout=10)
-    assert result.result.classifications[0].classes[0].score == pytest.approx(3.0)
+    assert [[c.score for c in classes.classes] for classes in result.result.classifications] == [[3.0]]
+    assert (result.model_spec.name, result.model_spec.signature_name, result.model_spec.version.value) == (
+        "default", "classify_x_to_y", 123)
 
     classify.model_spec.signature_name = "nope"
     error = rpc_error(server.predict_stub.Classify, classify)
@@ -242,8 +266,9 @@ def test_grpc_classify_regress_and_multi_inference(server):
     regress.model_spec.signature_name = "regress_x_to_y"
     regress.input.example_list.examples.add().CopyFrom(example(x=4.0))
     result = server.predict_stub.Regress(regress, timeout=10)
-    assert result.result.regressions[0].value == pytest.approx(4.0)
-    assert result.model_spec.signature_name == "regress_x_to_y"
+    assert [regression.value for regression in result.result.regressions] == [4.0]
+    assert (result.model_spec.name, result.model_spec.signature_name, result.model_spec.version.value) == (
+        "default", "regress_x_to_y", 123)
 
     multi = inference_pb2.MultiInferenceRequest()
     multi.input.example_list.examples.add().CopyFrom(example(x=2.0))
@@ -253,8 +278,11 @@ def test_grpc_classify_regress_and_multi_inference(server):
         task.model_spec.name = "default"
         task.model_spec.signature_name = signature
     response = server.predict_stub.MultiInference(multi, timeout=10)
-    assert response.results[0].regression_result.regressions[0].value == pytest.approx(3.0)
-    assert response.results[1].classification_result.classifications[0].classes[0].score == pytest.approx(3.0)
+    assert len(response.results) == 2
+    assert response.results[0].regression_result.regressions[0].value == 3.0
+    assert response.results[1].classification_result.classifications[0].classes[0].score == 3.0
+    assert [(result.model_spec.name, result.model_spec.signature_name, result.model_spec.version.value)
+            for result in response.results] == [("default", "regress_x_to_y", 123), ("default", "classify_x_to_y", 123)]
 
 
 @pytest.mark.parametrize("build, code, wording", [
@@ -304,12 +332,14 @@ def test_grpc_missing_and_extra_inputs(server):
 
 
 def test_health_service_and_metrics(server):
+    """tensorflow_model_server_test.py::testPrometheusEndpoint (``# TYPE`` lines), and the health service."""
     health = health_pb2_grpc.HealthStub(server.channel)
     answer = health.Check(health_pb2.HealthCheckRequest(service="tensorflow.serving.PredictionService"),
                           timeout=10)
     assert answer.status == health_pb2.HealthCheckResponse.SERVING
     metrics = requests.get(f"{server.rest}/monitoring/prometheus/metrics")
     assert metrics.status_code == 200
+    assert "# TYPE :tensorflow:serving:request_count counter" in metrics.text
     assert ':tensorflow:serving:request_count{model_name="default",status="OK"}' in metrics.text
     assert ":tensorflow:serving:request_latency_bucket" in metrics.text
 

@@ -129,6 +129,7 @@ def test_a_server_that_starts_would_be_seen_binding_held_ports(tmp_path):
 
 
 def test_a_model_config_file_that_does_not_parse_stops_startup_before_any_port(testdata):
+    """tensorflow_model_server_test.py::testBadModelConfig (its wording on stderr), and no port is bound."""
     bad = testdata / "bad_model_config.txt"
     result = run_with_ports_held(f"--model_config_file={bad}")
     assert result.returncode != 0
