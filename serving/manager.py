@@ -15,23 +15,34 @@ It follows TensorFlow Serving's ServerCore / AspiredVersionsManager:
   versions (the ``local_base_path`` hook, serving/store/mirror.py).
 * The version policy picks the aspired versions: ``latest { num_versions }``
   (default 1), ``all`` or ``specific { versions }``.
-* Aspired versions that are not loaded are loaded in the background (state
-  START -> LOADING -> AVAILABLE), warmed up from
-  ``assets.extra/tf_serving_warmup_requests`` if enabled, and retried
-  ``max_num_load_retries`` times ``load_retry_interval`` apart. A version
-  that still fails goes to END with its error, and is not tried again while
-  it stays aspired.
+* What to load or unload next is decided by ``serving.policy.next_action``
+  (TF Serving's availability-preserving policy) from one snapshot per
+  version; the manager only performs those actions, and asks again after
+  every poll and every finished load or unload. Each version has one state
+  record (``_Version``): its state, whether it is aspired, its error and its
+  servable.
+* A load runs in the background (state START -> LOADING -> AVAILABLE),
+  warmed up from ``assets.extra/tf_serving_warmup_requests`` if enabled, and
+  retried ``max_num_load_retries`` times ``load_retry_interval`` apart. A
+  version that still fails goes to END with its error, and is not tried
+  again while it stays aspired. A version whose directory was deleted while
+  it loaded never serves: just before it would become AVAILABLE its
+  ``saved_model.pb`` must still be on disk (for a remote base path: in the
+  mirror, which drops versions the store no longer lists), else it goes to
+  END with NOT_FOUND, like a failed load.
 * Availability preserving: a loaded version that is no longer aspired is
   unloaded (UNLOADING -> END) only once an aspired version is AVAILABLE, or
   when no version is aspired at all. Removing the newest directory therefore
   rolls back: the previous version is loaded again before the newest goes.
-  Unloading waits for in-flight requests on that version.
+  Unloading waits for in-flight requests on that version; a version aspired
+  again while it unloads is loaded again once it has ended.
 * Version labels come from the config and may only point at AVAILABLE
   versions (unless ``allow_version_labels_for_unavailable_models``).
 * ``apply_config`` adds, removes and changes models without a restart and
   waits for the initial loads of what it added, like ServerCore::ReloadConfig;
   an added model whose aspired versions did not load is reported as UNKNOWN
   "N servable(s) did not become available" (at startup the server exits).
+  A removed model's versions keep their END states for GetModelStatus.
 """
 
 import contextlib
@@ -45,14 +56,13 @@ from typing import Callable
 import grpc
 from tensorflow_serving.config import model_server_config_pb2
 
-from serving.config import ConfigError, validate_model_server_config
+from serving.config import BatchingParameters, ConfigError, validate_model_server_config
 from serving.errors import ServingError, failed_precondition, invalid_argument, not_found
+from serving.policy import AVAILABLE, END, LOAD, LOADING, START, UNLOADING, VersionSnapshot, next_action
 from serving.servable import Servable
 from serving.store import parse_version
 
 log = logging.getLogger("serving")
-
-START, LOADING, AVAILABLE, UNLOADING, END = "START", "LOADING", "AVAILABLE", "UNLOADING", "END"
 
 
 @dataclasses.dataclass
@@ -75,8 +85,8 @@ class ManagerOptions:
     allow_version_labels_for_unavailable_models: bool = False
     # Input and output tensors above this many bytes are refused with RESOURCE_EXHAUSTED (0: no limit).
     max_tensor_bytes: int = 0
-    # Called with each freshly loaded servable before it serves (batching).
-    prepare_servable: Callable[[Servable], None] | None = None
+    # Batching parameters every loaded servable batches its model calls with (--enable_batching), or None.
+    batching: BatchingParameters | None = None
     # Called with (model base path, "OK" or error code name) per load attempt.
     on_load_attempt: Callable[[str, str], None] | None = None
     # Turns a base path into the local directory its versions are listed and loaded from, given the model's
@@ -85,14 +95,23 @@ class ManagerOptions:
 
 
 @dataclasses.dataclass
+class _Version:
+    """Everything the manager knows about one version of one model."""
+
+    version: int
+    path: str
+    state: str = START
+    aspired: bool = True
+    error: ServingError | None = None
+    servable: Servable | None = None  # set while AVAILABLE
+
+
+@dataclasses.dataclass
 class _Model:
     config: model_server_config_pb2.ModelConfig
-    aspired: set = dataclasses.field(default_factory=set)
-    servables: dict = dataclasses.field(default_factory=dict)  # version -> Servable
-    loading: dict = dataclasses.field(default_factory=dict)  # version -> Thread
-    given_up: set = dataclasses.field(default_factory=set)
-    labels: dict = dataclasses.field(default_factory=dict)
-    removed: bool = False
+    versions: dict[int, _Version] = dataclasses.field(default_factory=dict)
+    labels: dict[str, int] = dataclasses.field(default_factory=dict)
+    removed: bool = False  # no longer in the config (or the manager stopped); its states stay for GetModelStatus
 
 
 def servable_id(name: str, version: int) -> str:
@@ -133,18 +152,38 @@ def aspired_versions(config: model_server_config_pb2.ModelConfig, on_disk: set[i
     return set(sorted(on_disk)[-count:])
 
 
+def still_on_disk(path: str) -> bool:
+    """True while a loaded version's directory still holds its saved_model.pb (deleted versions never serve)."""
+    return os.path.isfile(os.path.join(path, "saved_model.pb"))
+
+
+def mark_aspired(model: _Model, aspired: dict[int, str]) -> None:
+    """Records which versions (number -> path) the version policy aspires to now.
+
+    A version seen for the first time, or aspired again after it ended, gets
+    a fresh record in START (so a version that failed is tried again only
+    after it stopped being aspired). A version aspired again while it
+    unloads keeps its record and is loaded again once it has ended.
+    """
+    for version, path in aspired.items():
+        record = model.versions.get(version)
+        if record is None or (record.state == END and not record.aspired):
+            model.versions[version] = _Version(version, path)
+    for record in model.versions.values():
+        record.aspired = record.version in aspired
+
+
 class ModelManager:
     """Owns servables and their versions; answers which servable serves a request."""
 
     def __init__(self, options: ManagerOptions):
         self.options = options
         self._lock = threading.RLock()
+        self._changed = threading.Condition(self._lock)  # notified whenever a version changes state
         self._reconcile_lock = threading.Lock()
-        self._models: dict[str, _Model] = {}
-        self._states: dict[str, dict[int, VersionStatus]] = {}
+        self._models: dict[str, _Model] = {}  # every model ever configured, by name
         self._stopping = threading.Event()
         self._poll_thread: threading.Thread | None = None
-        self._unload_threads: list[threading.Thread] = []
         self._failing: set[str] = set()  # what failed in the last poll, logged once per streak
 
     # ------------------------------------------------------------ lifecycle
@@ -156,30 +195,37 @@ class ModelManager:
             raise invalid_argument(str(error)) from error
         with self._reconcile_lock:
             wanted = {model.name: model for model in config.model_config_list.config}
-            added = []
             with self._lock:
-                for name, model in list(self._models.items()):
-                    if name not in wanted:
-                        log.info("Removing model %s", name)
-                        model.removed = True
-                        model.aspired = set()
-                        del self._models[name]
-                        for version in list(model.servables):
-                            self._start_unload(model, version)
-                for name, model_config in wanted.items():
-                    model = self._models.get(name)
-                    if model is None:
-                        log.info("Adding model %s", name)
-                        self._models[name] = _Model(config=model_config)
-                        added.append(name)
-                        self._states.setdefault(name, {})
-                    else:
-                        model.config = model_config
-            loads = self._poll_models(list(wanted))
-            for thread in loads:
-                thread.join()
+                added = self._update_models(wanted)
+            self._poll_models(list(wanted))
+            self._wait_for_loads(list(wanted))
             self._check_available(added)
             self._apply_labels(wanted)
+
+    def _update_models(self, wanted: dict) -> list[str]:
+        """Removes the models not wanted, adds or updates the others; returns the names added."""
+        for name, model in self._models.items():
+            if name not in wanted and not model.removed:
+                log.info("Removing model %s", name)
+                self._retire(model)
+        added = []
+        for name, model_config in wanted.items():
+            model = self._models.get(name)
+            if model is None or model.removed:
+                log.info("Adding model %s", name)
+                added.append(name)
+            if model is None:
+                self._models[name] = _Model(config=model_config)
+            else:
+                model.config, model.removed = model_config, False
+        return added
+
+    def _retire(self, model: _Model) -> None:
+        """Stops serving a model: nothing aspired, so the policy unloads every version; call with ``_lock``."""
+        model.removed = True
+        model.labels = {}
+        mark_aspired(model, {})
+        self._act(model)
 
     def start_polling(self) -> None:
         if self.options.file_system_poll_wait_seconds <= 0 or self._poll_thread:
@@ -188,20 +234,14 @@ class ModelManager:
         self._poll_thread.start()
 
     def stop(self) -> None:
-        """Stops polling and unloads every servable."""
+        """Stops polling and unloads every servable (waiting up to 30 s for the unloads)."""
         self._stopping.set()
         if self._poll_thread:
             self._poll_thread.join()
         with self._lock:
-            models = list(self._models.values())
-            for model in models:
-                model.removed = True
-            for model in models:
-                for version in list(model.servables):
-                    self._start_unload(model, version)
-            threads = list(self._unload_threads)
-        for thread in threads:
-            thread.join(timeout=30)
+            for model in self._models.values():
+                self._retire(model)
+        self._wait_until(list(self._models), lambda record: record.state != UNLOADING, timeout=30)
 
     def _poll_forever(self) -> None:
         """Polls until stopped; a failing poll is logged (once per streak) and the next one runs."""
@@ -226,108 +266,127 @@ class ModelManager:
             log.info("%s", message)
 
     # ------------------------------------------------------------ reconcile
-    def _poll_models(self, names: list[str]) -> list[threading.Thread]:
-        """Re-reads the version directories; starts loads and unloads."""
-        started = []
+    def _poll_models(self, names: list[str]) -> None:
+        """Re-reads the version directories of the models still configured and acts on what changed."""
         for name in names:
             with self._lock:
                 model = self._models.get(name)
-            if model is None:
-                continue
-            base_path = model.config.base_path
+                if model is None or model.removed:
+                    continue
+                config = model.config
             try:
-                on_disk = version_directories(self._local_base_path(model.config))
+                on_disk = version_directories(self._local_base_path(config))
             except OSError as error:
                 # As in TF Serving, a base path that cannot be listed changes nothing: loaded versions keep serving.
                 self._note_failure(f"model {name}", "FileSystemStoragePathSource encountered a filesystem access "
-                                   f"error: Could not find base path {base_path} for servable {name} with error "
-                                   f"{error.strerror or error}")
+                                   f"error: Could not find base path {config.base_path} for servable {name} with "
+                                   f"error {error.strerror or error}")
                 continue
             try:
-                started += self._reconcile(model, on_disk)
+                self._reconcile(model, config, on_disk)
             except Exception as error:  # one model's trouble must not stop the others
                 self._note_failure(f"model {name}", f"Polling servable {name} failed: {type(error).__name__}: {error}")
                 continue
-            self._note_recovery(f"model {name}", f"Base path {base_path} of servable {name} can be read again")
-        return started
+            self._note_recovery(f"model {name}", f"Base path {config.base_path} of servable {name} can be read again")
 
     def _local_base_path(self, config: model_server_config_pb2.ModelConfig) -> str:
         if self.options.local_base_path is None:
             return config.base_path
         return self.options.local_base_path(config.base_path, lambda found: aspired_versions(config, found))
 
-    def _reconcile(self, model: _Model, on_disk: dict[int, str]) -> list[threading.Thread]:
-        name = model.config.name
+    def _reconcile(self, model: _Model, config: model_server_config_pb2.ModelConfig, on_disk: dict[int, str]) -> None:
         if not on_disk:
             log.warning("No versions of servable %s found under base path %s. Did you forget to "
-                        "name your leaf directory as a number (eg. '/1/')?", name, model.config.base_path)
-        aspired = aspired_versions(model.config, set(on_disk))
-        started = []
-        with self._lock:
-            model.aspired = aspired
-            model.given_up &= aspired
-            for version in sorted(aspired, reverse=True):
-                if version in model.servables or version in model.loading or version in model.given_up:
-                    continue
-                started.append(self._start_load(model, version, on_disk[version]))
-            self._unload_unaspired(model)
-        return started
+                        "name your leaf directory as a number (eg. '/1/')?", config.name, config.base_path)
+        aspired = aspired_versions(config, set(on_disk))
+        with self._changed:
+            if model.removed:  # removed while its base path was listed
+                return
+            mark_aspired(model, {version: on_disk[version] for version in aspired})
+            self._act(model)
+            self._changed.notify_all()
 
-    def _start_load(self, model: _Model, version: int, path: str) -> threading.Thread:
-        self._set_state(model.config.name, version, START)
-        thread = threading.Thread(target=self._load, args=(model, version, path),
-                                  name=f"load-{model.config.name}-{version}", daemon=True)
-        model.loading[version] = thread
-        thread.start()
-        return thread
+    def _act(self, model: _Model) -> None:
+        """Performs the policy's actions until it has none; call with ``_lock`` held.
 
-    def _load(self, model: _Model, version: int, path: str) -> None:
-        name = model.config.name
-        log.info("Approving load for servable version %s", servable_id(name, version))
-        self._set_state(name, version, LOADING)
-        attempts = 1 + max(self.options.max_num_load_retries, 0)
+        Every action moves its version out of the state that asked for it
+        (START -> LOADING, AVAILABLE -> UNLOADING), so this ends.
+        """
+        while (action := next_action([VersionSnapshot(record.version, record.state, record.aspired)
+                                      for record in model.versions.values()])) is not None:
+            record = model.versions[action.version]
+            if action.kind == LOAD:
+                self._start_load(model, record)
+            else:
+                self._start_unload(model, record)
+
+    def _wait_for_loads(self, names: list[str]) -> None:
+        """Waits until no version of these models is on its way to AVAILABLE (loads end after bounded retries).
+
+        On its way: LOADING, or UNLOADING while aspired again (it loads once unloaded). START needs no
+        wait: a version is loaded in the same locked step that puts it in START.
+        """
+        self._wait_until(names, lambda record: record.state != LOADING
+                         and not (record.state == UNLOADING and record.aspired))
+
+    def _wait_until(self, names: list[str], settled: Callable[[_Version], bool], timeout: float | None = None):
+        """Waits until ``settled`` holds for every version of these models (or ``timeout`` passes)."""
+        def all_settled() -> bool:
+            return all(settled(record) for name in names for record in self._models[name].versions.values())
+
+        with self._changed:
+            self._changed.wait_for(all_settled, timeout)
+
+    # ------------------------------------------------------------ actions
+    def _start_load(self, model: _Model, record: _Version) -> None:
+        record.state, record.error = LOADING, None
+        log.info("Approving load for servable version %s", servable_id(model.config.name, record.version))
+        threading.Thread(target=self._load, args=(model, record, model.config.name, model.config.base_path),
+                         name=f"load-{model.config.name}-{record.version}", daemon=True).start()
+
+    def _load(self, model: _Model, record: _Version, name: str, base_path: str) -> None:
+        """Loads one version (with retries); it becomes AVAILABLE only if its directory is still there."""
+        outcome = self._load_with_retries(record, name, base_path)
+        if not isinstance(outcome, ServingError) and not still_on_disk(record.path):
+            outcome.close()  # never served, so nothing in flight to wait for
+            outcome = not_found(f"Version {record.version} of model {name} was deleted while it loaded: {record.path}")
+        with self._changed:
+            if isinstance(outcome, ServingError):
+                record.state, record.error = END, outcome
+                log.error("Servable %s cannot be loaded: %s", servable_id(name, record.version), outcome.message)
+            else:
+                record.state, record.servable = AVAILABLE, outcome
+                log.info("Successfully loaded servable version %s", servable_id(name, record.version))
+            self._act(model)
+            self._changed.notify_all()
+
+    def _load_with_retries(self, record: _Version, name: str, base_path: str) -> Servable | ServingError:
+        """The servable once an attempt succeeds, else the last attempt's error."""
         error = None
-        for attempt in range(attempts):
+        for attempt in range(1 + max(self.options.max_num_load_retries, 0)):
             if attempt:
                 if self.options.load_retry_interval_seconds > 0:
                     self._stopping.wait(self.options.load_retry_interval_seconds)
                 with self._lock:
-                    if model.removed or version not in model.aspired or self._stopping.is_set():
+                    if not record.aspired or self._stopping.is_set():
                         break
-                log.info("Retrying load on servable version %s retry: %d", servable_id(name, version), attempt)
+                log.info("Retrying load on servable version %s retry: %d", servable_id(name, record.version), attempt)
             try:
-                servable = self._load_servable(name, version, path)
+                servable = self._load_servable(name, record.version, record.path)
             except ServingError as failure:
                 error = failure
             except Exception as failure:  # a broken model must never take the server down
                 error = ServingError(grpc.StatusCode.UNKNOWN, f"{type(failure).__name__}: {failure}")
             else:
-                error = None
-                break
-            self._record_load_attempt(model.config.base_path, error.code_name)
-            log.error("Loading servable: %s failed: %s", servable_id(name, version), error.message)
-        with self._lock:
-            del model.loading[version]
-            if error is not None:
-                model.given_up.add(version)
-                self._set_state(name, version, END, error)
-                log.error("Servable %s cannot be loaded: %s", servable_id(name, version), error.message)
-                self._unload_unaspired(model)
-                return
-            self._record_load_attempt(model.config.base_path, "OK")
-            if model.removed or self._stopping.is_set():
-                self._set_state(name, version, UNLOADING)
-                self._close_in_background(name, version, servable)
-                return
-            model.servables[version] = servable
-            self._set_state(name, version, AVAILABLE)
-            log.info("Successfully loaded servable version %s", servable_id(name, version))
-            self._unload_unaspired(model)
+                self._record_load_attempt(base_path, "OK")
+                return servable
+            self._record_load_attempt(base_path, error.code_name)
+            log.error("Loading servable: %s failed: %s", servable_id(name, record.version), error.message)
+        return error
 
     def _load_servable(self, name: str, version: int, path: str) -> Servable:
-        servable = Servable(name, version, path, set(self.options.saved_model_tags), self.options.max_tensor_bytes)
-        if self.options.prepare_servable:
-            self.options.prepare_servable(servable)
+        servable = Servable(name, version, path, set(self.options.saved_model_tags),
+                            max_tensor_bytes=self.options.max_tensor_bytes, batching=self.options.batching)
         if self.options.enable_model_warmup:
             try:
                 replayed = servable.warm_up(self.options.num_request_iterations_for_warmup)
@@ -340,47 +399,35 @@ class ModelManager:
                          os.path.join(path, "assets.extra", "tf_serving_warmup_requests"), replayed)
         return servable
 
-    def _unload_unaspired(self, model: _Model) -> None:
-        """Availability-preserving unloads; call with ``_lock`` held."""
-        unaspired = sorted(version for version in model.servables if version not in model.aspired)
-        if not unaspired:
-            return
-        aspired_serving = any(version in model.servables for version in model.aspired)
-        if model.removed or not model.aspired or aspired_serving:
-            to_unload = unaspired
-        else:
-            to_unload = unaspired[:-1]  # keep the newest until an aspired one serves
-        for version in to_unload:
-            self._start_unload(model, version)
-
-    def _start_unload(self, model: _Model, version: int) -> None:
+    def _start_unload(self, model: _Model, record: _Version) -> None:
+        """AVAILABLE -> UNLOADING now, END once in-flight requests are done (in the background)."""
         name = model.config.name
-        servable = model.servables.pop(version)
-        self._set_state(name, version, UNLOADING)
-        log.info("Unloading servable version %s", servable_id(name, version))
-        self._close_in_background(name, version, servable)
+        servable, record.servable, record.state = record.servable, None, UNLOADING
+        log.info("Unloading servable version %s", servable_id(name, record.version))
 
-    def _close_in_background(self, name: str, version: int, servable: Servable) -> None:
         def close():
             servable.close()
-            self._set_state(name, version, END)
-            log.info("Done unloading servable version %s", servable_id(name, version))
+            with self._changed:
+                log.info("Done unloading servable version %s", servable_id(name, record.version))
+                if record.aspired:  # aspired again while it unloaded: load it afresh
+                    model.versions[record.version] = _Version(record.version, record.path)
+                else:
+                    record.state = END
+                self._act(model)
+                self._changed.notify_all()
 
-        thread = threading.Thread(target=close, name=f"unload-{name}-{version}", daemon=True)
-        self._unload_threads = [alive for alive in self._unload_threads if alive.is_alive()] + [thread]
-        thread.start()
+        threading.Thread(target=close, name=f"unload-{name}-{record.version}", daemon=True).start()
 
     def _check_available(self, names: list[str]) -> None:
         """Like ServerCore: newly added models must have their aspired versions AVAILABLE."""
         failures = []
         with self._lock:
             for name in names:
-                model = self._models[name]
-                for version in sorted(model.aspired - set(model.servables)):
-                    status = self._states[name].get(version)
-                    reason = f" due to error: {status.error.code_name}: {status.error.message}" \
-                        if status and status.error else ""
-                    failures.append(f"{{{servable_id(name, version)}{reason}}}, ")
+                for version, record in sorted(self._models[name].versions.items()):
+                    if record.aspired and record.state != AVAILABLE:
+                        reason = (f" due to error: {record.error.code_name}: {record.error.message}"
+                                  if record.error else "")
+                        failures.append(f"{{{servable_id(name, version)}{reason}}}, ")
         if failures:
             raise ServingError(grpc.StatusCode.UNKNOWN,
                                f"{len(failures)} servable(s) did not become available: {{{''.join(failures)}}}")
@@ -389,10 +436,10 @@ class ModelManager:
         new_labels = {}
         with self._lock:
             for name, model_config in wanted.items():
-                model = self._models[name]
+                versions = self._models[name].versions
                 for label, version in model_config.version_labels.items():
                     if (not self.options.allow_version_labels_for_unavailable_models
-                            and version not in model.servables):
+                            and (version not in versions or versions[version].state != AVAILABLE)):
                         raise failed_precondition(
                             f"Request to assign label to version {version} of model {name}, "
                             "which is not currently available for inference"
@@ -400,10 +447,6 @@ class ModelManager:
                 new_labels[name] = dict(model_config.version_labels)
             for name, labels in new_labels.items():
                 self._models[name].labels = labels
-
-    def _set_state(self, name: str, version: int, state: str, error: ServingError | None = None) -> None:
-        with self._lock:
-            self._states.setdefault(name, {})[version] = VersionStatus(version, state, error)
 
     def _record_load_attempt(self, base_path: str, status: str) -> None:
         if self.options.on_load_attempt:
@@ -426,6 +469,7 @@ class ModelManager:
         if not name:
             raise invalid_argument("ModelSpec has no name specified.")
         model = self._models.get(name)
+        versions = model.versions if model and not model.removed else {}
         choice = model_spec.WhichOneof("version_choice")
         if choice == "version_label":
             version = self._version_for_label(name, model_spec.version_label)
@@ -433,13 +477,14 @@ class ModelManager:
         elif choice == "version":
             version = model_spec.version.value
         if choice == "version":
-            servable = model.servables.get(version) if model else None
-            if servable is None:
+            record = versions.get(version)
+            if record is None or record.state != AVAILABLE:
                 raise not_found(f"Servable not found for request: Specific({name}, {version})")
-            return servable
-        if not model or not model.servables:
+            return record.servable
+        serving = [record for record in versions.values() if record.state == AVAILABLE]
+        if not serving:
             raise not_found(f"Servable not found for request: Latest({name})")
-        return model.servables[max(model.servables)]
+        return max(serving, key=lambda record: record.version).servable
 
     def _version_for_label(self, name: str, label: str) -> int:
         model = self._models.get(name)
@@ -454,7 +499,9 @@ class ModelManager:
             raise invalid_argument("Missing model name in request.")
         with self._lock:
             choice = model_spec.WhichOneof("version_choice")
-            states = self._states.get(name, {})
+            model = self._models.get(name)
+            states = {version: VersionStatus(version, record.state, record.error)
+                      for version, record in (model.versions.items() if model else ())}
             if choice in ("version", "version_label"):
                 version = (self._version_for_label(name, model_spec.version_label)
                            if choice == "version_label" else model_spec.version.value)

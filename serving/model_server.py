@@ -34,7 +34,6 @@ import grpc  # noqa: E402
 import tensorflow as tf  # noqa: E402  (after the log level is set)
 
 from serving import config as config_files  # noqa: E402
-from serving.batching import Batcher  # noqa: E402
 from serving.errors import ServingError  # noqa: E402
 from serving.grpc_server import GrpcServer  # noqa: E402
 from serving.manager import ManagerOptions, ModelManager  # noqa: E402
@@ -325,8 +324,7 @@ def main(argv=None) -> int:
         saved_model_tags=frozenset(tag.strip() for tag in flags.saved_model_tags.split(",") if tag.strip()),
         allow_version_labels_for_unavailable_models=flags.allow_version_labels_for_unavailable_models,
         max_tensor_bytes=max(flags.max_tensor_bytes, 0),
-        prepare_servable=(lambda servable: setattr(servable, "batcher", Batcher(servable.execute, batching)))
-        if batching else None,
+        batching=batching,
         on_load_attempt=metrics.record_load_attempt,
         local_base_path=ModelCache(cache_dir).local_base_path,
     )

@@ -49,6 +49,8 @@ from tensorflow_serving.apis import (
 )
 
 from serving import tensors
+from serving.batching import Batcher
+from serving.config import BatchingParameters
 from serving.errors import (
     ServingError,
     failed_precondition,
@@ -111,7 +113,8 @@ def _read_meta_graph(path: str, tags: set[str]) -> meta_graph_pb2.MetaGraphDef:
 class Servable:
     """A loaded model version: signatures plus the calls to run them."""
 
-    def __init__(self, model_name: str, version: int, path: str, tags: set[str], max_tensor_bytes: int = 0):
+    def __init__(self, model_name: str, version: int, path: str, tags: set[str], max_tensor_bytes: int = 0,
+                 batching: BatchingParameters | None = None):
         self.model_name = model_name
         self.max_tensor_bytes = max_tensor_bytes
         self.version = version
@@ -126,7 +129,7 @@ class Servable:
         self._loaded = None
         self._functions = {}
         self._load(tags, is_tf1=not meta_graph.HasField("object_graph_def"))
-        self.batcher = None  # set by the server when batching is on
+        self.batcher = Batcher(self.execute, batching) if batching is not None else None
         self._in_flight = 0
         self._drained = threading.Condition()
 
