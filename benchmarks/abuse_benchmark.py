@@ -63,8 +63,9 @@ def grpc_probes(server: ServerProcess) -> None:
                     size = response.ByteSize()
                 except grpc.RpcError as error:
                     status, size = error.code().name, len(error.details())
-            report(f"gRPC Predict x [{rows:.0e}, 1], no values", status, time.perf_counter() - started, size,
-                   growth.bytes)
+            report(
+                f"gRPC Predict x [{rows:.0e}, 1], no values", status, time.perf_counter() - started, size, growth.bytes
+            )
 
 
 def rest_probe(server: ServerProcess, probe: str, path: str, body: bytes) -> None:
@@ -75,8 +76,13 @@ def rest_probe(server: ServerProcess, probe: str, path: str, body: bytes) -> Non
 
 
 def timeout_probe(log_dir: Path, base_path: Path, body: bytes) -> None:
-    server = ServerProcess(log_dir, f"--model_name={MODEL}", f"--model_base_path={base_path}",
-                           "--rest_api_num_threads=1", "--rest_api_timeout_in_ms=1000")
+    server = ServerProcess(
+        log_dir,
+        f"--model_name={MODEL}",
+        f"--model_base_path={base_path}",
+        "--rest_api_num_threads=1",
+        "--rest_api_timeout_in_ms=1000",
+    )
     try:
         answers = {}
 
@@ -101,8 +107,9 @@ def main() -> int:
         scratch = Path(scratch)
         base_path = build_testdata(scratch / "testdata") / "saved_model_half_plus_two_cpu"
         print(f"{'probe':<44} {'status':<20} {'time':>9} {'reply':>14}  peak RSS growth (server)")
-        server = ServerProcess(scratch, f"--model_name={MODEL}", f"--model_base_path={base_path}",
-                               "--max_tensor_bytes=1000000000")
+        server = ServerProcess(
+            scratch, f"--model_name={MODEL}", f"--model_base_path={base_path}", "--max_tensor_bytes=1000000000"
+        )
         try:
             grpc_probes(server)
             predict = f"/v1/models/{MODEL}:predict"
@@ -111,8 +118,13 @@ def main() -> int:
                 rest_probe(server, f"REST {probe}", path, body)
             results = abuse.burst(server.rest_port, f"/v1/models/{MODEL}", clients=150)
             answered = sum(status == 200 for status, _ in results)
-            report("REST 150 simultaneous connections", f"{answered}/150 answered",
-                   max(seconds for _, seconds in results), 0, None)
+            report(
+                "REST 150 simultaneous connections",
+                f"{answered}/150 answered",
+                max(seconds for _, seconds in results),
+                0,
+                None,
+            )
             body = small_numbers_body()
             rest_probe(server, "REST 64 MiB of small numbers", predict, body)
             log_text = server.log_text()

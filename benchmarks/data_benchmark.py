@@ -66,8 +66,10 @@ def main() -> None:
 
     print(f"prepare: {prepare_seconds:6.2f} s  (target < 10 s)")
     print(f"window:  {window_seconds:6.2f} s  (target <  5 s)   peak {window_peak / 1e6:.1f} MB")
-    print(f"hourly table: {len(table):,} rows, {table_bytes / 1e6:.1f} MB; "
-          f"window peak / table = {window_peak / table_bytes:.2f} (target < 2)")
+    print(
+        f"hourly table: {len(table):,} rows, {table_bytes / 1e6:.1f} MB; "
+        f"window peak / table = {window_peak / table_bytes:.2f} (target < 2)"
+    )
 
 
 if __name__ == "__main__":

@@ -28,8 +28,13 @@ def run_once(run_timeout: float) -> tuple[bool, float, str]:
     """(passed, seconds, the test's figures line or the failure's last lines) for one run of the test."""
     started = time.monotonic()
     try:
-        result = subprocess.run([sys.executable, "-m", "pytest", TEST, "-q", "-s", "-p", "no:cacheprovider"],
-                                cwd=REPO_ROOT, capture_output=True, text=True, timeout=run_timeout)
+        result = subprocess.run(
+            [sys.executable, "-m", "pytest", TEST, "-q", "-s", "-p", "no:cacheprovider"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=run_timeout,
+        )
     except subprocess.TimeoutExpired:
         return False, time.monotonic() - started, f"timed out after {run_timeout:.0f} s"
     seconds = time.monotonic() - started
@@ -58,15 +63,18 @@ def main(argv=None) -> int:
             passed, seconds, detail = run_once(args.run_timeout)
             failures += not passed
             durations.append(seconds)
-            print(f"run {run:2d}/{args.runs}: {'passed' if passed else 'FAILED'} in {seconds:.0f} s  {detail}",
-                  flush=True)
+            print(
+                f"run {run:2d}/{args.runs}: {'passed' if passed else 'FAILED'} in {seconds:.0f} s  {detail}", flush=True
+            )
     finally:
         for burner in burners:
             burner.kill()
             burner.wait()
-    print(f"fault catalogue x{args.runs} with {args.burners} CPU burner(s): {failures} failed, "
-          f"{args.runs - failures} passed; {min(durations):.0f}-{max(durations):.0f} s per run, "
-          f"{sum(durations) / 60:.1f} min in all")
+    print(
+        f"fault catalogue x{args.runs} with {args.burners} CPU burner(s): {failures} failed, "
+        f"{args.runs - failures} passed; {min(durations):.0f}-{max(durations):.0f} s per run, "
+        f"{sum(durations) / 60:.1f} min in all"
+    )
     return 1 if failures else 0
 
 

@@ -43,8 +43,13 @@ IDENTITY = ["-c", "user.name=benchmark", "-c", "user.email=benchmark@example.com
 
 def copy_repository(destination: Path, csv: Path) -> None:
     """The repository's files as git sees them, with `data.url` pointing at `csv`, committed afresh."""
-    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO_ROOT,
-                            capture_output=True, text=True, check=True).stdout.split("\0")
+    listed = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard", "-z"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split("\0")
     for name in filter(None, listed):
         if (REPO_ROOT / name).is_file():
             (destination / name).parent.mkdir(parents=True, exist_ok=True)
@@ -59,12 +64,22 @@ def copy_repository(destination: Path, csv: Path) -> None:
 
 def timed_run(root: Path, *args) -> tuple[int, dict[str, float], float, str]:
     """Run `dvc <args>` in `root`, echoing its output; (exit code, seconds per stage, total seconds, output)."""
-    environment = dict(os.environ, PYTHONPATH=str(root), DVC_NO_ANALYTICS="1",
-                       PATH=str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"])
+    environment = dict(
+        os.environ,
+        PYTHONPATH=str(root),
+        DVC_NO_ANALYTICS="1",
+        PATH=str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"],
+    )
     started = time.perf_counter()
     stage_starts, lines = [], []
-    with subprocess.Popen([sys.executable, "-m", "dvc", *args], cwd=root, env=environment, text=True,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as process:
+    with subprocess.Popen(
+        [sys.executable, "-m", "dvc", *args],
+        cwd=root,
+        env=environment,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    ) as process:
         for line in process.stdout:
             print(line, end="", flush=True)
             lines.append(line)
@@ -108,8 +123,11 @@ def report(seed: int, code: int, seconds: dict, total: float, measured: dict) ->
     stages = ", ".join(f"{stage} {value:.1f} s" for stage, value in seconds.items())
     print(f"\n=== seed {seed}: exit {code}, {total:.1f} s in all ({stages})")
     for key, value in measured.items():
-        shown = f"{value:.4f}" if isinstance(value, float) else (
-            "[" + ", ".join(f"{part:.4f}" for part in value) + "]" if isinstance(value, list) else value)
+        shown = (
+            f"{value:.4f}"
+            if isinstance(value, float)
+            else ("[" + ", ".join(f"{part:.4f}" for part in value) + "]" if isinstance(value, list) else value)
+        )
         print(f"  {key:22s} {shown}")
 
 
@@ -135,8 +153,10 @@ def main(argv=None) -> int:
             root = scratch / f"seed-{args.seeds[0]}"
             code, seconds, total, output = timed_run(root, "exp", "run", "-S", "evaluate.margin=0.5")
             said = [line for line in output.splitlines() if line.startswith(("export:", "smoke:", "evaluate:"))]
-            print(f"\n=== refusal (evaluate.margin=0.5): exit {code}, {total:.1f} s; versions now "
-                  f"{sorted(p.name for p in (root / 'models/serving/jena_temperature').iterdir())}")
+            print(
+                f"\n=== refusal (evaluate.margin=0.5): exit {code}, {total:.1f} s; versions now "
+                f"{sorted(p.name for p in (root / 'models/serving/jena_temperature').iterdir())}"
+            )
             print("\n".join(f"  {line}" for line in said))
         for result in results:
             report(*result)

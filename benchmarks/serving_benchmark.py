@@ -108,9 +108,20 @@ def free_port() -> int:
 
 def start_server(model_base: Path, extra_flags: list[str]) -> tuple[subprocess.Popen, int]:
     port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "serving.model_server", f"--port={port}",
-                                "--model_name=gru", f"--model_base_path={model_base}", *extra_flags],
-                               cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "serving.model_server",
+            f"--port={port}",
+            "--model_name=gru",
+            f"--model_base_path={model_base}",
+            *extra_flags,
+        ],
+        cwd=REPO_ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
     stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
     deadline = time.monotonic() + 120
@@ -202,8 +213,12 @@ def main() -> int:
         parameters.write_text(BATCHING_PARAMETERS)
         batching = ["--enable_batching", f"--batching_parameters_file={parameters}"]
         rates = {}
-        for label, flags in (("no batching", []), ("no batching, TF single-threaded", SINGLE_THREADED_TF),
-                             ("with batching", batching), ("with batching, TF single-threaded", batching + SINGLE_THREADED_TF)):
+        for label, flags in (
+            ("no batching", []),
+            ("no batching, TF single-threaded", SINGLE_THREADED_TF),
+            ("with batching", batching),
+            ("with batching, TF single-threaded", batching + SINGLE_THREADED_TF),
+        ):
             process, port = start_server(model_base, flags)
             try:
                 if not flags:
@@ -218,13 +233,21 @@ def main() -> int:
     batched_rate = max(rate for label, (rate, _) in rates.items() if label.startswith("with batching"))
     ratio = batched_rate / plain_rate
     print(f"in-process signature call p50 (floor): {floor * 1e3:7.3f} ms")
-    print(f"gRPC Predict batch 1 p50:              {p50 * 1e3:7.3f} ms  (floor + {(p50 - floor) * 1e3:.3f} ms; "
-          f"target <= +1 ms: {'met' if p50 - floor <= 1e-3 else 'MISSED'})")
+    print(
+        f"gRPC Predict batch 1 p50:              {p50 * 1e3:7.3f} ms  (floor + {(p50 - floor) * 1e3:.3f} ms; "
+        f"target <= +1 ms: {'met' if p50 - floor <= 1e-3 else 'MISSED'})"
+    )
     print(f"gRPC Predict batch 1 p99:              {p99 * 1e3:7.3f} ms")
     for label, (rate, failures) in rates.items():
-        print(f"throughput, {CONCURRENT_CLIENTS} clients, {label + ':':35} {rate:7.1f} predictions/s ({failures} failures)")
-    print(f"batching speed-up, best with over best without: {ratio:.2f}x (target >= 3x: {'met' if ratio >= 3 else 'MISSED'}); "
-          f">= 1,000 predictions/s: {'met' if batched_rate >= 1000 else 'MISSED'}")
+        print(
+            f"throughput, {CONCURRENT_CLIENTS} clients, {label + ':':35} {rate:7.1f} predictions/s "
+            f"({failures} failures)"
+        )
+    print(
+        f"batching speed-up, best with over best without: {ratio:.2f}x "
+        f"(target >= 3x: {'met' if ratio >= 3 else 'MISSED'}); "
+        f">= 1,000 predictions/s: {'met' if batched_rate >= 1000 else 'MISSED'}"
+    )
     return 0
 
 

@@ -33,9 +33,8 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import grpc  # noqa: E402
-from tensorflow_serving.apis import prediction_service_pb2_grpc  # noqa: E402
-
 from serving_benchmark import REPO_ROOT, build_model, make_request, start_server, stop_server  # noqa: E402
+from tensorflow_serving.apis import prediction_service_pb2_grpc  # noqa: E402
 
 sys.path.insert(0, str(REPO_ROOT))
 from serving.store import publish  # noqa: E402
@@ -101,9 +100,12 @@ def wait_until_served(port: int, version: int, timeout: float = 120) -> float:
 
 
 def start_sync(source: str, destination: Path, poll_seconds: int) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "serving.sync", source, str(destination),
-                             f"--poll_seconds={poll_seconds}"], cwd=REPO_ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return subprocess.Popen(
+        [sys.executable, "-m", "serving.sync", source, str(destination), f"--poll_seconds={poll_seconds}"],
+        cwd=REPO_ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 def per_minute(counts: dict[str, int], seconds: float) -> str:
@@ -113,12 +115,20 @@ def per_minute(counts: dict[str, int], seconds: float) -> str:
 def report(scheme: str, poll_seconds: int, request_log: RequestLog, seconds: float) -> None:
     replica, sync = request_log.counts("jena"), request_log.counts("jena-sync")
     unattributed = request_log.total() - sum(replica.values()) - sum(sync.values())
-    print(f"{scheme} poll {poll_seconds} s, idle {seconds:.0f} s: ModelServer replica {per_minute(replica, seconds)}; "
-          f"serving.sync {per_minute(sync, seconds)}; other requests {unattributed}")
+    print(
+        f"{scheme} poll {poll_seconds} s, idle {seconds:.0f} s: ModelServer replica {per_minute(replica, seconds)}; "
+        f"serving.sync {per_minute(sync, seconds)}; other requests {unattributed}"
+    )
 
 
-def measure(store_class, models: tuple[Path, Path], request_log: RequestLog, idle_seconds: float, slow_idle_seconds: float,
-            work: Path) -> None:
+def measure(
+    store_class,
+    models: tuple[Path, Path],
+    request_log: RequestLog,
+    idle_seconds: float,
+    slow_idle_seconds: float,
+    work: Path,
+) -> None:
     store = store_class().start()
     os.environ.update(store.environment)
     forget_clients()
@@ -138,8 +148,10 @@ def measure(store_class, models: tuple[Path, Path], request_log: RequestLog, idl
             assert publish(second, direct, keep_versions=5).version == 2
             publish_seconds = time.monotonic() - started
             latency = wait_until_served(port, 2)
-            print(f"{store.scheme}: publish {files} files / {size / 1e3:.0f} kB: {publish_seconds:.3f} s; "
-                  f"publish-to-serving at 1 s poll: {latency:.2f} s")
+            print(
+                f"{store.scheme}: publish {files} files / {size / 1e3:.0f} kB: {publish_seconds:.3f} s; "
+                f"publish-to-serving at 1 s poll: {latency:.2f} s"
+            )
 
             sync = start_sync(mirrored, work / f"{store.scheme}-fast", 1)
             time.sleep(3)  # the sync's first copy is not idle traffic

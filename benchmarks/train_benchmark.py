@@ -58,8 +58,13 @@ CONFIGURATIONS = {
 
 def copy_repository(destination: Path) -> None:
     """The repository's files as git sees them (tracked and untracked, not ignored), committed afresh."""
-    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO_ROOT,
-                            capture_output=True, text=True, check=True).stdout.split("\0")
+    listed = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard", "-z"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split("\0")
     for name in filter(None, listed):
         if (REPO_ROOT / name).is_file():
             (destination / name).parent.mkdir(parents=True, exist_ok=True)
@@ -75,8 +80,9 @@ def copy_repository(destination: Path) -> None:
 
 def timed_dvc(root: Path, *args) -> float:
     """Run `dvc <args>` in `root`, streaming its output; return its wall seconds."""
-    environment = dict(os.environ, PYTHONPATH=str(root),
-                       PATH=str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"])
+    environment = dict(
+        os.environ, PYTHONPATH=str(root), PATH=str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"]
+    )
     started = time.perf_counter()
     subprocess.run([sys.executable, "-m", "dvc", *args], cwd=root, env=environment, check=True)
     return time.perf_counter() - started
@@ -139,8 +145,12 @@ def interleaved_epoch_seconds(windows, params_by_name: dict[str, dict], rounds: 
     fits = {}
     for name, params in params_by_name.items():
         seed_everything(params["seed"])
-        model = compile_model(build_model(windows.normalization, params["model"]), params["model"]["quantiles"],
-                              windows.horizon, params["train"])
+        model = compile_model(
+            build_model(windows.normalization, params["model"]),
+            params["model"]["quantiles"],
+            windows.horizon,
+            params["train"],
+        )
         batch_size = params["train"]["batch_size"]
         training = make_dataset(windows, windows.starts["train"], batch_size, shuffle_seed=params["seed"])
         validation = make_dataset(windows, windows.starts["validation"], batch_size)
@@ -166,17 +176,27 @@ def report_timing(seconds: dict[str, dict]) -> None:
     for kind in ("wall", "cpu"):
         for name, kinds in seconds.items():
             values = kinds[kind]
-            print(f"{name}: {kind} seconds per epoch, interleaved: {', '.join(f'{value:.1f}' for value in values)} "
-                  f"(median {statistics.median(values):.1f})")
+            print(
+                f"{name}: {kind} seconds per epoch, interleaved: {', '.join(f'{value:.1f}' for value in values)} "
+                f"(median {statistics.median(values):.1f})"
+            )
         ratios = [hourly / single for single, hourly in zip(seconds["single"][kind], seconds["hourly"][kind])]
-        print(f"hourly / single, {kind} seconds per epoch: {', '.join(f'{r:.2f}' for r in ratios)}; "
-              f"median {statistics.median(ratios):.2f}   (target <= 1.3)")
+        print(
+            f"hourly / single, {kind} seconds per epoch: {', '.join(f'{r:.2f}' for r in ratios)}; "
+            f"median {statistics.median(ratios):.2f}   (target <= 1.3)"
+        )
 
 
 def report(runs: dict[str, list[dict]]) -> None:
-    columns = [("mae_24h", "24 h MAE"), ("mae_1h", "+1 h MAE"), ("coverage", "coverage"),
-               ("band_width", "band width"), ("persistence_24h", "persistence"), ("epochs", "epochs"),
-               ("seconds_per_epoch", "s/epoch")]
+    columns = [
+        ("mae_24h", "24 h MAE"),
+        ("mae_1h", "+1 h MAE"),
+        ("coverage", "coverage"),
+        ("band_width", "band width"),
+        ("persistence_24h", "persistence"),
+        ("epochs", "epochs"),
+        ("seconds_per_epoch", "s/epoch"),
+    ]
     print(f"\n{'configuration':<14} {'seed':>4} " + " ".join(f"{title:>11}" for _, title in columns))
     for name, figures in runs.items():
         for run in figures:
@@ -184,8 +204,11 @@ def report(runs: dict[str, list[dict]]) -> None:
             print(f"{name:<14} {run['seed']:>4} " + " ".join(cells))
     print()
     for name, figures in runs.items():
-        summary = ", ".join(f"{title} {spread([run[key] for run in figures])}"
-                            for key, title in columns if key in figures[0] and key != "epochs")
+        summary = ", ".join(
+            f"{title} {spread([run[key] for run in figures])}"
+            for key, title in columns
+            if key in figures[0] and key != "epochs"
+        )
         print(f"{name}: {summary}")
     single, hourly = runs["single"], runs["hourly"]
     per_epoch = [h["seconds_per_epoch"] / s["seconds_per_epoch"] for s, h in zip(single, hourly)]
@@ -198,10 +221,19 @@ def report(runs: dict[str, list[dict]]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="*", default=[42, 43],
-                        help="seeds to train and score with (default 42 43; none: only the interleaved timing)")
-    parser.add_argument("--timing-rounds", type=int, default=3,
-                        help="interleaved epochs timed per configuration after the training runs (default 3; 0: none)")
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        nargs="*",
+        default=[42, 43],
+        help="seeds to train and score with (default 42 43; none: only the interleaved timing)",
+    )
+    parser.add_argument(
+        "--timing-rounds",
+        type=int,
+        default=3,
+        help="interleaved epochs timed per configuration after the training runs (default 3; 0: none)",
+    )
     parser.add_argument("--epochs", type=int, default=None, help="override params.yaml's epochs (default: keep)")
     parser.add_argument("--repro", action="store_true", help="also time `dvc repro evaluate` (default params)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary repository and print its path")
@@ -226,8 +258,10 @@ def main() -> None:
             print("\n--- interleaved timing", flush=True)
             seed = arguments.seeds[0] if arguments.seeds else params["seed"]
             timing = interleaved_epoch_seconds(
-                windows, {name: configured(params, overrides, seed, None) for name, overrides in CONFIGURATIONS.items()},
-                arguments.timing_rounds)
+                windows,
+                {name: configured(params, overrides, seed, None) for name, overrides in CONFIGURATIONS.items()},
+                arguments.timing_rounds,
+            )
         model_seconds = timed_dvc(root, "repro", "evaluate") if arguments.repro else None
     finally:
         if arguments.keep:
@@ -241,8 +275,10 @@ def main() -> None:
         report_timing(timing)
     print(f"dvc repro window (data): {data_seconds:.1f} s")
     if model_seconds is not None:
-        print(f"dvc repro evaluate (train and evaluate, default params): {model_seconds:.1f} s; "
-              f"raw data to evaluated model {data_seconds + model_seconds:.1f} s   (target < 480 s)")
+        print(
+            f"dvc repro evaluate (train and evaluate, default params): {model_seconds:.1f} s; "
+            f"raw data to evaluated model {data_seconds + model_seconds:.1f} s   (target < 480 s)"
+        )
 
 
 if __name__ == "__main__":

@@ -31,21 +31,19 @@ Targets (issue 18, real record, both seeds): +24 h MAE <= 2.30 C, +1 h MAE
 
 import argparse
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import keras
 import yaml
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
-
 from pipeline import schema
 from pipeline.evaluate import forecasts, mae
 from pipeline.model import median_position
 from pipeline.train import train
 from pipeline.window import load_windows
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 REFERENCE = {
     "epochs": 10,
@@ -63,18 +61,36 @@ LEVERS = {
     "conv4_1layer64_cosine6": {"epochs": 6, "model": WIDE, "train": {**COSINE, "learning_rate": 0.004}},
     "conv4_1layer64_cosine8": {"epochs": 8, "model": WIDE, "train": {**COSINE, "learning_rate": 0.004}},
     "conv4_1layer64_cosine8_lr6": {"epochs": 8, "model": WIDE, "train": {**COSINE, "learning_rate": 0.006}},
-    "conv4_1layer64_cosine8_share04": {"epochs": 8, "model": WIDE,
-                                       "train": {**COSINE, "learning_rate": 0.004, "final_hour_share": 0.4}},
-    "conv4_1layer128_cosine6": {"epochs": 6, "model": {**WIDE, "units": 128},
-                                "train": {**COSINE, "learning_rate": 0.004}},
-    "conv4f64_1layer64_cosine6": {"epochs": 6, "model": {**WIDE, "conv_filters": 64},
-                                  "train": {**COSINE, "learning_rate": 0.004}},
-    "conv4_1layer64_drop01_cosine6": {"epochs": 6, "model": {**WIDE, "dropout": 0.1},
-                                      "train": {**COSINE, "learning_rate": 0.004}},
-    "conv4_1layer64_cosine6_share03": {"epochs": 6, "model": WIDE,
-                                       "train": {**COSINE, "learning_rate": 0.004, "final_hour_share": 0.3}},
-    "b1024_conv4_1layer64_cosine6": {"epochs": 6, "model": WIDE,
-                                     "train": {**COSINE, "learning_rate": 0.006, "batch_size": 1024}},
+    "conv4_1layer64_cosine8_share04": {
+        "epochs": 8,
+        "model": WIDE,
+        "train": {**COSINE, "learning_rate": 0.004, "final_hour_share": 0.4},
+    },
+    "conv4_1layer128_cosine6": {
+        "epochs": 6,
+        "model": {**WIDE, "units": 128},
+        "train": {**COSINE, "learning_rate": 0.004},
+    },
+    "conv4f64_1layer64_cosine6": {
+        "epochs": 6,
+        "model": {**WIDE, "conv_filters": 64},
+        "train": {**COSINE, "learning_rate": 0.004},
+    },
+    "conv4_1layer64_drop01_cosine6": {
+        "epochs": 6,
+        "model": {**WIDE, "dropout": 0.1},
+        "train": {**COSINE, "learning_rate": 0.004},
+    },
+    "conv4_1layer64_cosine6_share03": {
+        "epochs": 6,
+        "model": WIDE,
+        "train": {**COSINE, "learning_rate": 0.004, "final_hour_share": 0.3},
+    },
+    "b1024_conv4_1layer64_cosine6": {
+        "epochs": 6,
+        "model": WIDE,
+        "train": {**COSINE, "learning_rate": 0.006, "batch_size": 1024},
+    },
     "ensemble2_b1024": {"epochs": 6, "model": WIDE, "train": {**COSINE, "learning_rate": 0.006, "batch_size": 1024}},
 }
 MEMBERS = {"ensemble2_b1024": 2}  # seed ensembles: members trained one after the other, forecasts averaged
@@ -104,8 +120,10 @@ def averaged(models: list, lookback: int) -> keras.Model:
     """One model whose quantiles are the members' quantiles averaged (still ascending)."""
     if len(models) == 1:
         return models[0]
-    inputs = {name: keras.Input(shape=shape[1:], dtype=dtype, name=name)
-              for name, (dtype, shape) in schema.served_signature(lookback)["inputs"].items()}
+    inputs = {
+        name: keras.Input(shape=shape[1:], dtype=dtype, name=name)
+        for name, (dtype, shape) in schema.served_signature(lookback)["inputs"].items()
+    }
     for number, model in enumerate(models):
         model.name = f"member_{number}"
     return keras.Model(inputs, keras.layers.Average()([model(inputs) for model in models]))
@@ -115,8 +133,7 @@ def measure(windows, params: dict, members: int = 1) -> dict:
     """Train with `params` (`members` times, seeds seed, seed + 1, ..., their forecasts averaged), score
     the median on the test split; the figures of one run."""
     wall, cpu = time.perf_counter(), time.process_time()
-    runs = [train(windows, {**params, "seed": params["seed"] + 1000 * member}, verbose=0)
-            for member in range(members)]
+    runs = [train(windows, {**params, "seed": params["seed"] + 1000 * member}, verbose=0) for member in range(members)]
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     model, history = averaged([model for model, _ in runs], windows.lookback), runs[0][1]
     levels = params["model"]["quantiles"]
@@ -131,8 +148,13 @@ def measure(windows, params: dict, members: int = 1) -> dict:
     }
 
 
-COLUMNS = [("mae_24h", "+24h MAE", "{:9.3f}"), ("mae_1h", "+1h MAE", "{:9.3f}"), ("epochs", "epochs", "{:9d}"),
-           ("wall", "wall s", "{:9.1f}"), ("cpu", "CPU s", "{:9.1f}")]
+COLUMNS = [
+    ("mae_24h", "+24h MAE", "{:9.3f}"),
+    ("mae_1h", "+1h MAE", "{:9.3f}"),
+    ("epochs", "epochs", "{:9d}"),
+    ("wall", "wall s", "{:9.1f}"),
+    ("cpu", "CPU s", "{:9.1f}"),
+]
 
 
 def row(name: str, seed: str, figures: dict) -> str:
@@ -155,10 +177,13 @@ def main() -> None:
         return
     unknown = sorted(set(arguments.configs) - set(available))
     if unknown or arguments.windows is None:
-        parser.error(f"unknown configurations {unknown}; known: {sorted(available)}" if unknown
-                     else "the windows directory is required")
+        parser.error(
+            f"unknown configurations {unknown}; known: {sorted(available)}"
+            if unknown
+            else "the windows directory is required"
+        )
     windows = load_windows(arguments.windows)
-    print(f"windows {arguments.windows}: samples {({name: len(s) for name, s in windows.starts.items()})}")
+    print(f"windows {arguments.windows}: samples { ({name: len(s) for name, s in windows.starts.items()}) }")
     print(f"{'configuration':<28} {'seed':>5} " + " ".join(f"{title:>9}" for _, title, _ in COLUMNS), flush=True)
     runs = {}
     for name in arguments.configs:

@@ -28,8 +28,10 @@ DIAGRAM_NAME = "model.png"
 DIAGRAM_FORMATS = (".png", ".svg")
 SUMMARY_WIDTH = 120  # wide enough for the layer names, which a narrower table cuts short
 GRAPHVIZ_PROGRAM = "dot"
-INSTALL_GRAPHVIZ = ("Graphviz's `dot` program is not installed: install Graphviz (Debian/Ubuntu: `apt-get install "
-                    "graphviz`, macOS: `brew install graphviz`, others: https://graphviz.org/download/)")
+INSTALL_GRAPHVIZ = (
+    "Graphviz's `dot` program is not installed: install Graphviz (Debian/Ubuntu: `apt-get install "
+    "graphviz`, macOS: `brew install graphviz`, others: https://graphviz.org/download/)"
+)
 
 
 class GraphvizMissing(RuntimeError):
@@ -64,8 +66,9 @@ def draw(model: keras.Model, destination: Path) -> None:
     destination = Path(destination)
     extension = destination.suffix.lower()
     if extension not in DIAGRAM_FORMATS:
-        raise ValueError(f"{destination}: a diagram is drawn as {' or '.join(DIAGRAM_FORMATS)}, chosen by the "
-                         f"file's extension")
+        raise ValueError(
+            f"{destination}: a diagram is drawn as {' or '.join(DIAGRAM_FORMATS)}, chosen by the file's extension"
+        )
     if shutil.which(GRAPHVIZ_PROGRAM) is None:
         raise GraphvizMissing(INSTALL_GRAPHVIZ)
     with atomic_path(destination, suffix=extension) as temporary:

@@ -77,8 +77,11 @@ SIGNATURE = schema.SIGNATURE_NAME
 HISTORY, TIMESTAMPS = schema.HISTORY_INPUT, schema.TIMESTAMPS_INPUT
 TEMPERATURE, VALID_TIME = schema.TEMPERATURE_OUTPUT, schema.VALID_TIME_OUTPUT
 # Outputs of the hourly forecast; a model from before it serves none of them.
-HOURLY_OUTPUTS = {"paths": schema.PATH_OUTPUT, "quantiles": schema.QUANTILES_OUTPUT,
-                  "levels": schema.QUANTILE_LEVELS_OUTPUT}
+HOURLY_OUTPUTS = {
+    "paths": schema.PATH_OUTPUT,
+    "quantiles": schema.QUANTILES_OUTPUT,
+    "levels": schema.QUANTILE_LEVELS_OUTPUT,
+}
 TIMEOUT_SECONDS = 30.0
 DTYPES = {np.dtype(np.float32): types_pb2.DT_FLOAT, np.dtype(np.int64): types_pb2.DT_INT64}
 
@@ -87,8 +90,9 @@ class ForecastError(RuntimeError):
     """The input or the server did not allow a forecast; the message says why."""
 
 
-def latest_window(readings: pd.DataFrame, lookback_hours: int, max_fill_hours: int = 0,
-                  measurements: list[str] = schema.MEASUREMENTS) -> tuple[np.ndarray, np.ndarray]:
+def latest_window(
+    readings: pd.DataFrame, lookback_hours: int, max_fill_hours: int = 0, measurements: list[str] = schema.MEASUREMENTS
+) -> tuple[np.ndarray, np.ndarray]:
     """The last `lookback_hours` complete hourly rows: history [lookback, 14] and timestamps [lookback].
 
     `measurements` is the order of the history's columns (the model card's, when the client has it).
@@ -131,8 +135,10 @@ def read_model_card(path: str) -> ModelCard:
         raise ForecastError(f"{card_file}: not a model card ({type(error).__name__}: {error})") from None
     unknown = sorted(set(measurements) - set(schema.MEASUREMENTS))
     if unknown or len(measurements) != len(schema.MEASUREMENTS):
-        raise ForecastError(f"{card_file}: the model reads {measurements}, which are not the Jena CSV's "
-                            f"{len(schema.MEASUREMENTS)} measurements (unknown: {unknown})")
+        raise ForecastError(
+            f"{card_file}: the model reads {measurements}, which are not the Jena CSV's "
+            f"{len(schema.MEASUREMENTS)} measurements (unknown: {unknown})"
+        )
     return ModelCard(model_name, measurements, max_fill_hours)
 
 
@@ -175,27 +181,34 @@ def predict_request(model_name: str, history, timestamps, version=None, label=No
 def history_shape(lookback: int, measurements: int) -> int:
     """The history length of a served model, after checking that it reads the Jena measurements."""
     if measurements != len(schema.MEASUREMENTS):
-        raise ForecastError(f"the served model's {HISTORY} input has {measurements} measurements per hour, "
-                            f"a Jena CSV has {len(schema.MEASUREMENTS)}")
+        raise ForecastError(
+            f"the served model's {HISTORY} input has {measurements} measurements per hour, "
+            f"a Jena CSV has {len(schema.MEASUREMENTS)}"
+        )
     return lookback
 
 
 @dataclass
 class Forecast:
-    temperatures_degC: np.ndarray   # [batch], the median at the last hour
-    valid_times: np.ndarray         # [batch], unix seconds of the last hour
+    temperatures_degC: np.ndarray  # [batch], the median at the last hour
+    valid_times: np.ndarray  # [batch], unix seconds of the last hour
     model_name: str
     version: int | None
-    paths: np.ndarray | None = None      # [batch, hours], the medians of the hours +1 .. +horizon
+    paths: np.ndarray | None = None  # [batch, hours], the medians of the hours +1 .. +horizon
     quantiles: np.ndarray | None = None  # [batch, hours, levels]
-    levels: np.ndarray | None = None     # [batch, levels], the quantiles' levels
+    levels: np.ndarray | None = None  # [batch, levels], the quantiles' levels
 
 
 class GrpcForecaster:
     """PredictionService client for the served model's `serving_default` signature."""
 
-    def __init__(self, target: str, model_name: str, timeout: float = TIMEOUT_SECONDS,
-                 credentials: grpc.ChannelCredentials | None = None):
+    def __init__(
+        self,
+        target: str,
+        model_name: str,
+        timeout: float = TIMEOUT_SECONDS,
+        credentials: grpc.ChannelCredentials | None = None,
+    ):
         self.channel = grpc.secure_channel(target, credentials) if credentials else grpc.insecure_channel(target)
         self.stub = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
         self.model_name, self.timeout = model_name, timeout
@@ -219,10 +232,18 @@ class GrpcForecaster:
         """history [batch, lookback, 14] float32 and timestamps [batch, lookback] int64 -> forecasts."""
         request = predict_request(self.model_name, history, timestamps, version, label)
         response = self.stub.Predict(request, timeout=self.timeout)
-        hourly = {field: to_array(response.outputs[name]) for field, name in HOURLY_OUTPUTS.items()
-                  if name in response.outputs}
-        return Forecast(to_array(response.outputs[TEMPERATURE]), to_array(response.outputs[VALID_TIME]),
-                        response.model_spec.name, response.model_spec.version.value, **hourly)
+        hourly = {
+            field: to_array(response.outputs[name])
+            for field, name in HOURLY_OUTPUTS.items()
+            if name in response.outputs
+        }
+        return Forecast(
+            to_array(response.outputs[TEMPERATURE]),
+            to_array(response.outputs[VALID_TIME]),
+            response.model_spec.name,
+            response.model_spec.version.value,
+            **hourly,
+        )
 
     def close(self):
         self.channel.close()
@@ -255,13 +276,21 @@ class RestForecaster:
         return history_shape(int(dims[1]["size"]), int(dims[2]["size"]))
 
     def predict(self, history, timestamps, version=None, label=None) -> Forecast:
-        body = {"signature_name": SIGNATURE,
-                "inputs": {HISTORY: np.asarray(history).tolist(), TIMESTAMPS: np.asarray(timestamps).tolist()}}
+        body = {
+            "signature_name": SIGNATURE,
+            "inputs": {HISTORY: np.asarray(history).tolist(), TIMESTAMPS: np.asarray(timestamps).tolist()},
+        }
         outputs = self._call("POST", self._url(version, label) + ":predict", json=body)["outputs"]
-        hourly = {field: np.asarray(outputs[name], np.float32) for field, name in HOURLY_OUTPUTS.items()
-                  if name in outputs}
-        return Forecast(np.asarray(outputs[TEMPERATURE], np.float32), np.asarray(outputs[VALID_TIME], np.int64),
-                        self.model_name, version, **hourly)
+        hourly = {
+            field: np.asarray(outputs[name], np.float32) for field, name in HOURLY_OUTPUTS.items() if name in outputs
+        }
+        return Forecast(
+            np.asarray(outputs[TEMPERATURE], np.float32),
+            np.asarray(outputs[VALID_TIME], np.int64),
+            self.model_name,
+            version,
+            **hourly,
+        )
 
     def close(self):
         self.session.close()
@@ -288,9 +317,12 @@ def forecast_answer(last_timestamp: int, forecast: Forecast) -> dict:
         hours = len(forecast.paths[0])
         answer["quantile_levels"] = [round(float(level), 4) for level in forecast.levels[0]]
         answer["hours"] = [
-            {"hour": hour, "valid_time": _time(valid_time - (hours - hour) * 3600),
-             "median_degC": round(float(median), 2),
-             "quantiles_degC": [round(float(value), 2) for value in quantiles]}
+            {
+                "hour": hour,
+                "valid_time": _time(valid_time - (hours - hour) * 3600),
+                "median_degC": round(float(median), 2),
+                "quantiles_degC": [round(float(value), 2) for value in quantiles],
+            }
             for hour, median, quantiles in zip(range(1, hours + 1), forecast.paths[0], forecast.quantiles[0])
         ]
     return answer
@@ -298,12 +330,14 @@ def forecast_answer(last_timestamp: int, forecast: Forecast) -> dict:
 
 def forecast_line(answer: dict) -> str:
     version = f", version {answer['version']}" if answer["version"] else ""
-    return (f"forecast for {answer['valid_time']} ({answer['horizon_hours']} h after the last reading at "
-            f"{answer['last_reading']}): {answer['temperature_degC']:.1f} C (model {answer['model_name']}{version})")
+    return (
+        f"forecast for {answer['valid_time']} ({answer['horizon_hours']} h after the last reading at "
+        f"{answer['last_reading']}): {answer['temperature_degC']:.1f} C (model {answer['model_name']}{version})"
+    )
 
 
 def tls_credentials(ca_file=None, cert_file=None, key_file=None) -> grpc.ChannelCredentials:
-    """TLS for a gRPC channel: trust ``ca_file`` (else the system's CAs), present ``cert_file``/``key_file`` if given."""
+    """TLS for a gRPC channel: trust ``ca_file`` (else the system's CAs); present ``cert_file``/``key_file``."""
     if bool(cert_file) != bool(key_file):
         raise ValueError("a client certificate needs both its certificate and its key file")
 
@@ -314,7 +348,8 @@ def tls_credentials(ca_file=None, cert_file=None, key_file=None) -> grpc.Channel
     return grpc.ssl_channel_credentials(
         root_certificates=read(ca_file) if ca_file else None,
         private_key=read(key_file) if key_file else None,
-        certificate_chain=read(cert_file) if cert_file else None)
+        certificate_chain=read(cert_file) if cert_file else None,
+    )
 
 
 def forecast_table(answer: dict) -> str:
@@ -325,35 +360,50 @@ def forecast_table(answer: dict) -> str:
     version = f", version {answer['version']}" if answer["version"] else ""
     low, high = answer["quantile_levels"][0], answer["quantile_levels"][-1]
     band = f"{low:.0%}-{high:.0%} band"
-    lines = [f"forecast after the last reading at {answer['last_reading']} (model {answer['model_name']}{version})",
-             f"{'hour':>5}  {'valid time':<16}  {'median':>7}  {band:>15}"]
+    lines = [
+        f"forecast after the last reading at {answer['last_reading']} (model {answer['model_name']}{version})",
+        f"{'hour':>5}  {'valid time':<16}  {'median':>7}  {band:>15}",
+    ]
     for hour in answer["hours"]:
         quantiles = hour["quantiles_degC"]
-        lines.append(f"{'+' + str(hour['hour']) + ' h':>5}  {hour['valid_time']:<16}  {hour['median_degC']:>5.1f} C  "
-                     f"{quantiles[0]:>5.1f} .. {quantiles[-1]:>5.1f} C")
+        lines.append(
+            f"{'+' + str(hour['hour']) + ' h':>5}  {hour['valid_time']:<16}  {hour['median_degC']:>5.1f} C  "
+            f"{quantiles[0]:>5.1f} .. {quantiles[-1]:>5.1f} C"
+        )
     return "\n".join(lines)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m pipeline.client", description=__doc__.split("\n\n")[0])
     parser.add_argument("csv", help="Jena-format CSV with at least the model's history (the last 5 days)")
-    parser.add_argument("--model-name", help="the served model's name (params.yaml: serving.model_name); "
-                                             "default: the model card's")
-    parser.add_argument("--model-card", metavar="PATH",
-                        help="an exported version (directory) or its assets.extra/model_card.json: the model's name, "
-                             "its measurements' order and its gap filling (max_fill_hours) are taken from it")
+    parser.add_argument(
+        "--model-name", help="the served model's name (params.yaml: serving.model_name); default: the model card's"
+    )
+    parser.add_argument(
+        "--model-card",
+        metavar="PATH",
+        help="an exported version (directory) or its assets.extra/model_card.json: the model's name, "
+        "its measurements' order and its gap filling (max_fill_hours) are taken from it",
+    )
     parser.add_argument("--target", default=None, help="host:port (default localhost:8500, or :8501 with --rest)")
     parser.add_argument("--rest", action="store_true", help="use the REST API instead of gRPC")
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--version", type=int, help="ask this exact version")
     which.add_argument("--label", help="ask the version with this label (e.g. stable)")
-    parser.add_argument("--max-fill-hours", type=int, default=None,
-                        help="interpolate gaps of up to this many hours in the readings "
-                             "(default: the model card's, without one 0: none)")
+    parser.add_argument(
+        "--max-fill-hours",
+        type=int,
+        default=None,
+        help="interpolate gaps of up to this many hours in the readings "
+        "(default: the model card's, without one 0: none)",
+    )
     output = parser.add_mutually_exclusive_group()
     output.add_argument("--brief", action="store_true", help="print only the last hour's forecast, on one line")
-    output.add_argument("--json", action="store_true",
-                        help="print the answer as a JSON object, every hour's median and quantiles included")
+    output.add_argument(
+        "--json",
+        action="store_true",
+        help="print the answer as a JSON object, every hour's median and quantiles included",
+    )
     tls = parser.add_argument_group("TLS (gRPC)")
     tls.add_argument("--tls", action="store_true", help="use TLS (implied by the options below)")
     tls.add_argument("--tls-ca", help="PEM file of the CA that signed the server's certificate (default: system CAs)")
@@ -375,7 +425,9 @@ def main(argv=None) -> int:
     target = args.target or ("localhost:8501" if args.rest else "localhost:8500")
     try:
         credentials = tls_credentials(args.tls_ca, args.tls_cert, args.tls_key) if args.tls else None
-        card = read_model_card(args.model_card) if args.model_card else ModelCard(args.model_name, schema.MEASUREMENTS, 0)
+        card = (
+            read_model_card(args.model_card) if args.model_card else ModelCard(args.model_name, schema.MEASUREMENTS, 0)
+        )
     except OSError as error:
         print(f"client: {error.filename}: {error.strerror}", file=sys.stderr)
         return 2

@@ -41,7 +41,10 @@ def load_params(path: Path = PARAMS_FILE) -> dict:
 def stage_command_line(docstring: str, module: str, argv: list[str] | None = None) -> None:
     """A stage takes no arguments (params.yaml holds its settings): `python -m <module> --help` prints its
     docstring, what it reads and writes, and exits 0 without running it; anything else exits 2."""
-    parser = argparse.ArgumentParser(prog=f"python -m {module}", description=docstring,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="Settings come from params.yaml; `dvc repro` runs the stage when they change.")
+    parser = argparse.ArgumentParser(
+        prog=f"python -m {module}",
+        description=docstring,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Settings come from params.yaml; `dvc repro` runs the stage when they change.",
+    )
     parser.parse_args(argv)

@@ -91,10 +91,17 @@ def fetch(url: str, destination: Path, retries: int, backoff_seconds: float) -> 
                 if response.status_code != 200:
                     raise _way_out(url, f"HTTP {response.status_code} {response.reason}")
                 total = int(response.headers.get("content-length", 0)) or None
-                with open(destination, "wb") as out, tqdm(
-                    total=total, unit="B", unit_scale=True, desc=Path(urllib.parse.urlparse(url).path).name,
-                    file=sys.stderr, disable=None,
-                ) as progress:
+                with (
+                    open(destination, "wb") as out,
+                    tqdm(
+                        total=total,
+                        unit="B",
+                        unit_scale=True,
+                        desc=Path(urllib.parse.urlparse(url).path).name,
+                        file=sys.stderr,
+                        disable=None,
+                    ) as progress,
+                ):
                     for chunk in response.iter_content(CHUNK_BYTES):
                         out.write(chunk)
                         progress.update(len(chunk))
@@ -160,8 +167,11 @@ def header_problems(header: list[str]) -> str:
         if duplicated:
             problems.append(f"duplicated columns {duplicated}")
         else:
-            misplaced = [f"{name!r} at position {header.index(name) + 1} (expected {position + 1})"
-                         for position, name in enumerate(schema.COLUMNS) if ours.index(name) != position]
+            misplaced = [
+                f"{name!r} at position {header.index(name) + 1} (expected {position + 1})"
+                for position, name in enumerate(schema.COLUMNS)
+                if ours.index(name) != position
+            ]
             if misplaced:
                 problems.append("columns out of order: " + ", ".join(misplaced))
     return "; ".join(problems)
@@ -190,8 +200,14 @@ def read_source(csv_path: Path, origin: str) -> pd.DataFrame:
     if problems:
         raise DownloadError(f"{origin}: not a Jena climate CSV: {problems}")
     try:
-        text = pd.read_csv(csv_path, dtype=str, keep_default_na=False, encoding=encoding, engine="c",
-                           usecols=lambda name: name.strip() in schema.COLUMNS)
+        text = pd.read_csv(
+            csv_path,
+            dtype=str,
+            keep_default_na=False,
+            encoding=encoding,
+            engine="c",
+            usecols=lambda name: name.strip() in schema.COLUMNS,
+        )
     except (pd.errors.ParserError, UnicodeDecodeError) as error:
         raise DownloadError(f"{origin}: not a readable CSV ({error})") from error
     text.columns = [name.strip() for name in text.columns]
@@ -222,8 +238,15 @@ def join_sources(sources: list[pd.DataFrame]) -> tuple[pd.DataFrame, list[dict]]
     table = pd.concat([source[schema.COLUMNS] for source in sources], ignore_index=True).iloc[order]
     latest_rank = pd.Series(rank).groupby(times).transform("max").to_numpy()
     replaced = np.bincount(rank[rank < latest_rank], minlength=len(sources))
-    summaries = [{"rows": len(source), "first": str(source[TIMES].min()), "last": str(source[TIMES].max()),
-                  "replaced": int(replaced[position])} for position, source in enumerate(sources)]
+    summaries = [
+        {
+            "rows": len(source),
+            "first": str(source[TIMES].min()),
+            "last": str(source[TIMES].max()),
+            "replaced": int(replaced[position]),
+        }
+        for position, source in enumerate(sources)
+    ]
     return table.reset_index(drop=True), summaries
 
 
@@ -234,8 +257,9 @@ def write_jena_text(table: pd.DataFrame, path: Path) -> None:
         table[schema.COLUMNS].to_csv(out, header=False, index=False, lineterminator="\n")
 
 
-def obtain_csv(url: str, destination: Path, retries: int = 4, backoff_seconds: float = 2.0,
-               further_urls: Sequence[str] = ()) -> list[dict]:
+def obtain_csv(
+    url: str, destination: Path, retries: int = 4, backoff_seconds: float = 2.0, further_urls: Sequence[str] = ()
+) -> list[dict]:
     """Join the CSVs behind `url` and `further_urls` into one Jena CSV at `destination`, atomically.
 
     Returns join_sources' summaries, each with its `url`."""
@@ -273,15 +297,20 @@ def main() -> None:
         print(f"wrote {len(readings):,} synthetic readings to {RAW_CSV}")
     elif source == "jena":
         try:
-            summaries = obtain_csv(data["url"], RAW_CSV, data["retries"], data["backoff_seconds"],
-                                   further_sources(data))
+            summaries = obtain_csv(
+                data["url"], RAW_CSV, data["retries"], data["backoff_seconds"], further_sources(data)
+            )
         except DownloadError as error:
             raise SystemExit(f"download: {error}") from None
         for summary in summaries:
-            print(f"  {summary['url']}: {summary['rows']:,} readings, {summary['first']} .. {summary['last']}; "
-                  f"{summary['replaced']:,} of their timestamps also in a later source, which wins")
-        print(f"wrote {RAW_CSV}: {sum(summary['rows'] for summary in summaries):,} readings "
-              f"from {len(summaries)} source(s), in time order")
+            print(
+                f"  {summary['url']}: {summary['rows']:,} readings, {summary['first']} .. {summary['last']}; "
+                f"{summary['replaced']:,} of their timestamps also in a later source, which wins"
+            )
+        print(
+            f"wrote {RAW_CSV}: {sum(summary['rows'] for summary in summaries):,} readings "
+            f"from {len(summaries)} source(s), in time order"
+        )
     else:
         raise SystemExit(f"params.yaml: data.source must be 'jena' or 'synthetic', got {source!r}")
 

@@ -57,13 +57,19 @@ import tensorflow as tf
 
 from pipeline import schema
 from pipeline.atomic import atomic_path, write_json
-from pipeline.config import EVALUATE_METRICS, EVALUATE_PLOTS_DIR, MODEL_PATH, WINDOWS_DIR, load_params, stage_command_line
+from pipeline.config import (
+    EVALUATE_METRICS,
+    EVALUATE_PLOTS_DIR,
+    MODEL_PATH,
+    WINDOWS_DIR,
+    load_params,
+    stage_command_line,
+)
 from pipeline.model import TEMPERATURE_INDEX, median_position  # importing it registers the layers for load_model
 from pipeline.published import model_directory, read_model_card
 from pipeline.train import make_dataset
 from pipeline.window import Windows, load_windows
 from serving.store import StoreError, newest_published
-
 
 PREDICT_BATCH_SIZE = 1024
 RESIDUAL_BIN_DEGC = 0.5
@@ -116,27 +122,32 @@ def reliability(observed: np.ndarray, quantile_forecasts: np.ndarray, levels) ->
     """For each quantile level, the share of observations below that quantile: over all hours ahead and
     at the last one. A reliable forecast puts the level itself there."""
     below = np.asarray(observed)[..., None] < quantile_forecasts  # [samples, hours, quantiles]
-    return pd.DataFrame({
-        "quantile": np.asarray(levels, dtype=np.float64),
-        "observed_below": below.mean(axis=(0, 1)),
-        "observed_below_final_hour": below[:, -1].mean(axis=0),
-    })
+    return pd.DataFrame(
+        {
+            "quantile": np.asarray(levels, dtype=np.float64),
+            "observed_below": below.mean(axis=(0, 1)),
+            "observed_below_final_hour": below[:, -1].mean(axis=0),
+        }
+    )
 
 
 def errors_by_horizon(observed, median, lower, upper, persistence, climatology) -> pd.DataFrame:
     """Per hour ahead (columns of the [samples, hours] arrays): MAE of the median, of persistence
     (the last observation, for every hour) and of climatology, and coverage and mean width of the band."""
+
     def column_mae(forecast):
         return np.mean(np.abs(forecast - observed), axis=0)
 
-    return pd.DataFrame({
-        "hour": np.arange(1, observed.shape[1] + 1),
-        "model_mae_degC": column_mae(median),
-        "persistence_mae_degC": column_mae(np.broadcast_to(np.asarray(persistence)[:, None], observed.shape)),
-        "climatology_mae_degC": column_mae(climatology),
-        "coverage": band_coverage(observed, lower, upper, axis=0),
-        "band_width_degC": np.mean(upper - lower, axis=0),
-    })
+    return pd.DataFrame(
+        {
+            "hour": np.arange(1, observed.shape[1] + 1),
+            "model_mae_degC": column_mae(median),
+            "persistence_mae_degC": column_mae(np.broadcast_to(np.asarray(persistence)[:, None], observed.shape)),
+            "climatology_mae_degC": column_mae(climatology),
+            "coverage": band_coverage(observed, lower, upper, axis=0),
+            "band_width_degC": np.mean(upper - lower, axis=0),
+        }
+    )
 
 
 def climatology_table(temperature: np.ndarray, timestamps: np.ndarray, window_days: int) -> np.ndarray:
@@ -177,21 +188,22 @@ def sample_days(target_timestamps) -> np.ndarray:
     return days - days.min()
 
 
-def resampled_totals(days: np.ndarray, values: np.ndarray, block_days: int, replicates: int,
-                     seed: int) -> np.ndarray:
+def resampled_totals(days: np.ndarray, values: np.ndarray, block_days: int, replicates: int, seed: int) -> np.ndarray:
     """Moving-block bootstrap over days: totals [replicates, 1 + columns] of a sample count and of
     `values` [samples, columns], each replicate the sum over enough blocks of `block_days`
     consecutive days (wrapping around the period's end) drawn at random to span the period again."""
     if block_days < 1 or replicates < 1:
-        raise ValueError(f"evaluate.block_days and evaluate.bootstrap_replicates must be at least 1, "
-                         f"got {block_days} and {replicates}")
+        raise ValueError(
+            f"evaluate.block_days and evaluate.bootstrap_replicates must be at least 1, "
+            f"got {block_days} and {replicates}"
+        )
     columns = np.column_stack([np.ones(len(days)), np.asarray(values, dtype=np.float64).reshape(len(days), -1)])
     span = int(days.max()) + 1
     per_day = np.zeros((span, columns.shape[1]))
     np.add.at(per_day, days, columns)
     wrapped = np.concatenate([per_day, np.resize(per_day, (block_days - 1, columns.shape[1]))])
     running = np.concatenate([np.zeros((1, columns.shape[1])), np.cumsum(wrapped, axis=0)])
-    blocks = running[block_days:block_days + span] - running[:span]  # block starting on each day
+    blocks = running[block_days : block_days + span] - running[:span]  # block starting on each day
     draws = np.random.default_rng(seed).integers(0, span, (replicates, -(-span // block_days)))
     return blocks[draws].sum(axis=1)
 
@@ -204,38 +216,54 @@ def percentile_interval(replicated: np.ndarray, confidence: float) -> list[float
     return [float(value) for value in np.quantile(replicated, [tail, 1 - tail])]
 
 
-def sampling_intervals(days: np.ndarray, model_errors: np.ndarray, persistence_errors: np.ndarray,
-                       in_band: np.ndarray | None, evaluate_params: dict, seed: int) -> dict:
+def sampling_intervals(
+    days: np.ndarray,
+    model_errors: np.ndarray,
+    persistence_errors: np.ndarray,
+    in_band: np.ndarray | None,
+    evaluate_params: dict,
+    seed: int,
+) -> dict:
     """Bootstrap intervals of the skill over persistence (from the +24 h absolute errors) and, with
     `in_band` [samples, hours] (whether each hour's observation lies in the band), of the band's
     coverage over all hours and at the last one."""
     columns = [model_errors, persistence_errors]
     if in_band is not None:
         columns += [in_band.mean(axis=1), in_band[:, -1]]
-    totals = resampled_totals(days, np.column_stack(columns), evaluate_params["block_days"],
-                              evaluate_params["bootstrap_replicates"], seed)
+    totals = resampled_totals(
+        days, np.column_stack(columns), evaluate_params["block_days"], evaluate_params["bootstrap_replicates"], seed
+    )
     count = totals[:, 0]
     intervals = {"skill_interval": percentile_interval(1 - totals[:, 1] / totals[:, 2], evaluate_params["confidence"])}
     if in_band is not None:
         intervals["band_coverage_interval"] = percentile_interval(totals[:, 3] / count, evaluate_params["confidence"])
-        intervals["band_coverage_final_hour_interval"] = percentile_interval(totals[:, 4] / count,
-                                                                             evaluate_params["confidence"])
+        intervals["band_coverage_final_hour_interval"] = percentile_interval(
+            totals[:, 4] / count, evaluate_params["confidence"]
+        )
     return intervals
 
 
-def mae_difference_interval(days: np.ndarray, ours: np.ndarray, theirs: np.ndarray, evaluate_params: dict,
-                            seed: int) -> list[float]:
+def mae_difference_interval(
+    days: np.ndarray, ours: np.ndarray, theirs: np.ndarray, evaluate_params: dict, seed: int
+) -> list[float]:
     """Bootstrap interval of MAE(ours) - MAE(theirs) on the same samples, resampled together."""
-    totals = resampled_totals(days, np.column_stack([ours, theirs]), evaluate_params["block_days"],
-                              evaluate_params["bootstrap_replicates"], seed)
+    totals = resampled_totals(
+        days,
+        np.column_stack([ours, theirs]),
+        evaluate_params["block_days"],
+        evaluate_params["bootstrap_replicates"],
+        seed,
+    )
     return percentile_interval((totals[:, 1] - totals[:, 2]) / totals[:, 0], evaluate_params["confidence"])
 
 
 def persistence_verdict(metrics: dict, margin: float) -> tuple[bool, str]:
     """Refused only when the skill over persistence is clearly (its whole interval) short of `margin`."""
     skill, (low, high) = metrics["skill_vs_persistence"], metrics["skill_interval"]
-    said = (f"test MAE {metrics['test_mae_degC']:.3f} C against persistence's {metrics['persistence_mae_degC']:.3f} C "
-            f"is a skill of {skill:.1%} (interval {low:.1%} to {high:.1%})")
+    said = (
+        f"test MAE {metrics['test_mae_degC']:.3f} C against persistence's {metrics['persistence_mae_degC']:.3f} C "
+        f"is a skill of {skill:.1%} (interval {low:.1%} to {high:.1%})"
+    )
     if high < margin:
         return False, f"{said}: clearly short of the margin {margin:.0%}"
     return True, f"{said}: {'meets' if skill >= margin else 'within sampling noise of'} the margin {margin:.0%}"
@@ -261,8 +289,10 @@ def published_verdict(published: dict | None, tolerance: float) -> tuple[bool, s
         return False, f"published version {version} {published['not_comparable']}"
     ours, theirs = published["model_mae_degC"], published["mae_degC"]
     low, high = published.get("mae_difference_interval") or [ours - theirs] * 2
-    said = (f"MAE {ours:.3f} C on the same {published['samples']} test samples against published version "
-            f"{version}'s {theirs:.3f} C (difference {ours - theirs:+.3f} C, interval {low:+.3f} to {high:+.3f} C)")
+    said = (
+        f"MAE {ours:.3f} C on the same {published['samples']} test samples against published version "
+        f"{version}'s {theirs:.3f} C (difference {ours - theirs:+.3f} C, interval {low:+.3f} to {high:+.3f} C)"
+    )
     if low > tolerance:
         return False, f"{said} is clearly worse by more than the tolerance of {tolerance:.3f} C"
     return True, f"{said} is not clearly worse by more than {tolerance:.3f} C"
@@ -271,10 +301,16 @@ def published_verdict(published: dict | None, tolerance: float) -> tuple[bool, s
 def bless(metrics: dict, published: dict | None, evaluate_params: dict) -> tuple[bool, str]:
     """The export gate: (blessed, reason), from the metrics and their intervals, the comparison with the
     published version (`compare_with_version`, or None) and `evaluate.*` (margin, tolerance, coverage_goal)."""
-    verdicts = [persistence_verdict(metrics, evaluate_params["margin"]), published_verdict(published, evaluate_params["tolerance"])]
+    verdicts = [
+        persistence_verdict(metrics, evaluate_params["margin"]),
+        published_verdict(published, evaluate_params["tolerance"]),
+    ]
     if "band_coverage" in metrics:
-        verdicts.append(coverage_verdict(metrics["band_coverage"], metrics["band_coverage_interval"],
-                                         evaluate_params["coverage_goal"]))
+        verdicts.append(
+            coverage_verdict(
+                metrics["band_coverage"], metrics["band_coverage_interval"], evaluate_params["coverage_goal"]
+            )
+        )
     return all(passed for passed, _ in verdicts), "; ".join(reason for _, reason in verdicts)
 
 
@@ -282,8 +318,12 @@ def test_data_fingerprint(windows: Windows) -> str:
     """SHA-256 of what a test MAE is measured on: the series, its times, the test samples, lookback and horizon.
     Equal fingerprints mean two models' test MAEs are comparable as they stand."""
     digest = hashlib.sha256()
-    for array in (windows.hourly, windows.timestamps, windows.starts["test"],
-                  np.array([windows.lookback, windows.horizon])):
+    for array in (
+        windows.hourly,
+        windows.timestamps,
+        windows.starts["test"],
+        np.array([windows.lookback, windows.horizon]),
+    ):
         digest.update(np.ascontiguousarray(array).tobytes())
     return digest.hexdigest()
 
@@ -299,15 +339,22 @@ def complete_history(windows: Windows, starts: np.ndarray, lookback: int) -> np.
 def saved_model_forecasts(saved_model: Path, history: np.ndarray, timestamps: np.ndarray) -> np.ndarray:
     """`temperature_degC` of a served SavedModel's `serving_default`, in batches."""
     serve = tf.saved_model.load(str(saved_model)).signatures[schema.SIGNATURE_NAME]
-    return np.concatenate([
-        serve(**{schema.HISTORY_INPUT: tf.constant(history[i:i + PREDICT_BATCH_SIZE]),
-                 schema.TIMESTAMPS_INPUT: tf.constant(timestamps[i:i + PREDICT_BATCH_SIZE])})
-        [schema.TEMPERATURE_OUTPUT].numpy() for i in range(0, len(history), PREDICT_BATCH_SIZE)
-    ]).astype(np.float64)
+    return np.concatenate(
+        [
+            serve(
+                **{
+                    schema.HISTORY_INPUT: tf.constant(history[i : i + PREDICT_BATCH_SIZE]),
+                    schema.TIMESTAMPS_INPUT: tf.constant(timestamps[i : i + PREDICT_BATCH_SIZE]),
+                }
+            )[schema.TEMPERATURE_OUTPUT].numpy()
+            for i in range(0, len(history), PREDICT_BATCH_SIZE)
+        ]
+    ).astype(np.float64)
 
 
-def compare_with_published(directory: Path, windows: Windows, predicted: np.ndarray,
-                           observed: np.ndarray) -> dict | None:
+def compare_with_published(
+    directory: Path, windows: Windows, predicted: np.ndarray, observed: np.ndarray
+) -> dict | None:
     """The newest published version and this model, scored on the same test samples; None if none is published."""
     with newest_published(directory) as (version, saved_model):
         if version is None:
@@ -315,15 +362,22 @@ def compare_with_published(directory: Path, windows: Windows, predicted: np.ndar
         return compare_with_version(version, saved_model, windows, predicted, observed)
 
 
-def compare_with_version(version: int, saved_model: Path, windows: Windows, predicted: np.ndarray,
-                         observed: np.ndarray) -> dict:
+def compare_with_version(
+    version: int, saved_model: Path, windows: Windows, predicted: np.ndarray, observed: np.ndarray
+) -> dict:
     """A version at hand in `saved_model`, run on these test windows with its own history length, on the
     test samples both models can read: both MAEs and both models' absolute errors on those samples."""
     card = read_model_card(saved_model)
     horizon = card.get("params", {}).get("window", {}).get("horizon_hours")
     if horizon != windows.horizon:
-        return {"version": version, "mae_degC": None, "model_mae_degC": None, "samples": 0, "measured": "not comparable",
-                "not_comparable": f"forecasts {horizon} h ahead, this model {windows.horizon} h: not comparable"}
+        return {
+            "version": version,
+            "mae_degC": None,
+            "model_mae_degC": None,
+            "samples": 0,
+            "measured": "not comparable",
+            "not_comparable": f"forecasts {horizon} h ahead, this model {windows.horizon} h: not comparable",
+        }
     starts = windows.starts["test"]
     signature = tf.saved_model.load(str(saved_model)).signatures[schema.SIGNATURE_NAME]
     lookback = signature.structured_input_signature[1][schema.HISTORY_INPUT].shape[1]
@@ -331,10 +385,16 @@ def compare_with_version(version: int, saved_model: Path, windows: Windows, pred
     both = complete_history(windows, their_starts, lookback)
     rows = their_starts[both][:, None] + np.arange(lookback)
     theirs = saved_model_forecasts(saved_model, windows.hourly[rows], windows.timestamps[rows])
-    return {"version": version, "mae_degC": mae(theirs, observed[both]), "model_mae_degC": mae(predicted[both], observed[both]),
-            "samples": int(both.sum()), "measured": "evaluated now on these test windows",
-            "errors_degC": np.abs(theirs - observed[both]), "model_errors_degC": np.abs(predicted[both] - observed[both]),
-            "sample_mask": both}
+    return {
+        "version": version,
+        "mae_degC": mae(theirs, observed[both]),
+        "model_mae_degC": mae(predicted[both], observed[both]),
+        "samples": int(both.sum()),
+        "measured": "evaluated now on these test windows",
+        "errors_degC": np.abs(theirs - observed[both]),
+        "model_errors_degC": np.abs(predicted[both] - observed[both]),
+        "sample_mask": both,
+    }
 
 
 def evaluation_metrics(observed, predicted, persistence, climatology, paths: dict | None = None) -> dict:
@@ -362,20 +422,30 @@ def judged_metrics(result: dict, levels, published: dict | None, evaluate_params
     comparison with the published version (with its paired interval) and the blessing."""
     observed, predicted = result["observed"], result["predicted"]
     quantiles, paths = result["quantiles"], result["observed_paths"]
-    metrics = evaluation_metrics(observed, predicted, result["persistence"], result["climatology"],
-                                 paths={"observed": paths, "quantiles": quantiles, "levels": levels})
+    metrics = evaluation_metrics(
+        observed,
+        predicted,
+        result["persistence"],
+        result["climatology"],
+        paths={"observed": paths, "quantiles": quantiles, "levels": levels},
+    )
     days = sample_days(result["target_timestamps"])
     in_band = (quantiles[..., 0] <= paths) & (paths <= quantiles[..., -1])
-    metrics.update(sampling_intervals(days, np.abs(predicted - observed), np.abs(result["persistence"] - observed),
-                                      in_band, evaluate_params, seed))
+    metrics.update(
+        sampling_intervals(
+            days, np.abs(predicted - observed), np.abs(result["persistence"] - observed), in_band, evaluate_params, seed
+        )
+    )
     if published is not None and "errors_degC" in published:
         mask = published["sample_mask"]
         published["mae_difference_interval"] = mae_difference_interval(
-            days[mask], published["model_errors_degC"], published["errors_degC"], evaluate_params, seed)
+            days[mask], published["model_errors_degC"], published["errors_degC"], evaluate_params, seed
+        )
     metrics["published_version"] = published and published["version"]
     metrics["published_mae_degC"] = published and published["mae_degC"]
     metrics["published_comparison"] = published and {
-        key: published.get(key) for key in ("samples", "model_mae_degC", "measured", "mae_difference_interval")}
+        key: published.get(key) for key in ("samples", "model_mae_degC", "measured", "mae_difference_interval")
+    }
     metrics["sampling"] = {key: evaluate_params[key] for key in ("confidence", "block_days", "bootstrap_replicates")}
     metrics["sampling"]["test_days"] = int(days.max()) + 1
     metrics["blessed"], metrics["blessing_reason"] = bless(metrics, published, evaluate_params)
@@ -399,20 +469,23 @@ def path_metrics(observed: np.ndarray, quantiles: np.ndarray, levels) -> dict:
     }
 
 
-def prediction_stretch(target_timestamps, observed, predicted, persistence, days: int,
-                       band: tuple[np.ndarray, np.ndarray] | None = None) -> pd.DataFrame:
+def prediction_stretch(
+    target_timestamps, observed, predicted, persistence, days: int, band: tuple[np.ndarray, np.ndarray] | None = None
+) -> pd.DataFrame:
     """The samples whose target falls within the first `days` days of the test period, in time order;
     with `band` (lower, upper), its edges too."""
     order = np.argsort(target_timestamps)
     first = target_timestamps[order[0]]
     order = order[target_timestamps[order] < first + days * 86_400]
-    table = pd.DataFrame({
-        "hours": (target_timestamps[order] - first) // 3600,
-        "time": pd.to_datetime(target_timestamps[order], unit="s").strftime("%Y-%m-%d %H:%M"),
-        "observed_degC": observed[order],
-        "predicted_degC": predicted[order],
-        "persistence_degC": persistence[order],
-    })
+    table = pd.DataFrame(
+        {
+            "hours": (target_timestamps[order] - first) // 3600,
+            "time": pd.to_datetime(target_timestamps[order], unit="s").strftime("%Y-%m-%d %H:%M"),
+            "observed_degC": observed[order],
+            "predicted_degC": predicted[order],
+            "persistence_degC": persistence[order],
+        }
+    )
     if band is not None:
         table["band_low_degC"], table["band_high_degC"] = band[0][order], band[1][order]
     return table
@@ -421,11 +494,13 @@ def prediction_stretch(target_timestamps, observed, predicted, persistence, days
 def mae_by_month(target_timestamps, observed, predicted, persistence, published: dict | None = None) -> pd.DataFrame:
     """Model and persistence MAE for each month of the year present in the test split, and the
     published version's where it was evaluated now on these samples."""
-    errors = pd.DataFrame({
-        "month": calendar(target_timestamps)["month"],
-        "model_mae_degC": np.abs(predicted - observed),
-        "persistence_mae_degC": np.abs(persistence - observed),
-    })
+    errors = pd.DataFrame(
+        {
+            "month": calendar(target_timestamps)["month"],
+            "model_mae_degC": np.abs(predicted - observed),
+            "persistence_mae_degC": np.abs(persistence - observed),
+        }
+    )
     if published is not None and "errors_degC" in published:
         errors["published_mae_degC"] = np.nan
         errors.loc[published["sample_mask"], "published_mae_degC"] = published["errors_degC"]
@@ -494,22 +569,42 @@ def main() -> None:
         raise SystemExit(f"evaluate: {error}") from None
     metrics["test_data_fingerprint"] = test_data_fingerprint(windows)
     quantiles = result["quantiles"]
-    write_csv(EVALUATE_PLOTS_DIR / "predictions.csv",
-              prediction_stretch(when, observed, result["predicted"], result["persistence"], settings["plot_days"],
-                                 band=(quantiles[:, -1, 0], quantiles[:, -1, -1])))
-    write_csv(EVALUATE_PLOTS_DIR / "by_horizon.csv", errors_by_horizon(
-        result["observed_paths"], quantiles[..., median_position(levels)], quantiles[..., 0], quantiles[..., -1],
-        result["persistence"], result["climatology_paths"]))
+    write_csv(
+        EVALUATE_PLOTS_DIR / "predictions.csv",
+        prediction_stretch(
+            when,
+            observed,
+            result["predicted"],
+            result["persistence"],
+            settings["plot_days"],
+            band=(quantiles[:, -1, 0], quantiles[:, -1, -1]),
+        ),
+    )
+    write_csv(
+        EVALUATE_PLOTS_DIR / "by_horizon.csv",
+        errors_by_horizon(
+            result["observed_paths"],
+            quantiles[..., median_position(levels)],
+            quantiles[..., 0],
+            quantiles[..., -1],
+            result["persistence"],
+            result["climatology_paths"],
+        ),
+    )
     write_csv(EVALUATE_PLOTS_DIR / "reliability.csv", reliability(result["observed_paths"], quantiles, levels))
-    write_csv(EVALUATE_PLOTS_DIR / "mae_by_month.csv",
-              mae_by_month(when, observed, result["predicted"], result["persistence"], published))
+    write_csv(
+        EVALUATE_PLOTS_DIR / "mae_by_month.csv",
+        mae_by_month(when, observed, result["predicted"], result["persistence"], published),
+    )
     write_csv(EVALUATE_PLOTS_DIR / "residuals.csv", residual_histogram(result["predicted"] - observed))
     write_json(EVALUATE_METRICS, metrics)
-    print(f"evaluate: test MAE at +{windows.horizon} h {metrics['test_mae_degC']:.3f} C (+1 h "
-          f"{metrics['test_mae_1h_degC']:.3f} C), persistence {metrics['persistence_mae_degC']:.3f} C, "
-          f"climatology {metrics['climatology_mae_degC']:.3f} C; band coverage {metrics['band_coverage']:.1%} "
-          f"(+{windows.horizon} h {metrics['band_coverage_final_hour']:.1%}), width {metrics['band_width_degC']:.2f} C; "
-          f"{'blessed' if metrics['blessed'] else 'NOT blessed'}: {metrics['blessing_reason']}")
+    print(
+        f"evaluate: test MAE at +{windows.horizon} h {metrics['test_mae_degC']:.3f} C (+1 h "
+        f"{metrics['test_mae_1h_degC']:.3f} C), persistence {metrics['persistence_mae_degC']:.3f} C, "
+        f"climatology {metrics['climatology_mae_degC']:.3f} C; band coverage {metrics['band_coverage']:.1%} "
+        f"(+{windows.horizon} h {metrics['band_coverage_final_hour']:.1%}), width {metrics['band_width_degC']:.2f} C; "
+        f"{'blessed' if metrics['blessed'] else 'NOT blessed'}: {metrics['blessing_reason']}"
+    )
 
 
 if __name__ == "__main__":

@@ -55,13 +55,20 @@ import tensorflow as tf
 from tensorflow_serving.apis import prediction_log_pb2
 
 from pipeline import schema
-from pipeline.model import median_position  # importing pipeline.model registers its layers for load_model
-from pipeline.client import predict_request
 from pipeline.atomic import atomic_directory, write_json
+from pipeline.client import predict_request
 from pipeline.config import (
-    EVALUATE_METRICS, EXPORT_DIR, MODEL_PATH, PUBLICATION_RECORD, RAW_CSV, WINDOWS_DIR, load_params, stage_command_line,
+    EVALUATE_METRICS,
+    EXPORT_DIR,
+    MODEL_PATH,
+    PUBLICATION_RECORD,
+    RAW_CSV,
+    WINDOWS_DIR,
+    load_params,
+    stage_command_line,
 )
 from pipeline.evaluate import bless
+from pipeline.model import median_position  # importing pipeline.model registers its layers for load_model
 from pipeline.published import MODEL_CARD, labelled_versions, model_directory, read_model_card
 from pipeline.serving_check import CheckFailure, candidate_directory, check_served_model, served_by
 from pipeline.window import Windows, load_windows
@@ -90,11 +97,13 @@ def serving_function(model: keras.Model, lookback: int, horizon: int) -> tf.type
         inputs = {schema.HISTORY_INPUT: history, schema.TIMESTAMPS_INPUT: timestamps}
         quantiles = model(inputs, training=False)
         batch = tf.shape(history)[:1]
-        return {schema.TEMPERATURE_OUTPUT: quantiles[:, -1, median],
-                schema.PATH_OUTPUT: quantiles[:, :, median],
-                schema.QUANTILES_OUTPUT: quantiles,
-                schema.QUANTILE_LEVELS_OUTPUT: tf.tile(tf.constant([levels], tf.float32), tf.concat([batch, [1]], 0)),
-                schema.VALID_TIME_OUTPUT: timestamps[:, -1] + horizon * 3600}
+        return {
+            schema.TEMPERATURE_OUTPUT: quantiles[:, -1, median],
+            schema.PATH_OUTPUT: quantiles[:, :, median],
+            schema.QUANTILES_OUTPUT: quantiles,
+            schema.QUANTILE_LEVELS_OUTPUT: tf.tile(tf.constant([levels], tf.float32), tf.concat([batch, [1]], 0)),
+            schema.VALID_TIME_OUTPUT: timestamps[:, -1] + horizon * 3600,
+        }
 
     return serve
 
@@ -142,6 +151,7 @@ def file_md5(path: Path) -> str:
 
 def git_state() -> dict:
     """The commit checked out and whether tracked files differ from it (as during `dvc exp run -S`)."""
+
     def git(*args):
         return subprocess.run(["git", *args], capture_output=True, text=True, check=True).stdout.strip()
 
@@ -154,7 +164,9 @@ def git_state() -> dict:
 def model_card(params: dict, metrics: dict, raw_csv: Path, lookback: int) -> dict:
     """What a served version is and where it came from (the fingerprint is added once exported)."""
     data = params["data"]
-    origin = data["url"] if data["source"] == "jena" else f"synthetic {data['synthetic_start']} to {data['synthetic_end']}"
+    origin = (
+        data["url"] if data["source"] == "jena" else f"synthetic {data['synthetic_start']} to {data['synthetic_end']}"
+    )
     horizon, levels = params["window"]["horizon_hours"], params["model"]["quantiles"]
     return {
         "model_name": params["serving"]["model_name"],
@@ -165,11 +177,18 @@ def model_card(params: dict, metrics: dict, raw_csv: Path, lookback: int) -> dic
         "measurements": schema.MEASUREMENTS,
         "data": {"source": data["source"], "origin": origin, "file": str(raw_csv), "md5": file_md5(raw_csv)},
         # the params that made the model (not serving or smoke settings, which do not change it)
-        "params": {"seed": params["seed"], "epochs": params["epochs"], "data": data, "prepare": params["prepare"],
-                   "window": params["window"], "model": params["model"], "train": params["train"]},
+        "params": {
+            "seed": params["seed"],
+            "epochs": params["epochs"],
+            "data": data,
+            "prepare": params["prepare"],
+            "window": params["window"],
+            "model": params["model"],
+            "train": params["train"],
+        },
         "metrics": metrics,
         "git": git_state(),
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
 
 
@@ -200,10 +219,16 @@ def still_blessed_at(newest: Path | None, metrics: dict, evaluate: dict) -> tupl
         return metrics["blessed"], metrics["blessing_reason"]
     card = read_model_card(newest).get("metrics", {})
     if card.get("test_data_fingerprint") != metrics.get("test_data_fingerprint"):
-        return False, (f"version {version} was published after this model was evaluated, measured on other "
-                       f"test data; run the evaluate stage again")
-    same_data = {"version": version, "mae_degC": float(card["test_mae_degC"]),
-                 "model_mae_degC": metrics["test_mae_degC"], "samples": metrics["test_samples"]}
+        return False, (
+            f"version {version} was published after this model was evaluated, measured on other "
+            f"test data; run the evaluate stage again"
+        )
+    same_data = {
+        "version": version,
+        "mae_degC": float(card["test_mae_degC"]),
+        "model_mae_degC": metrics["test_mae_degC"],
+        "samples": metrics["test_samples"],
+    }
     return bless(metrics, same_data, evaluate)
 
 
@@ -212,14 +237,30 @@ def validate_candidate(saved_model: Path, windows: Windows, model_name: str, exp
     that it answers `export.validation_windows` test windows as its SavedModel does; the figures, or
     `CheckFailure`."""
     test_starts = windows.starts["test"]
-    picks = np.unique(np.linspace(0, len(test_starts) - 1, export_params["validation_windows"]).round().astype(np.int64))
+    picks = np.unique(
+        np.linspace(0, len(test_starts) - 1, export_params["validation_windows"]).round().astype(np.int64)
+    )
     with candidate_directory(saved_model, model_name, 1) as directory:
         with served_by(export_params["validation_server"], model_name, directory) as (target, rest_target, process):
-            figures = check_served_model(target, rest_target, model_name, 1, saved_model, windows,
-                                         test_starts[picks], timeout_seconds=export_params["validation_timeout_seconds"],
-                                         purpose="export", process=process)
-    return {"server": export_params["validation_server"], **{key: figures[key] for key in (
-        "windows_checked", "requests_sent", "max_abs_difference_degC", "latency_p50_ms", "rest_checked")}}
+            figures = check_served_model(
+                target,
+                rest_target,
+                model_name,
+                1,
+                saved_model,
+                windows,
+                test_starts[picks],
+                timeout_seconds=export_params["validation_timeout_seconds"],
+                purpose="export",
+                process=process,
+            )
+    return {
+        "server": export_params["validation_server"],
+        **{
+            key: figures[key]
+            for key in ("windows_checked", "requests_sent", "max_abs_difference_degC", "latency_p50_ms", "rest_checked")
+        },
+    }
 
 
 def publication(saved_model: Path, metrics: dict, serving: dict, evaluate: dict) -> dict:
@@ -235,12 +276,20 @@ def publication(saved_model: Path, metrics: dict, serving: dict, evaluate: dict)
 
     protected = labelled_versions(Path(serving["config_file"]), serving["model_name"])
     try:
-        result = publish(saved_model, model_directory(serving), serving["keep_versions"], protected,
-                         lambda newest: still_blessed_at(newest, metrics, evaluate))
+        result = publish(
+            saved_model,
+            model_directory(serving),
+            serving["keep_versions"],
+            protected,
+            lambda newest: still_blessed_at(newest, metrics, evaluate),
+        )
     except PublicationRefused as refusal:
         return {**not_published, "reason": f"no longer blessed against the newest published version: {refusal}"}
-    reason = (f"published as version {result.version}" if result.created
-              else f"identical to version {result.version}, already the newest; no new version")
+    reason = (
+        f"published as version {result.version}"
+        if result.created
+        else f"identical to version {result.version}, already the newest; no new version"
+    )
     return {**record, **result.as_dict(), "published": True, "reason": reason}
 
 
@@ -261,8 +310,17 @@ def main() -> None:
             validation = validate_candidate(EXPORT_DIR, windows, params["serving"]["model_name"], params["export"])
         except CheckFailure as failure:
             reason = f"the candidate failed validation in a ModelServer: {failure}"
-            write_json(PUBLICATION_RECORD, {"fingerprint": card["fingerprint"], "test_mae_degC": metrics["test_mae_degC"],
-                                            "published": False, "version": None, "path": None, "reason": reason})
+            write_json(
+                PUBLICATION_RECORD,
+                {
+                    "fingerprint": card["fingerprint"],
+                    "test_mae_degC": metrics["test_mae_degC"],
+                    "published": False,
+                    "version": None,
+                    "path": None,
+                    "reason": reason,
+                },
+            )
             raise SystemExit(f"export: not published: {reason}") from None
     try:
         record = publication(EXPORT_DIR, metrics, params["serving"], params["evaluate"])
@@ -270,8 +328,10 @@ def main() -> None:
         raise SystemExit(f"export: not published: {error}") from None
     record["validation"] = validation
     write_json(PUBLICATION_RECORD, record)
-    print(f"export: {EXPORT_DIR}/ fingerprint {card['fingerprint'][:12]}, test MAE {metrics['test_mae_degC']:.3f} C; "
-          f"{record['reason']}" + (f" ({record['path']})" if record["published"] else ""))
+    print(
+        f"export: {EXPORT_DIR}/ fingerprint {card['fingerprint'][:12]}, test MAE {metrics['test_mae_degC']:.3f} C; "
+        f"{record['reason']}" + (f" ({record['path']})" if record["published"] else "")
+    )
 
 
 if __name__ == "__main__":

@@ -56,15 +56,16 @@ def saved_model_of(path: Path) -> Path | None:
     newest = path / versions[max(versions)] if versions else None
     if newest is not None and (newest / SAVED_MODEL_FILE).is_file():
         return newest
-    raise InspectError(f"{path}: a directory without {SAVED_MODEL_FILE}: not a SavedModel, a published version "
-                       f"or a model directory of numbered versions")
+    raise InspectError(
+        f"{path}: a directory without {SAVED_MODEL_FILE}: not a SavedModel, a published version "
+        f"or a model directory of numbered versions"
+    )
 
 
 def load_keras_model(path: Path) -> keras.Model:
     """A `.keras` or `.h5` model, uncompiled (the loss and optimizer are not needed to look at it)."""
     if path.suffix.lower() not in KERAS_EXTENSIONS:
-        raise InspectError(f"{path}: not a Keras model file ({', '.join(KERAS_EXTENSIONS)}) nor a SavedModel "
-                           f"directory")
+        raise InspectError(f"{path}: not a Keras model file ({', '.join(KERAS_EXTENSIONS)}) nor a SavedModel directory")
     if path.suffix.lower() == ".keras" and not zipfile.is_zipfile(path):
         raise InspectError(f"{path}: not a .keras archive (not a zip file)")
     try:
@@ -85,14 +86,25 @@ def read_signatures(saved_model: Path) -> dict[str, dict]:
         raise InspectError(f"{path}: no MetaGraph tagged 'serve'")
 
     def tensors(infos) -> dict[str, tuple[str, list | None]]:
-        return {name: (tf.dtypes.as_dtype(info.dtype).name,
-                       None if info.tensor_shape.unknown_rank else
-                       [None if dim.size < 0 else dim.size for dim in info.tensor_shape.dim])
-                for name, info in sorted(infos.items())}
+        return {
+            name: (
+                tf.dtypes.as_dtype(info.dtype).name,
+                None
+                if info.tensor_shape.unknown_rank
+                else [None if dim.size < 0 else dim.size for dim in info.tensor_shape.dim],
+            )
+            for name, info in sorted(infos.items())
+        }
 
-    return {name: {"method": signature.method_name, "inputs": tensors(signature.inputs),
-                   "outputs": tensors(signature.outputs)}
-            for name, signature in sorted(serve[0].signature_def.items()) if not name.startswith("__")}
+    return {
+        name: {
+            "method": signature.method_name,
+            "inputs": tensors(signature.inputs),
+            "outputs": tensors(signature.outputs),
+        }
+        for name, signature in sorted(serve[0].signature_def.items())
+        if not name.startswith("__")
+    }
 
 
 def signature_lines(signatures: dict[str, dict]) -> list[str]:
@@ -102,8 +114,10 @@ def signature_lines(signatures: dict[str, dict]) -> list[str]:
         for part in ("inputs", "outputs"):
             lines.append(f"  {part}")
             width = max((len(tensor) for tensor in signature[part]), default=0)
-            lines += [f"    {tensor:<{width}}  {dtype:<8} {'unknown rank' if shape is None else shape}"
-                      for tensor, (dtype, shape) in signature[part].items()]
+            lines += [
+                f"    {tensor:<{width}}  {dtype:<8} {'unknown rank' if shape is None else shape}"
+                for tensor, (dtype, shape) in signature[part].items()
+            ]
     return lines
 
 
@@ -120,11 +134,17 @@ def card_lines(card: dict) -> list[str]:
         ("history", f"{window['lookback_hours']} h" if "lookback_hours" in window else None),
         ("forecast", f"every hour +1 .. +{forecast['hour_offsets'][-1]} h" if forecast.get("hour_offsets") else None),
         ("quantile levels", forecast.get("quantile_levels")),
-        ("network", f"{model['cell']} x {model['layers']} of {model['units']} units"
-                    if {"cell", "layers", "units"} <= set(model) else None),
+        (
+            "network",
+            f"{model['cell']} x {model['layers']} of {model['units']} units"
+            if {"cell", "layers", "units"} <= set(model)
+            else None,
+        ),
         ("epochs", params.get("epochs")),
-        *((label, f"{metrics[key]:.3f} degC" if key in metrics else None)
-          for label, key in (("test MAE", "test_mae_degC"), ("persistence MAE", "persistence_mae_degC"))),
+        *(
+            (label, f"{metrics[key]:.3f} degC" if key in metrics else None)
+            for label, key in (("test MAE", "test_mae_degC"), ("persistence MAE", "persistence_mae_degC"))
+        ),
         ("band coverage", f"{metrics['band_coverage']:.1%}" if "band_coverage" in metrics else None),
         ("blessed", f"{metrics['blessed']} ({metrics.get('blessing_reason')})" if "blessed" in metrics else None),
     ]
@@ -147,8 +167,10 @@ def describe(path: Path, plot: Path | None = None) -> str:
     saved_model = saved_model_of(path)
     if saved_model is not None:
         if plot is not None:
-            raise InspectError(f"{path}: a SavedModel holds graphs, not Keras layers: draw the .keras model "
-                               f"(models/model.keras) instead")
+            raise InspectError(
+                f"{path}: a SavedModel holds graphs, not Keras layers: draw the .keras model "
+                f"(models/model.keras) instead"
+            )
         return describe_saved_model(saved_model)
     model = load_keras_model(path)
     text = f"{path}: Keras model\n{summary_text(model)}"
@@ -165,10 +187,17 @@ def describe(path: Path, plot: Path | None = None) -> str:
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m pipeline.inspect", description=__doc__.split("\n\n")[0])
-    parser.add_argument("path", type=Path, help="a .keras or .h5 model file, a SavedModel directory, a published "
-                                                "version or a model directory of versions")
-    parser.add_argument("--plot", type=Path, metavar="FILE",
-                        help="draw the architecture with output shapes into FILE (.png or .svg; needs Graphviz)")
+    parser.add_argument(
+        "path",
+        type=Path,
+        help="a .keras or .h5 model file, a SavedModel directory, a published version or a model directory of versions",
+    )
+    parser.add_argument(
+        "--plot",
+        type=Path,
+        metavar="FILE",
+        help="draw the architecture with output shapes into FILE (.png or .svg; needs Graphviz)",
+    )
     return parser.parse_args(argv)
 
 

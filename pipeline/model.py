@@ -108,16 +108,17 @@ class QuantileHead(keras.layers.Layer):
         self.median = median_position(self.quantiles)
 
     def build(self, input_shape):
-        self.calibration = self.add_weight(name="calibration", shape=(self.horizon, len(self.quantiles)),
-                                           initializer="ones", trainable=False)
+        self.calibration = self.add_weight(
+            name="calibration", shape=(self.horizon, len(self.quantiles)), initializer="ones", trainable=False
+        )
 
     def call(self, inputs):
         output, history = inputs
         output = ops.reshape(output, (-1, self.horizon, len(self.quantiles)))
         median = output[..., 0]
         spreads = ops.softplus(output[..., 1:])  # the first `self.median` reach down, the rest up
-        downward = -ops.flip(ops.cumsum(spreads[..., :self.median], axis=-1), axis=-1)
-        upward = ops.cumsum(spreads[..., self.median:], axis=-1)
+        downward = -ops.flip(ops.cumsum(spreads[..., : self.median], axis=-1), axis=-1)
+        upward = ops.cumsum(spreads[..., self.median :], axis=-1)
         offsets = ops.concatenate([downward, ops.zeros_like(median)[..., None], upward], axis=-1)
         standardised = median[..., None] + offsets * ops.cast(self.calibration, offsets.dtype)
         base = history[:, -1, TEMPERATURE_INDEX][:, None, None] if self.residual else self.mean
@@ -128,8 +129,14 @@ class QuantileHead(keras.layers.Layer):
         return (output_shape[0], self.horizon, len(self.quantiles))
 
     def get_config(self):
-        return {**super().get_config(), "mean": self.mean, "std": self.std, "residual": self.residual,
-                "horizon": self.horizon, "quantiles": self.quantiles}
+        return {
+            **super().get_config(),
+            "mean": self.mean,
+            "std": self.std,
+            "residual": self.residual,
+            "horizon": self.horizon,
+            "quantiles": self.quantiles,
+        }
 
 
 def calibration_factors(observed, quantiles, levels, smallest: float = 0.05):
@@ -146,7 +153,7 @@ def calibration_factors(observed, quantiles, levels, smallest: float = 0.05):
     """
     levels = np.asarray(levels, dtype=np.float64)
     median = median_position(levels)
-    centre = quantiles[..., median:median + 1]
+    centre = quantiles[..., median : median + 1]
     distance = np.maximum(np.abs(quantiles - centre), 1e-6)
     outward = np.where(levels < 0.5, -1.0, 1.0)  # the direction each quantile lies from the median
     ratio = outward * (np.asarray(observed)[..., None] - centre) / distance
@@ -159,8 +166,12 @@ def calibration_factors(observed, quantiles, levels, smallest: float = 0.05):
 def median_position(quantiles) -> int:
     """Index of 0.5 in strictly ascending levels in (0, 1); a clear error otherwise."""
     levels = [float(level) for level in quantiles]
-    if (not levels or any(not 0 < level < 1 for level in levels)
-            or any(low >= high for low, high in zip(levels, levels[1:])) or 0.5 not in levels):
+    if (
+        not levels
+        or any(not 0 < level < 1 for level in levels)
+        or any(low >= high for low, high in zip(levels, levels[1:]))
+        or 0.5 not in levels
+    ):
         raise ValueError(f"model.quantiles must be strictly ascending levels in (0, 1) including 0.5, got {quantiles}")
     return levels.index(0.5)
 
@@ -182,8 +193,10 @@ def strided_convolution(x, lookback: int, model_params: dict):
         return x
     kernel, stride = model_params.get("conv_kernel", 1), model_params.get("conv_stride", 1)
     if filters < 0 or kernel < 1 or stride < 1:
-        raise ValueError(f"model.conv_filters must be >= 0 and model.conv_kernel, model.conv_stride >= 1, "
-                         f"got {filters}, {kernel}, {stride}")
+        raise ValueError(
+            f"model.conv_filters must be >= 0 and model.conv_kernel, model.conv_stride >= 1, "
+            f"got {filters}, {kernel}, {stride}"
+        )
     if kernel > lookback:
         raise ValueError(f"model.conv_kernel {kernel} is longer than the lookback of {lookback} hours")
     skipped = (lookback - kernel) % stride
@@ -208,8 +221,10 @@ def build_model(normalization: dict, model_params: dict) -> keras.Model:
     lookback, horizon = normalization["lookback_hours"], normalization["horizon_hours"]
     quantiles = model_params["quantiles"]
     median_position(quantiles)  # a clear error before any layer is built
-    history, timestamps = (keras.Input(shape=shape[1:], dtype=dtype, name=name)
-                           for name, (dtype, shape) in schema.served_signature(lookback)["inputs"].items())
+    history, timestamps = (
+        keras.Input(shape=shape[1:], dtype=dtype, name=name)
+        for name, (dtype, shape) in schema.served_signature(lookback)["inputs"].items()
+    )
 
     mean, std = standardisation(normalization)
     x = JenaFeatures(

@@ -46,6 +46,9 @@ def labelled_versions(config_file: Path, model_name: str) -> set[int]:
         text_format.Parse(Path(config_file).read_text(encoding="utf-8"), config)
     except text_format.ParseError as error:
         raise ValueError(f"{config_file}: not a valid ModelServerConfig ({error})") from None
-    return {version
-            for model in config.model_config_list.config if model.name == model_name
-            for version in model.version_labels.values()}
+    return {
+        version
+        for model in config.model_config_list.config
+        if model.name == model_name
+        for version in model.version_labels.values()
+    }

@@ -71,8 +71,9 @@ QUANTILE_LEVELS_OUTPUT = "quantile_levels"
 VALID_TIME_OUTPUT = "valid_time"
 
 
-def served_signature(lookback_hours: int, horizon_hours: int | None = None,
-                     quantiles: int | None = None) -> dict[str, dict[str, tuple[str, list]]]:
+def served_signature(
+    lookback_hours: int, horizon_hours: int | None = None, quantiles: int | None = None
+) -> dict[str, dict[str, tuple[str, list]]]:
     """`serving_default`'s tensors, `{"inputs"|"outputs": {name: (dtype, shape)}}`; None is the batch.
 
     The one description of the served interface: the model's inputs, the
@@ -90,13 +91,17 @@ def served_signature(lookback_hours: int, horizon_hours: int | None = None,
                         path is valid at valid_time - (horizon - h) * 3600
     """
     return {
-        "inputs": {HISTORY_INPUT: ("float32", [None, lookback_hours, len(MEASUREMENTS)]),
-                   TIMESTAMPS_INPUT: ("int64", [None, lookback_hours])},
-        "outputs": {TEMPERATURE_OUTPUT: ("float32", [None]),
-                    PATH_OUTPUT: ("float32", [None, horizon_hours]),
-                    QUANTILES_OUTPUT: ("float32", [None, horizon_hours, quantiles]),
-                    QUANTILE_LEVELS_OUTPUT: ("float32", [None, quantiles]),
-                    VALID_TIME_OUTPUT: ("int64", [None])},
+        "inputs": {
+            HISTORY_INPUT: ("float32", [None, lookback_hours, len(MEASUREMENTS)]),
+            TIMESTAMPS_INPUT: ("int64", [None, lookback_hours]),
+        },
+        "outputs": {
+            TEMPERATURE_OUTPUT: ("float32", [None]),
+            PATH_OUTPUT: ("float32", [None, horizon_hours]),
+            QUANTILES_OUTPUT: ("float32", [None, horizon_hours, quantiles]),
+            QUANTILE_LEVELS_OUTPUT: ("float32", [None, quantiles]),
+            VALID_TIME_OUTPUT: ("int64", [None]),
+        },
     }
 
 

@@ -57,8 +57,11 @@ def server_command(kind: str, grpc_port: int, rest_port: int, model_name: str, b
     if kind == "binary" and shutil.which("tensorflow_model_server") is None:
         raise CheckFailure("server 'binary' asked for, but tensorflow_model_server is not on PATH")
     return program + [
-        f"--port={grpc_port}", f"--rest_api_port={rest_port}", f"--model_name={model_name}",
-        f"--model_base_path={base_path if is_remote(base_path) else Path(base_path).resolve()}", "--file_system_poll_wait_seconds=1",
+        f"--port={grpc_port}",
+        f"--rest_api_port={rest_port}",
+        f"--model_name={model_name}",
+        f"--model_base_path={base_path if is_remote(base_path) else Path(base_path).resolve()}",
+        "--file_system_poll_wait_seconds=1",
     ]
 
 
@@ -109,25 +112,36 @@ def wait_until_available(channel, model_name: str, version: int, timeout_seconds
         except grpc.RpcError as error:
             last_answer = f"{error.code().name}: {error.details()}"
         time.sleep(0.2)
-    raise CheckFailure(f"expected {model_name} version {version} AVAILABLE within {timeout_seconds:.0f} s; "
-                       f"last answer: {last_answer}")
+    raise CheckFailure(
+        f"expected {model_name} version {version} AVAILABLE within {timeout_seconds:.0f} s; last answer: {last_answer}"
+    )
 
 
 def documented_signature(lookback: int, horizon: int, quantiles: int) -> dict:
     """`schema.served_signature` as GetModelMetadata shows it: name -> (DT_ dtype, shape with -1 batch)."""
+
     def as_served(tensors):
-        return {name: (types_pb2.DataType.Name(tf.as_dtype(dtype).as_datatype_enum),
-                       [-1 if size is None else size for size in shape])
-                for name, (dtype, shape) in tensors.items()}
+        return {
+            name: (
+                types_pb2.DataType.Name(tf.as_dtype(dtype).as_datatype_enum),
+                [-1 if size is None else size for size in shape],
+            )
+            for name, (dtype, shape) in tensors.items()
+        }
+
     signature = schema.served_signature(lookback, horizon, quantiles)
     return {part: as_served(tensors) for part, tensors in signature.items()}
 
 
 def described(signature) -> dict:
     """A SignatureDef in the form of documented_signature()."""
+
     def tensors(infos):
-        return {name: (types_pb2.DataType.Name(info.dtype), [dim.size for dim in info.tensor_shape.dim])
-                for name, info in infos.items()}
+        return {
+            name: (types_pb2.DataType.Name(info.dtype), [dim.size for dim in info.tensor_shape.dim])
+            for name, info in infos.items()
+        }
+
     return {"inputs": tensors(signature.inputs), "outputs": tensors(signature.outputs)}
 
 
@@ -142,21 +156,32 @@ def percentile_ms(seconds: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(seconds) * 1000, q))
 
 
-def in_process_predictions(saved_model: Path, history: np.ndarray, timestamps: np.ndarray,
-                           batch_size: int) -> dict[str, np.ndarray]:
+def in_process_predictions(
+    saved_model: Path, history: np.ndarray, timestamps: np.ndarray, batch_size: int
+) -> dict[str, np.ndarray]:
     """The SavedModel's own answers, every output, computed here: the reference for the served ones."""
     serve = tf.saved_model.load(str(saved_model)).signatures[schema.SIGNATURE_NAME]
-    batches = [serve(**{schema.HISTORY_INPUT: tf.constant(history[i:i + batch_size]),
-                        schema.TIMESTAMPS_INPUT: tf.constant(timestamps[i:i + batch_size])})
-               for i in range(0, len(history), batch_size)]
+    batches = [
+        serve(
+            **{
+                schema.HISTORY_INPUT: tf.constant(history[i : i + batch_size]),
+                schema.TIMESTAMPS_INPUT: tf.constant(timestamps[i : i + batch_size]),
+            }
+        )
+        for i in range(0, len(history), batch_size)
+    ]
     return {name: np.concatenate([batch[name].numpy() for batch in batches]) for name in batches[0]}
 
 
 def forecast_outputs(forecast) -> dict[str, np.ndarray]:
     """A client Forecast as the signature's outputs (those it received)."""
-    outputs = {schema.TEMPERATURE_OUTPUT: forecast.temperatures_degC, schema.VALID_TIME_OUTPUT: forecast.valid_times,
-               schema.PATH_OUTPUT: forecast.paths, schema.QUANTILES_OUTPUT: forecast.quantiles,
-               schema.QUANTILE_LEVELS_OUTPUT: forecast.levels}
+    outputs = {
+        schema.TEMPERATURE_OUTPUT: forecast.temperatures_degC,
+        schema.VALID_TIME_OUTPUT: forecast.valid_times,
+        schema.PATH_OUTPUT: forecast.paths,
+        schema.QUANTILES_OUTPUT: forecast.quantiles,
+        schema.QUANTILE_LEVELS_OUTPUT: forecast.levels,
+    }
     return {name: values for name, values in outputs.items() if values is not None}
 
 
@@ -164,7 +189,7 @@ def served_predictions(forecaster, history, timestamps, version: int, batch_size
     """Batched Predict requests addressed to `version`; every answer must come from it."""
     answers = []
     for i in range(0, len(history), batch_size):
-        forecast = forecaster.predict(history[i:i + batch_size], timestamps[i:i + batch_size], version=version)
+        forecast = forecaster.predict(history[i : i + batch_size], timestamps[i : i + batch_size], version=version)
         if forecast.version not in (None, version):
             raise CheckFailure(f"asked version {version}, answered by version {forecast.version}")
         answers.append(forecast_outputs(forecast))
@@ -176,7 +201,7 @@ def single_request_latencies(forecaster, history, timestamps, version: int, coun
     latencies = []
     for i in range(count):
         started = time.perf_counter()
-        forecaster.predict(history[i:i + 1], timestamps[i:i + 1], version=version)
+        forecaster.predict(history[i : i + 1], timestamps[i : i + 1], version=version)
         latencies.append(time.perf_counter() - started)
     return latencies
 
@@ -208,8 +233,10 @@ def compare(name: str, served: dict[str, np.ndarray], reference: dict[str, np.nd
         difference[np.isnan(difference)] = np.inf
         worst = np.unravel_index(int(np.argmax(difference)), difference.shape)
         if not difference[worst] <= allowed:
-            raise CheckFailure(f"{name}: {output}: {element(output, worst)}: expected {expected[worst]}, "
-                               f"got {answer[worst]} (tolerance {allowed})")
+            raise CheckFailure(
+                f"{name}: {output}: {element(output, worst)}: expected {expected[worst]}, "
+                f"got {answer[worst]} (tolerance {allowed})"
+            )
         if is_float:
             worst_float = max(worst_float, float(difference[worst]))
     return worst_float
@@ -236,10 +263,22 @@ def candidate_directory(saved_model: Path, model_name: str, version: int):
         yield directory
 
 
-def check_served_model(target: str, rest_target: str | None, model_name: str, version: int, saved_model: Path,
-                       windows, starts: np.ndarray, *, expected_mae: float | None = None, batch_size: int = 256,
-                       timeout_seconds: float = 120, purpose: str = "smoke", process=None,
-                       credentials=None) -> dict:
+def check_served_model(
+    target: str,
+    rest_target: str | None,
+    model_name: str,
+    version: int,
+    saved_model: Path,
+    windows,
+    starts: np.ndarray,
+    *,
+    expected_mae: float | None = None,
+    batch_size: int = 256,
+    timeout_seconds: float = 120,
+    purpose: str = "smoke",
+    process=None,
+    credentials=None,
+) -> dict:
     """All checks against a running server, on the windows starting at `starts`; returns the figures.
 
     With `expected_mae` the +horizon MAE of the served answers on those windows must equal it (within
@@ -251,8 +290,11 @@ def check_served_model(target: str, rest_target: str | None, model_name: str, ve
         wait_until_available(forecaster.channel, model_name, version, timeout_seconds, process)
         levels = read_model_card(saved_model)["forecast"]["quantile_levels"]
         check_signature(forecaster, version, windows.lookback, windows.horizon, len(levels))
-        print(f"{purpose}: version {version} is AVAILABLE with the documented signature; "
-              f"checking {len(starts)} test windows", flush=True)
+        print(
+            f"{purpose}: version {version} is AVAILABLE with the documented signature; "
+            f"checking {len(starts)} test windows",
+            flush=True,
+        )
         history, timestamps = windows.history(starts)
         observed = windows.targets(starts)
         reference = in_process_predictions(saved_model, history, timestamps, batch_size)
@@ -260,17 +302,20 @@ def check_served_model(target: str, rest_target: str | None, model_name: str, ve
         max_difference = compare("gRPC Predict", served, reference, PARITY_TOLERANCE_DEGC)
         served_mae = float(np.mean(np.abs(served[schema.TEMPERATURE_OUTPUT] - observed)))
         if expected_mae is not None and abs(served_mae - expected_mae) > MAE_TOLERANCE_DEGC:
-            raise CheckFailure(f"test MAE from served answers is {served_mae:.4f} C, "
-                               f"metrics/evaluate.json says {expected_mae:.4f} C")
-        latencies = single_request_latencies(forecaster, history, timestamps, version,
-                                             min(SINGLE_REQUESTS, len(history)))
+            raise CheckFailure(
+                f"test MAE from served answers is {served_mae:.4f} C, metrics/evaluate.json says {expected_mae:.4f} C"
+            )
+        latencies = single_request_latencies(
+            forecaster, history, timestamps, version, min(SINGLE_REQUESTS, len(history))
+        )
         requests_sent = len(latencies) + -(-len(history) // batch_size)
         if rest_target is not None:
             few = slice(0, 8)
             rest = RestForecaster(rest_target, model_name).predict(history[few], timestamps[few], version=version)
             first_few = {output: values[few] for output, values in reference.items()}
-            max_difference = max(max_difference, compare("REST :predict", forecast_outputs(rest), first_few,
-                                                          PARITY_TOLERANCE_DEGC))
+            max_difference = max(
+                max_difference, compare("REST :predict", forecast_outputs(rest), first_few, PARITY_TOLERANCE_DEGC)
+            )
             requests_sent += 1
     except grpc.RpcError as error:
         raise CheckFailure(f"{target}: {error.code().name}: {error.details()}") from None

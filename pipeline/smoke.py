@@ -40,7 +40,13 @@ import json
 from pipeline.atomic import write_json
 from pipeline.client import tls_credentials
 from pipeline.config import (
-    EVALUATE_METRICS, EXPORT_DIR, PUBLICATION_RECORD, SMOKE_METRICS, WINDOWS_DIR, load_params, stage_command_line,
+    EVALUATE_METRICS,
+    EXPORT_DIR,
+    PUBLICATION_RECORD,
+    SMOKE_METRICS,
+    WINDOWS_DIR,
+    load_params,
+    stage_command_line,
 )
 from pipeline.published import model_directory, read_model_card
 from pipeline.serving_check import CheckFailure, candidate_directory, check_served_model, served_by
@@ -82,16 +88,25 @@ def grpc_credentials(smoke: dict):
 
 def check(smoke: dict, model_name: str, directory, version: int, saved_model, windows, mae: float | None) -> dict:
     """Serve `directory` with the `smoke.server` kind (or use the external server) and check `version`."""
-    checks = dict(model_name=model_name, version=version, saved_model=saved_model, windows=windows,
-                  starts=windows.starts["test"], expected_mae=mae, batch_size=smoke["batch_size"],
-                  timeout_seconds=smoke["timeout_seconds"])
+    checks = dict(
+        model_name=model_name,
+        version=version,
+        saved_model=saved_model,
+        windows=windows,
+        starts=windows.starts["test"],
+        expected_mae=mae,
+        batch_size=smoke["batch_size"],
+        timeout_seconds=smoke["timeout_seconds"],
+    )
     credentials = grpc_credentials(smoke)
     kind = smoke["server"]
     if kind == "external":
         return check_served_model(smoke["target"], smoke.get("rest_target"), **checks, credentials=credentials)
     if credentials is not None:
-        raise CheckFailure(f"params.yaml: smoke.tls_* apply to smoke.server 'external'; "
-                           f"the {kind} server the stage starts speaks plaintext")
+        raise CheckFailure(
+            f"params.yaml: smoke.tls_* apply to smoke.server 'external'; "
+            f"the {kind} server the stage starts speaks plaintext"
+        )
     if kind not in ("embedded", "binary"):
         raise CheckFailure(f"params.yaml: smoke.server must be embedded, binary or external, got {kind!r}")
     with served_by(kind, model_name, directory) as (target, rest_target, process):
@@ -117,20 +132,25 @@ def main() -> None:
             print(f"smoke: no version is published; checking the {checked}", flush=True)
             candidate_smoke = {**smoke, "server": "embedded"} if smoke["server"] == "external" else smoke
             with candidate_directory(EXPORT_DIR, model_name, 1) as candidate:
-                metrics = check(candidate_smoke, model_name, candidate, 1, EXPORT_DIR, windows,
-                                evaluation["test_mae_degC"])
+                metrics = check(
+                    candidate_smoke, model_name, candidate, 1, EXPORT_DIR, windows, evaluation["test_mae_degC"]
+                )
             metrics["version"] = None
     except (CheckFailure, StoreError) as failure:
         raise SystemExit(f"smoke: FAILED: {failure}") from None
     metrics["checked"] = "candidate" if version is None else checked
     metrics["server"] = "embedded" if version is None and smoke["server"] == "external" else smoke["server"]
     write_json(SMOKE_METRICS, metrics)
-    mae_said = (f"served test MAE {metrics['served_test_mae_degC']:.3f} C as evaluated"
-                if metrics["expected_mae_degC"] is not None
-                else "its test MAE was measured on other test data, so not compared")
-    print(f"smoke: {checked} of {model_name} ({metrics['server']} server): "
-          f"{metrics['windows_checked']} test windows match within {metrics['max_abs_difference_degC']:.1e} C; "
-          f"{mae_said}; p50 {metrics['latency_p50_ms']:.1f} ms, p99 {metrics['latency_p99_ms']:.1f} ms")
+    mae_said = (
+        f"served test MAE {metrics['served_test_mae_degC']:.3f} C as evaluated"
+        if metrics["expected_mae_degC"] is not None
+        else "its test MAE was measured on other test data, so not compared"
+    )
+    print(
+        f"smoke: {checked} of {model_name} ({metrics['server']} server): "
+        f"{metrics['windows_checked']} test windows match within {metrics['max_abs_difference_degC']:.1e} C; "
+        f"{mae_said}; p50 {metrics['latency_p50_ms']:.1f} ms, p99 {metrics['latency_p99_ms']:.1f} ms"
+    )
 
 
 if __name__ == "__main__":

@@ -241,7 +241,12 @@ def timestamp_bytes(times: pd.Series) -> np.ndarray:
     """Timestamps in schema.DATE_FORMAT, dd.mm.yyyy HH:MM:SS, 19 bytes each."""
     parts = []
     for field, width, separator in [
-        ("day", 2, "."), ("month", 2, "."), ("year", 4, " "), ("hour", 2, ":"), ("minute", 2, ":"), ("second", 2, ""),
+        ("day", 2, "."),
+        ("month", 2, "."),
+        ("year", 4, " "),
+        ("hour", 2, ":"),
+        ("minute", 2, ":"),
+        ("second", 2, ""),
     ]:
         parts.append(digit_bytes(getattr(times.dt, field).to_numpy(np.int64), width))
         if separator:

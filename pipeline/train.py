@@ -39,9 +39,9 @@ from pathlib import Path
 import keras
 import numpy as np
 import tensorflow as tf
-from keras import ops
 from dvclive import Live
 from dvclive.keras import DVCLiveCallback
+from keras import ops
 
 from pipeline import schema
 from pipeline.architecture import write_architecture
@@ -57,7 +57,9 @@ def seed_everything(seed: int) -> None:
     tf.config.experimental.enable_op_determinism()
 
 
-def make_dataset(windows: Windows, starts: np.ndarray, batch_size: int, shuffle_seed: int | None = None) -> tf.data.Dataset:
+def make_dataset(
+    windows: Windows, starts: np.ndarray, batch_size: int, shuffle_seed: int | None = None
+) -> tf.data.Dataset:
     """Batches of ({"history", "timestamps"}, target temperatures [batch, horizon]) for the given starts.
 
     The series lives once in memory as a tensor; each batch gathers its rows
@@ -148,20 +150,25 @@ def learning_rate(train_params: dict, epochs: int, steps_per_epoch: int):
     steps = epochs * steps_per_epoch
     warmup_steps = min(round(warmup_share * steps), steps - 1)
     return keras.optimizers.schedules.CosineDecay(
-        peak / 10 if warmup_steps else peak, decay_steps=steps - warmup_steps,
-        warmup_target=peak if warmup_steps else None, warmup_steps=warmup_steps,
+        peak / 10 if warmup_steps else peak,
+        decay_steps=steps - warmup_steps,
+        warmup_target=peak if warmup_steps else None,
+        warmup_steps=warmup_steps,
     )
 
 
-def compile_model(model: keras.Model, quantiles, horizon: int, train_params: dict, epochs: int = 1,
-                  steps_per_epoch: int = 1) -> keras.Model:
+def compile_model(
+    model: keras.Model, quantiles, horizon: int, train_params: dict, epochs: int = 1, steps_per_epoch: int = 1
+) -> keras.Model:
     """Attach the optimizer (`train.optimizer`, with `learning_rate`'s rate or schedule over `epochs`
     of `steps_per_epoch` batches), the pinball loss (weighted by `train.final_hour_share`) and the
     +horizon median MAE metric."""
-    optimizer = keras.optimizers.get({
-        "class_name": train_params["optimizer"],
-        "config": {"learning_rate": learning_rate(train_params, epochs, steps_per_epoch)},
-    })
+    optimizer = keras.optimizers.get(
+        {
+            "class_name": train_params["optimizer"],
+            "config": {"learning_rate": learning_rate(train_params, epochs, steps_per_epoch)},
+        }
+    )
     loss = PinballLoss(quantiles, hour_weights(horizon, train_params["final_hour_share"]))
     model.compile(optimizer=optimizer, loss=loss, metrics=[FinalHourMedianMAE(median_position(quantiles))])
     return model
@@ -175,8 +182,14 @@ def train(windows: Windows, params: dict, callbacks=(), verbose: int | str = "au
     seed_everything(params["seed"])
     train_params = params["train"]
     steps_per_epoch = -(-len(windows.starts["train"]) // train_params["batch_size"])
-    model = compile_model(build_model(windows.normalization, params["model"]), params["model"]["quantiles"],
-                          windows.horizon, train_params, params["epochs"], steps_per_epoch)
+    model = compile_model(
+        build_model(windows.normalization, params["model"]),
+        params["model"]["quantiles"],
+        windows.horizon,
+        train_params,
+        params["epochs"],
+        steps_per_epoch,
+    )
     training = make_dataset(windows, windows.starts["train"], train_params["batch_size"], shuffle_seed=params["seed"])
     validation = make_dataset(windows, windows.starts["validation"], train_params["batch_size"])
     early_stopping = keras.callbacks.EarlyStopping(
@@ -225,8 +238,10 @@ def main() -> None:
     except FileNotFoundError as error:
         raise SystemExit(f"train: {error.filename} not found; run `dvc repro window` first") from None
     counts = {name: len(starts) for name, starts in windows.starts.items()}
-    print(f"train: samples {counts}, {params['model']['cell']} x {params['model']['layers']} "
-          f"of {params['model']['units']} units, up to {params['epochs']} epochs")
+    print(
+        f"train: samples {counts}, {params['model']['cell']} x {params['model']['layers']} "
+        f"of {params['model']['units']} units, up to {params['epochs']} epochs"
+    )
 
     started = time.perf_counter()
     # The stage's dvc.yaml declares the metrics and plots, so DVCLive writes no dvc.yaml of its own.
@@ -241,12 +256,15 @@ def main() -> None:
     seconds = time.perf_counter() - started
     head = model.get_layer(schema.QUANTILES_OUTPUT)
     final_hour = keras.ops.convert_to_numpy(head.calibration)[-1]
-    spreads = ", ".join(f"{level:g}: x{factor:.2f}" for level, factor in zip(head.quantiles, final_hour)
-                        if level != 0.5)
-    print(f"train: best validation MAE of the +{windows.horizon} h median {val_mae:.3f} degC "
-          f"at epoch {epoch} of {len(history.epoch)} "
-          f"({seconds / len(history.epoch):.1f} s per epoch); band calibrated on the validation split "
-          f"(+{windows.horizon} h spreads {spreads}); saved {MODEL_PATH}")
+    spreads = ", ".join(
+        f"{level:g}: x{factor:.2f}" for level, factor in zip(head.quantiles, final_hour) if level != 0.5
+    )
+    print(
+        f"train: best validation MAE of the +{windows.horizon} h median {val_mae:.3f} degC "
+        f"at epoch {epoch} of {len(history.epoch)} "
+        f"({seconds / len(history.epoch):.1f} s per epoch); band calibrated on the validation split "
+        f"(+{windows.horizon} h spreads {spreads}); saved {MODEL_PATH}"
+    )
     print(f"train: {write_architecture(model)}")
 
 

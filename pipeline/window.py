@@ -36,8 +36,10 @@ TARGET_INDEX = schema.column_index(schema.TEMPERATURE)
 def split_bounds(hours: int, train_fraction: float, val_fraction: float) -> dict[str, tuple[int, int]]:
     """Chronological [first, end) row ranges of the three splits."""
     if not (0 < train_fraction and 0 < val_fraction and train_fraction + val_fraction < 1):
-        raise ValueError(f"window: need 0 < train_fraction, 0 < val_fraction and a sum below 1, "
-                         f"got {train_fraction} and {val_fraction}")
+        raise ValueError(
+            f"window: need 0 < train_fraction, 0 < val_fraction and a sum below 1, "
+            f"got {train_fraction} and {val_fraction}"
+        )
     train_end = int(hours * train_fraction)
     val_end = int(hours * (train_fraction + val_fraction))
     return {"train": (0, train_end), "validation": (train_end, val_end), "test": (val_end, hours)}
@@ -75,15 +77,18 @@ def make_windows(hourly_table: pd.DataFrame, window_params: dict) -> dict:
     timestamps = hourly_table[schema.DATE_COLUMN].to_numpy(dtype="datetime64[s]").astype(np.int64)
     complete_rows = ~np.isnan(hourly).any(axis=1)
     bounds = split_bounds(len(hourly), window_params["train_fraction"], window_params["val_fraction"])
-    starts = {name: window_starts(complete_rows, first, end, lookback, horizon) for name, (first, end) in bounds.items()}
+    starts = {
+        name: window_starts(complete_rows, first, end, lookback, horizon) for name, (first, end) in bounds.items()
+    }
     for name, split_starts in starts.items():
         if len(split_starts) == 0:
-            raise ValueError(f"window: the {name} split {bounds[name]} has no complete window of "
-                             f"{lookback} + {horizon} hours; use a longer data range")
+            raise ValueError(
+                f"window: the {name} split {bounds[name]} has no complete window of "
+                f"{lookback} + {horizon} hours; use a longer data range"
+            )
     switches = {"time_features": window_params["time_features"], "wind_vector": window_params["wind_vector"]}
     normalization = normalization_stats(hourly, timestamps, slice(*bounds["train"]), **switches)
-    normalization.update(lookback_hours=lookback, horizon_hours=horizon,
-                         target=schema.TEMPERATURE, split_bounds=bounds)
+    normalization.update(lookback_hours=lookback, horizon_hours=horizon, target=schema.TEMPERATURE, split_bounds=bounds)
     return {"hourly": hourly, "timestamps": timestamps, "starts": starts, "normalization": normalization}
 
 
@@ -119,7 +124,7 @@ class Windows:
 
         Shares the series' memory; indexing it with start indices gathers a batch."""
         temperature = self.hourly[:, TARGET_INDEX]
-        return np.lib.stride_tricks.sliding_window_view(temperature, self.horizon)[self.lookback:]
+        return np.lib.stride_tricks.sliding_window_view(temperature, self.horizon)[self.lookback :]
 
     def paths(self, starts: np.ndarray) -> np.ndarray:
         """Observed temperatures (degC) [n, horizon] at +1 .. +horizon h after each sample's last row."""

@@ -63,8 +63,10 @@ class Batcher:
         self._queued_size = 0
         self._condition = threading.Condition()
         self._closed = False
-        self._workers = [threading.Thread(target=self._work, name=f"batch-{index}", daemon=True)
-                         for index in range(parameters.num_batch_threads)]
+        self._workers = [
+            threading.Thread(target=self._work, name=f"batch-{index}", daemon=True)
+            for index in range(parameters.num_batch_threads)
+        ]
         for worker in self._workers:
             worker.start()
 
@@ -76,13 +78,15 @@ class Batcher:
         size = _task_size(inputs)
         mergeable = size is not None
         if mergeable:
-            key = (signature_name,) + tuple(sorted(
-                (alias, value.dtype.str, value.shape[1:]) for alias, value in inputs.items()))
+            key = (signature_name,) + tuple(
+                sorted((alias, value.dtype.str, value.shape[1:]) for alias, value in inputs.items())
+            )
         else:
             size, key = 1, object()  # equal to no other key: runs alone
         if size > self._parameters.max_batch_size:
-            raise invalid_argument(f"Task size {size} is larger than maximum input batch size "
-                                   f"{self._parameters.max_batch_size}")
+            raise invalid_argument(
+                f"Task size {size} is larger than maximum input batch size {self._parameters.max_batch_size}"
+            )
         task = _Task(signature_name, inputs, size, key, time.monotonic(), mergeable)
         with self._condition:
             if self._closed:
@@ -144,7 +148,9 @@ class Batcher:
                     task.future.set_exception(error)
             except Exception as error:  # report, never kill the worker
                 for task in batch:
-                    task.future.set_exception(ServingError(grpc.StatusCode.INTERNAL, f"{type(error).__name__}: {error}"))
+                    task.future.set_exception(
+                        ServingError(grpc.StatusCode.INTERNAL, f"{type(error).__name__}: {error}")
+                    )
             else:
                 for task, result in zip(batch, results):
                     task.future.set_result(result)
@@ -163,10 +169,12 @@ class Batcher:
         outputs = self._execute(batch[0].signature_name, merged)
         for alias, value in outputs.items():
             if np.ndim(value) == 0 or np.shape(value)[0] != padded:
-                raise invalid_argument(f"Batched output tensor {alias} has 0th dimension "
-                                       f"{np.shape(value)[0] if np.ndim(value) else 0}, expected {padded}")
+                raise invalid_argument(
+                    f"Batched output tensor {alias} has 0th dimension "
+                    f"{np.shape(value)[0] if np.ndim(value) else 0}, expected {padded}"
+                )
         results, offset = [], 0
         for task in batch:
-            results.append({alias: value[offset:offset + task.size] for alias, value in outputs.items()})
+            results.append({alias: value[offset : offset + task.size] for alias, value in outputs.items()})
             offset += task.size
         return results

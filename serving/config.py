@@ -16,8 +16,13 @@
 import dataclasses
 import os
 
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format
-from google.protobuf import wrappers_pb2  # noqa: F401  (registers wrappers.proto in the pool)
+from google.protobuf import (
+    descriptor_pb2,
+    descriptor_pool,
+    message_factory,
+    text_format,
+    wrappers_pb2,  # noqa: F401  (registers wrappers.proto in the pool)
+)
 from tensorflow_serving.config import model_server_config_pb2
 
 from serving.store import is_remote
@@ -45,8 +50,9 @@ def _read_text(path: str) -> str:
         code = {FileNotFoundError: "NOT_FOUND", PermissionError: "PERMISSION_DENIED"}.get(type(error), "UNKNOWN")
         raise ConfigError(f"{path}; {error.strerror}", code=code) from error
     except UnicodeDecodeError as error:
-        raise ConfigError(f"Invalid protobuf file: '{path}'",
-                          parse_error=f"{path} is not UTF-8 text: {error}") from error
+        raise ConfigError(
+            f"Invalid protobuf file: '{path}'", parse_error=f"{path} is not UTF-8 text: {error}"
+        ) from error
 
 
 def _parse_into(text: str, message, path: str):
@@ -56,8 +62,10 @@ def _parse_into(text: str, message, path: str):
     except text_format.ParseError as error:
         position = f"{error.GetLine()}:{error.GetColumn()}: " if error.GetLine() is not None else ""
         detail = str(error).split(" : ", 1)[-1]
-        raise ConfigError(f"Invalid protobuf file: '{path}'", parse_error=(
-            f"Error parsing text-format {message.DESCRIPTOR.full_name}: {position}{detail}")) from error
+        raise ConfigError(
+            f"Invalid protobuf file: '{path}'",
+            parse_error=(f"Error parsing text-format {message.DESCRIPTOR.full_name}: {position}{detail}"),
+        ) from error
     return message
 
 
@@ -118,36 +126,50 @@ def _build_message_classes():
 
     int64_value = ".google.protobuf.Int64Value"
     message_kind = field.TYPE_MESSAGE
-    add_message("BatchingParameters", [
-        ("max_batch_size", message_kind, int64_value, optional),
-        ("batch_timeout_micros", message_kind, int64_value, optional),
-        ("max_enqueued_batches", message_kind, int64_value, optional),
-        ("num_batch_threads", message_kind, int64_value, optional),
-        ("thread_pool_name", message_kind, ".google.protobuf.StringValue", optional),
-        ("allowed_batch_sizes", field.TYPE_INT64, None, repeated),
-        ("pad_variable_length_inputs", field.TYPE_BOOL, None, optional),
-        ("enable_large_batch_splitting", message_kind, ".google.protobuf.BoolValue", optional),
-        ("max_execution_batch_size", message_kind, int64_value, optional),
-        ("batch_padding_policy", message_kind, ".google.protobuf.StringValue", optional),
-    ])
-    add_message("PrometheusConfig", [
-        ("enable", field.TYPE_BOOL, None, optional),
-        ("path", field.TYPE_STRING, None, optional),
-    ])
-    add_message("MonitoringConfig", [
-        ("prometheus_config", message_kind, ".tensorflow.serving.PrometheusConfig", optional),
-    ])
-    add_message("SSLConfig", [  # tensorflow_serving/config/ssl_config.proto
-        ("server_key", field.TYPE_STRING, None, optional),
-        ("server_cert", field.TYPE_STRING, None, optional),
-        ("custom_ca", field.TYPE_STRING, None, optional),
-        ("client_verify", field.TYPE_BOOL, None, optional),
-    ])
+    add_message(
+        "BatchingParameters",
+        [
+            ("max_batch_size", message_kind, int64_value, optional),
+            ("batch_timeout_micros", message_kind, int64_value, optional),
+            ("max_enqueued_batches", message_kind, int64_value, optional),
+            ("num_batch_threads", message_kind, int64_value, optional),
+            ("thread_pool_name", message_kind, ".google.protobuf.StringValue", optional),
+            ("allowed_batch_sizes", field.TYPE_INT64, None, repeated),
+            ("pad_variable_length_inputs", field.TYPE_BOOL, None, optional),
+            ("enable_large_batch_splitting", message_kind, ".google.protobuf.BoolValue", optional),
+            ("max_execution_batch_size", message_kind, int64_value, optional),
+            ("batch_padding_policy", message_kind, ".google.protobuf.StringValue", optional),
+        ],
+    )
+    add_message(
+        "PrometheusConfig",
+        [
+            ("enable", field.TYPE_BOOL, None, optional),
+            ("path", field.TYPE_STRING, None, optional),
+        ],
+    )
+    add_message(
+        "MonitoringConfig",
+        [
+            ("prometheus_config", message_kind, ".tensorflow.serving.PrometheusConfig", optional),
+        ],
+    )
+    add_message(
+        "SSLConfig",
+        [  # tensorflow_serving/config/ssl_config.proto
+            ("server_key", field.TYPE_STRING, None, optional),
+            ("server_cert", field.TYPE_STRING, None, optional),
+            ("custom_ca", field.TYPE_STRING, None, optional),
+            ("client_verify", field.TYPE_BOOL, None, optional),
+        ],
+    )
     pool = descriptor_pool.Default()
     pool.Add(file_proto)
     file_descriptor = pool.FindFileByName(file_proto.name)
-    return tuple(message_factory.GetMessageClass(file_descriptor.message_types_by_name[name])
-                 for name in ("BatchingParameters", "MonitoringConfig", "SSLConfig"))
+    return tuple(
+        message_factory.GetMessageClass(file_descriptor.message_types_by_name[name])
+        for name in ("BatchingParameters", "MonitoringConfig", "SSLConfig")
+    )
 
 
 BatchingParametersProto, MonitoringConfigProto, SSLConfigProto = _build_message_classes()
@@ -226,7 +248,9 @@ def parse_ssl_config(path: str) -> SslConfig:
     if missing:
         raise ConfigError(f"SSLConfig in '{path}' has no {' and no '.join(missing)}")
     if proto.client_verify and not proto.custom_ca.strip():
-        raise ConfigError(f"SSLConfig in '{path}' sets client_verify but no custom_ca to verify client certificates with")
+        raise ConfigError(
+            f"SSLConfig in '{path}' sets client_verify but no custom_ca to verify client certificates with"
+        )
     return SslConfig(proto.server_key, proto.server_cert, proto.custom_ca, proto.client_verify)
 
 

@@ -97,7 +97,7 @@ def bounded_message(message: str, limit: int = MAX_ERROR_MESSAGE_BYTES) -> str:
     marker = f" ... [{len(message)} characters, truncated]"
     cut = message
     while len(cut.encode("utf-8", "replace")) > limit - len(marker) or len(ascii(cut)) > limit - len(marker):
-        cut = cut[:len(cut) * 3 // 4]
+        cut = cut[: len(cut) * 3 // 4]
     return cut + marker if cut != message else message
 
 

@@ -34,8 +34,8 @@ import threading
 import time
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from google.protobuf import message_factory
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from tensorflow_serving.apis import (
     get_model_status_pb2,
     model_management_pb2,
@@ -76,13 +76,18 @@ def _answering_errors(api: str | None = None):
                 status = "INTERNAL"
                 allowed, left_out = _FAULTS_LOG.allow(f"{handler.__name__} {type(error).__name__}")
                 if allowed:
-                    log.error("%s failed%s", handler.__name__,
-                              f" ({left_out} more of this kind not logged)" if left_out else "", exc_info=error)
+                    log.error(
+                        "%s failed%s",
+                        handler.__name__,
+                        f" ({left_out} more of this kind not logged)" if left_out else "",
+                        exc_info=error,
+                    )
                 await context.abort(grpc.StatusCode.INTERNAL, bounded_message(f"{type(error).__name__}: {error}"))
             finally:
                 if api and request.model_spec.name:
-                    self.metrics.record_request(request.model_spec.name, api, "GRPC", status,
-                                                time.perf_counter() - started)
+                    self.metrics.record_request(
+                        request.model_spec.name, api, "GRPC", status, time.perf_counter() - started
+                    )
 
         return wrapper
 
@@ -97,6 +102,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
 
     async def _in_pool(self, model_spec, call):
         """call(servable) on the pool, the servable counted in use until it returns (even if the client gives up)."""
+
         def run():
             with self.manager.serving(model_spec) as servable:
                 return call(servable)
@@ -164,11 +170,18 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
     @_answering_errors()
     async def HandleReloadConfigRequest(self, request, context):
         if request.config.WhichOneof("config") != "model_config_list":
-            raise invalid_argument("ServerModelConfig type not supported by HandleReloadConfigRequest. "
-                                   "Only ModelConfigList is currently supported")
+            raise invalid_argument(
+                "ServerModelConfig type not supported by HandleReloadConfigRequest. "
+                "Only ModelConfigList is currently supported"
+            )
         for index, model in enumerate(request.config.model_config_list.config):
-            log.info("Config entry index : %d path : %s name : %s platform : %s",
-                     index, model.base_path, model.name, model.model_platform)
+            log.info(
+                "Config entry index : %d path : %s name : %s platform : %s",
+                index,
+                model.base_path,
+                model.name,
+                model.model_platform,
+            )
         try:
             await self.blocking(self.manager.apply_config, request.config)
         except ServingError as error:
@@ -189,7 +202,8 @@ def _add_service(server, service, servicer, wrap=None) -> None:
         method.name: grpc.unary_unary_rpc_method_handler(
             (wrap or (lambda handler: handler))(getattr(servicer, method.name)),
             request_deserializer=message_factory.GetMessageClass(method.input_type).FromString,
-            response_serializer=_serialize)
+            response_serializer=_serialize,
+        )
         for method in service.methods
     }
     server.add_registered_method_handlers(service.full_name, handlers)
@@ -219,16 +233,29 @@ def _on_this_thread(coroutine_function):
 
 
 class GrpcServer:
-    """Owns the gRPC server (and with ``asynchronous`` its event-loop thread): TCP port, optional UNIX socket, services."""
+    """Owns the gRPC server (with ``asynchronous``, its event-loop thread): TCP port, UNIX socket, services."""
 
-    def __init__(self, manager, metrics: Metrics, host: str, port: int, socket_path: str,
-                 channel_arguments: list, max_threads: int, enable_health: bool, asynchronous: bool,
-                 credentials: grpc.ServerCredentials | None = None):
+    def __init__(
+        self,
+        manager,
+        metrics: Metrics,
+        host: str,
+        port: int,
+        socket_path: str,
+        channel_arguments: list,
+        max_threads: int,
+        enable_health: bool,
+        asynchronous: bool,
+        credentials: grpc.ServerCredentials | None = None,
+    ):
         # As in TF Serving, --grpc_channel_arguments override the INT_MAX message sizes (gRPC keeps
         # the first of two values for one key, so the defaults go only where the user set none).
         chosen = {key for key, _ in channel_arguments}
-        options = list(channel_arguments) + [(key, MAX_MESSAGE_SIZE) for key in (
-            "grpc.max_send_message_length", "grpc.max_receive_message_length") if key not in chosen]
+        options = list(channel_arguments) + [
+            (key, MAX_MESSAGE_SIZE)
+            for key in ("grpc.max_send_message_length", "grpc.max_receive_message_length")
+            if key not in chosen
+        ]
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=max_threads, thread_name_prefix="grpc")
         self._loop = None
         if asynchronous:
@@ -245,10 +272,18 @@ class GrpcServer:
             self._server = grpc.server(self._pool, options=options)
             blocking, wrap = _call_inline, _on_this_thread
 
-        _add_service(self._server, prediction_service_pb2.DESCRIPTOR.services_by_name["PredictionService"],
-                     PredictionService(manager, metrics, blocking), wrap)
-        _add_service(self._server, model_service_pb2.DESCRIPTOR.services_by_name["ModelService"],
-                     ModelService(manager, blocking), wrap)
+        _add_service(
+            self._server,
+            prediction_service_pb2.DESCRIPTOR.services_by_name["PredictionService"],
+            PredictionService(manager, metrics, blocking),
+            wrap,
+        )
+        _add_service(
+            self._server,
+            model_service_pb2.DESCRIPTOR.services_by_name["ModelService"],
+            ModelService(manager, blocking),
+            wrap,
+        )
         self._health = None
         if enable_health:
             self._health = health.aio.HealthServicer() if asynchronous else health.HealthServicer()

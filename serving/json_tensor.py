@@ -38,15 +38,24 @@ from tensorflow.core.framework import types_pb2
 from serving.errors import ServingError, invalid_argument
 
 _INT_RANGES = {
-    types_pb2.DT_INT8: (-(2**31), 2**31 - 1), types_pb2.DT_INT16: (-(2**31), 2**31 - 1),
-    types_pb2.DT_INT32: (-(2**31), 2**31 - 1), types_pb2.DT_UINT8: (-(2**31), 2**31 - 1),
-    types_pb2.DT_INT64: (-(2**63), 2**63 - 1), types_pb2.DT_UINT32: (0, 2**32 - 1),
+    types_pb2.DT_INT8: (-(2**31), 2**31 - 1),
+    types_pb2.DT_INT16: (-(2**31), 2**31 - 1),
+    types_pb2.DT_INT32: (-(2**31), 2**31 - 1),
+    types_pb2.DT_UINT8: (-(2**31), 2**31 - 1),
+    types_pb2.DT_INT64: (-(2**63), 2**63 - 1),
+    types_pb2.DT_UINT32: (0, 2**32 - 1),
     types_pb2.DT_UINT64: (0, 2**64 - 1),
 }
 _NUMPY_TYPES = {
-    types_pb2.DT_FLOAT: np.float32, types_pb2.DT_DOUBLE: np.float64, types_pb2.DT_INT8: np.int8,
-    types_pb2.DT_INT16: np.int16, types_pb2.DT_INT32: np.int32, types_pb2.DT_UINT8: np.uint8,
-    types_pb2.DT_INT64: np.int64, types_pb2.DT_UINT32: np.uint32, types_pb2.DT_UINT64: np.uint64,
+    types_pb2.DT_FLOAT: np.float32,
+    types_pb2.DT_DOUBLE: np.float64,
+    types_pb2.DT_INT8: np.int8,
+    types_pb2.DT_INT16: np.int16,
+    types_pb2.DT_INT32: np.int32,
+    types_pb2.DT_UINT8: np.uint8,
+    types_pb2.DT_INT64: np.int64,
+    types_pb2.DT_UINT32: np.uint32,
+    types_pb2.DT_UINT64: np.uint64,
     types_pb2.DT_BOOL: np.bool_,
 }
 _PYTHON_TO_RAPIDJSON_ERRORS = {
@@ -119,7 +128,7 @@ def _value_text(value) -> str:
             prefix()
             put("{" if isinstance(item, dict) else "[")
             levels.append([isinstance(item, list), 0])
-            for key, member in (item.items() if isinstance(item, dict) else ((None, member) for member in item)):
+            for key, member in item.items() if isinstance(item, dict) else ((None, member) for member in item):
                 if key is not None and not write_scalar(key):
                     return False
                 if not write(member):
@@ -155,8 +164,10 @@ def _rapidjson_scalar(item) -> str:
     the token however long, which would let one string make an error reply of any size.
     """
     if isinstance(item, str):
-        quoted = '"' + "".join(_CONTROL_ESCAPES.get(char) or (f"\\u{ord(char):04X}" if char < " " else char)
-                               for char in item[:_DEBUG_TEXT_LIMIT])
+        quoted = '"' + "".join(
+            _CONTROL_ESCAPES.get(char) or (f"\\u{ord(char):04X}" if char < " " else char)
+            for char in item[:_DEBUG_TEXT_LIMIT]
+        )
         return quoted if len(item) > _DEBUG_TEXT_LIMIT else quoted + '"'
     if item is None or isinstance(item, bool):
         return json.dumps(item)
@@ -289,7 +300,7 @@ def _read_as_rapidjson(body: bytes):
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as error:
-        raise invalid_argument(f"JSON Parse error: Invalid encoding in string. at offset: {error.start}")
+        raise invalid_argument(f"JSON Parse error: Invalid encoding in string. at offset: {error.start}") from None
     start = _JSON_WHITESPACE.match(text).end()
     if start == len(text):
         raise invalid_argument(f"JSON Parse error: The document is empty. at offset: {len(body)}")
@@ -304,20 +315,26 @@ def _read_as_rapidjson(body: bytes):
             document = _decode_deeply_nested(text, start)
     except _NumberTooBig as error:
         offset = _token_offset(body, str(error).encode("ascii"))
-        raise invalid_argument(f"JSON Parse error: Number too big to be stored in double. at offset: {offset}")
+        message = f"JSON Parse error: Number too big to be stored in double. at offset: {offset}"
+        raise invalid_argument(message) from None
     except json.JSONDecodeError as error:
-        reason = next((text for prefix, text in _PYTHON_TO_RAPIDJSON_ERRORS.items()
-                       if error.msg.startswith(prefix)), None)
+        reason = next(
+            (text for prefix, text in _PYTHON_TO_RAPIDJSON_ERRORS.items() if error.msg.startswith(prefix)), None
+        )
         if reason is None and error.msg.startswith("Expecting ',' delimiter"):
-            opener = text[:error.pos].rstrip()
-            reason = ("Missing a comma or '}' after an object member."
-                      if opener.rfind("{") > opener.rfind("[") else "Missing a comma or ']' after an array element.")
-        offset = len(text[:error.pos].encode("utf-8"))
-        raise invalid_argument(f"JSON Parse error: {reason or 'Invalid value.'} at offset: {offset}")
+            opener = text[: error.pos].rstrip()
+            reason = (
+                "Missing a comma or '}' after an object member."
+                if opener.rfind("{") > opener.rfind("[")
+                else "Missing a comma or ']' after an array element."
+            )
+        offset = len(text[: error.pos].encode("utf-8"))
+        raise invalid_argument(f"JSON Parse error: {reason or 'Invalid value.'} at offset: {offset}") from None
     surrogate_offset = _lone_surrogate_offset(body)
     if surrogate_offset is not None:
         raise invalid_argument(
-            f"JSON Parse error: The surrogate pair in string is invalid. at offset: {surrogate_offset}")
+            f"JSON Parse error: The surrogate pair in string is invalid. at offset: {surrogate_offset}"
+        )
     return document
 
 
@@ -327,8 +344,17 @@ _JSON_WHITESPACE_CHARACTERS = " \t\n\r"
 _OPENING_BRACKETS = re.compile(r"(?:\[[ \t\n\r]*)+")
 _CLOSING_BRACKETS = re.compile(r"\](?:[ \t\n\r]*\])*")
 # rapidjson's kParseNanAndInfFlag spellings, each before its prefixes (the first match is taken).
-_JSON_CONSTANTS = {"true": True, "false": False, "null": None, "NaN": math.nan, "-NaN": math.nan,
-                   "-Infinity": -math.inf, "Infinity": math.inf, "-Inf": -math.inf, "Inf": math.inf}
+_JSON_CONSTANTS = {
+    "true": True,
+    "false": False,
+    "null": None,
+    "NaN": math.nan,
+    "-NaN": math.nan,
+    "-Infinity": -math.inf,
+    "Infinity": math.inf,
+    "-Inf": -math.inf,
+    "Inf": math.inf,
+}
 # The spellings Python's reader does not know; a document with one is read by _decode_deeply_nested.
 _RAPIDJSON_ONLY_CONSTANTS = re.compile(r"-NaN|-?Inf(?!inity)")
 
@@ -426,8 +452,9 @@ def _decode_deeply_nested(text: str, index: int):
 def signature_name(document: dict) -> str:
     name = document.get("signature_name", "")
     if not isinstance(name, str):
-        raise invalid_argument(f"JSON Value: {_value_text(document)} not formatted correctly. "
-                               "'signature_name' key must be a string value.")
+        raise invalid_argument(
+            f"JSON Value: {_value_text(document)} not formatted correctly. 'signature_name' key must be a string value."
+        )
     return name
 
 
@@ -438,9 +465,12 @@ def _is_b64(value) -> bool:
 
 def _scalar(value, dtype_enum: int):
     """One leaf value converted for dtype_enum (TF Serving's AddValueToTensor)."""
+
     def type_error():
-        return invalid_argument(f"JSON Value: {_value_text(value)} Type: {_json_type(value)} "
-                                f"is not of expected type: {_dtype_string(dtype_enum)}")
+        return invalid_argument(
+            f"JSON Value: {_value_text(value)} Type: {_json_type(value)} "
+            f"is not of expected type: {_dtype_string(dtype_enum)}"
+        )
 
     if isinstance(value, dict):
         if dtype_enum != types_pb2.DT_STRING:
@@ -450,7 +480,7 @@ def _scalar(value, dtype_enum: int):
         try:
             return base64.b64decode(value["b64"], validate=True)
         except (binascii.Error, ValueError):
-            raise invalid_argument("Unable to base64 decode")
+            raise invalid_argument("Unable to base64 decode") from None
     if dtype_enum == types_pb2.DT_STRING:
         if not isinstance(value, str):
             raise type_error()
@@ -466,14 +496,16 @@ def _scalar(value, dtype_enum: int):
         try:  # any number, as a double first (rapidjson's GetFloat/GetDouble); float32 overflows to inf in _array
             return float(value)
         except OverflowError:
-            raise invalid_argument("JSON Parse error: Number too big to be stored in double.")
+            raise invalid_argument("JSON Parse error: Number too big to be stored in double.") from None
     if dtype_enum in _INT_RANGES:
         low, high = _INT_RANGES[dtype_enum]
         if not (is_number and isinstance(value, int) and low <= value <= high):
             raise type_error()
         return value
-    raise ServingError(grpc.StatusCode.UNIMPLEMENTED,
-                       f"Conversion of JSON Value: {_value_text(value)} to type: {_dtype_string(dtype_enum)}")
+    raise ServingError(
+        grpc.StatusCode.UNIMPLEMENTED,
+        f"Conversion of JSON Value: {_value_text(value)} to type: {_dtype_string(dtype_enum)}",
+    )
 
 
 def _dense_shape(value) -> list[int]:
@@ -490,15 +522,18 @@ def _fill(value, level: int, shape: list[int], dtype_enum: int, flat: list) -> N
     """TF Serving's FillTensorProto: every leaf at the same level, every list the same size."""
     if not isinstance(value, list):
         if level != len(shape):
-            raise invalid_argument(f"JSON Value: {_value_text(value)} found at incorrect level: {level + 1} "
-                                   f"in the JSON DOM. Expected at level: {len(shape)}")
+            raise invalid_argument(
+                f"JSON Value: {_value_text(value)} found at incorrect level: {level + 1} "
+                f"in the JSON DOM. Expected at level: {len(shape)}"
+            )
         flat.append(_scalar(value, dtype_enum))
         return
     if level >= len(shape):
         raise invalid_argument(f"Encountered list at unexpected level: {level} expected < {len(shape)}")
     if len(value) != shape[level]:
-        raise invalid_argument(f"Encountered list at unexpected size: {len(value)} at level: {level} "
-                               f"expected size: {shape[level]}")
+        raise invalid_argument(
+            f"Encountered list at unexpected size: {len(value)} at level: {level} expected size: {shape[level]}"
+        )
     for item in value:
         _fill(item, level + 1, shape, dtype_enum, flat)
 
@@ -530,8 +565,15 @@ def _numeric_array(value, dtype_enum: int) -> np.ndarray | None:
     """``value`` converted by numpy's C loops, when it is a regular nested list of numbers (or bools) that
     TF Serving's rules take as they are; None otherwise, and the per-element path decides (with its errors)."""
     is_float = dtype_enum in (types_pb2.DT_FLOAT, types_pb2.DT_DOUBLE)
-    allowed = ({int, float} if is_float else {bool} if dtype_enum == types_pb2.DT_BOOL
-               else {int} if dtype_enum in _INT_RANGES and dtype_enum != types_pb2.DT_UINT64 else None)
+    allowed = (
+        {int, float}
+        if is_float
+        else {bool}
+        if dtype_enum == types_pb2.DT_BOOL
+        else {int}
+        if dtype_enum in _INT_RANGES and dtype_enum != types_pb2.DT_UINT64
+        else None
+    )
     shape = _dense_shape(value)
     if allowed is None or not shape or 0 in shape:
         return None
@@ -542,8 +584,11 @@ def _numeric_array(value, dtype_enum: int) -> np.ndarray | None:
     if not leaf_types <= allowed:
         return None
     try:
-        array = np.fromiter(itertools.chain.from_iterable(lists), count=math.prod(shape),
-                            dtype=np.float64 if is_float else np.bool_ if bool in allowed else np.int64)
+        array = np.fromiter(
+            itertools.chain.from_iterable(lists),
+            count=math.prod(shape),
+            dtype=np.float64 if is_float else np.bool_ if bool in allowed else np.int64,
+        )
     except OverflowError:  # an integer beyond int64
         return None
     array = array.reshape(shape)
@@ -588,8 +633,10 @@ def _fast_instances(instances: list, input_types: dict, named: bool) -> dict | N
 
 def _instances_to_arrays(instances: list, input_types: dict) -> dict:
     if not isinstance(instances[0], dict) and len(input_types) > 1:
-        raise invalid_argument("instances is a plain list, but expecting list of objects as multiple "
-                               "input tensors required as per tensorinfo_map")
+        raise invalid_argument(
+            "instances is a plain list, but expecting list of objects as multiple "
+            "input tensors required as per tensorinfo_map"
+        )
     named = isinstance(instances[0], dict) and not _is_b64(instances[0])
     names = sorted(input_types)
     fast = _fast_instances(instances, input_types, named)
@@ -607,8 +654,9 @@ def _instances_to_arrays(instances: list, input_types: dict) -> dict:
         elif math.prod(shapes[name]) != len(flat):
             raise invalid_argument(f"Expecting tensor size: {math.prod(shapes[name])} but got: {len(flat)}")
         elif shapes[name] != shape:
-            raise invalid_argument(f"Expecting shape [{','.join(map(str, shapes[name]))}] but got: "
-                                   f"[{','.join(map(str, shape))}]")
+            raise invalid_argument(
+                f"Expecting shape [{','.join(map(str, shapes[name]))}] but got: [{','.join(map(str, shape))}]"
+            )
         columns[name].extend(flat)
 
     for index, element in enumerate(instances):
@@ -622,28 +670,34 @@ def _instances_to_arrays(instances: list, input_types: dict) -> dict:
                         raise invalid_argument(f"JSON object: does not have named input: {name}")
                     add(item, name)
                 except ServingError as error:
-                    raise invalid_argument(f"Failed to process element: {index} key: {name} of 'instances' "
-                                           f"list. Error: {_status_text(error)}")
+                    raise invalid_argument(
+                        f"Failed to process element: {index} key: {name} of 'instances' "
+                        f"list. Error: {_status_text(error)}"
+                    ) from None
             if set(element) != set(names):
-                raise invalid_argument(f"Failed to process element: {index} of 'instances' list. JSON object: "
-                                       f"{_value_text(element)} keys must be equal to: {','.join(names)}")
+                raise invalid_argument(
+                    f"Failed to process element: {index} of 'instances' list. JSON object: "
+                    f"{_value_text(element)} keys must be equal to: {','.join(names)}"
+                )
         else:
             if element_is_object:
                 raise invalid_argument(f"Expecting value/list but got object at item {index} of input list")
             try:
                 add(element, names[0])
             except ServingError as error:
-                raise invalid_argument(f"Failed to process element: {index} of 'instances' list. "
-                                       f"Error: {_status_text(error)}")
-    return {name: _array(columns[name], [len(instances)] + shapes[name], input_types[name])
-            for name in names}
+                raise invalid_argument(
+                    f"Failed to process element: {index} of 'instances' list. Error: {_status_text(error)}"
+                ) from None
+    return {name: _array(columns[name], [len(instances)] + shapes[name], input_types[name]) for name in names}
 
 
 def _inputs_to_arrays(inputs, input_types: dict) -> dict:
     if not isinstance(inputs, dict) or _is_b64(inputs):
         if len(input_types) > 1:
-            raise invalid_argument("inputs is a plain value/list, but expecting an object as multiple "
-                                   "input tensors required as per tensorinfo_map")
+            raise invalid_argument(
+                "inputs is a plain value/list, but expecting an object as multiple "
+                "input tensors required as per tensorinfo_map"
+            )
         name = next(iter(input_types))
         return {name: value_to_array(inputs, input_types[name])}
     arrays = {}
@@ -658,12 +712,13 @@ def predict_inputs(document: dict, signature) -> tuple[dict, bool]:
     """Predict body -> ({alias: ndarray}, row_format)."""
     input_types = {alias: info.dtype for alias, info in signature.inputs.items()}
     if not input_types:
-        raise invalid_argument(f"Failed to get input map for signature: "
-                               f"{document.get('signature_name') or 'DEFAULT'}")
+        raise invalid_argument(f"Failed to get input map for signature: {document.get('signature_name') or 'DEFAULT'}")
     has_instances, has_inputs = "instances" in document, "inputs" in document
     if has_instances and has_inputs:
-        raise invalid_argument(f"JSON Value: {_value_text(document)} Not formatted correctly expecting only "
-                               "one of 'inputs' or 'instances' keys to exist ")
+        raise invalid_argument(
+            f"JSON Value: {_value_text(document)} Not formatted correctly expecting only "
+            "one of 'inputs' or 'instances' keys to exist "
+        )
     if has_instances:
         instances = document["instances"]
         if not isinstance(instances, list):
@@ -681,8 +736,10 @@ def _add_to_feature(value, name: str, feature: feature_pb2.Feature) -> None:
 
     def require(wanted):
         if kind not in (None, wanted):
-            raise invalid_argument(f"Unexpected element type in feature: {name} expecting type: "
-                                   f"{ {'bytes_list': 'bytes', 'float_list': 'float', 'int64_list': 'int64'}[kind] }")
+            raise invalid_argument(
+                f"Unexpected element type in feature: {name} expecting type: "
+                f"{ {'bytes_list': 'bytes', 'float_list': 'float', 'int64_list': 'int64'}[kind] }"
+            )
 
     if value is None or isinstance(value, list) or (isinstance(value, dict) and not _is_b64(value)):
         raise invalid_argument(f"Feature: {name} has element with unexpected JSON type: {_json_type(value)}")
@@ -725,8 +782,9 @@ def fill_examples(document: dict, model_input) -> None:
         target = model_input.example_list
     examples = document.get("examples")
     if "examples" not in document:
-        raise invalid_argument(f"JSON Value: {_value_text(document)} When method is classify, key 'examples' "
-                               "is expected and was not found")
+        raise invalid_argument(
+            f"JSON Value: {_value_text(document)} When method is classify, key 'examples' is expected and was not found"
+        )
     if not isinstance(examples, list):
         raise invalid_argument(f"JSON Value: {_value_text(document)} Expecting 'examples' value to be an list/array")
     if not examples:
@@ -789,8 +847,12 @@ def _number_texts(chunk: np.ndarray) -> np.ndarray:
 def _array_text(array: np.ndarray, name: str) -> str:
     """An output tensor as nested JSON lists. Numbers are formatted a chunk at a time by numpy, with no
     Python object per element kept; strings and empty tensors go through ``_nest``."""
-    if array.size == 0 or array.ndim == 0 or array.dtype not in (np.float32, np.float64) and \
-            array.dtype.kind not in "iub":
+    if (
+        array.size == 0
+        or array.ndim == 0
+        or array.dtype not in (np.float32, np.float64)
+        and array.dtype.kind not in "iub"
+    ):
         return to_text(_nest(array, _writer_for(array, name)))
     strides = [math.prod(array.shape[level:]) for level in range(1, array.ndim)]
     # After element i: "]" and "[" for every inner list that closes there, around the comma.
@@ -798,10 +860,13 @@ def _array_text(array: np.ndarray, name: str) -> str:
     flat = array.reshape(-1)
     pieces = ["[" * array.ndim]
     for start in range(0, flat.size, _TEXT_CHUNK):
-        chunk = flat[start:start + _TEXT_CHUNK]
+        chunk = flat[start : start + _TEXT_CHUNK]
         following = np.arange(start + 1, start + 1 + chunk.size)
-        closing = sum((following % stride == 0).astype(np.int64) for stride in strides) if strides else \
-            np.zeros(chunk.size, dtype=np.int64)
+        closing = (
+            sum((following % stride == 0).astype(np.int64) for stride in strides)
+            if strides
+            else np.zeros(chunk.size, dtype=np.int64)
+        )
         chunk_separators = separators[closing]
         if start + chunk.size == flat.size:
             chunk_separators[-1] = ""
@@ -818,33 +883,44 @@ def predict_outputs(outputs: dict, row_format: bool) -> str:
     if not row_format:
         if len(arrays) == 1:
             return '{"outputs":' + _array_text(*next(iter(arrays.items()))[::-1]) + "}"
-        return '{"outputs":{' + ",".join(f"{json.dumps(name)}:{_array_text(array, name)}"
-                                         for name, array in arrays.items()) + "}}"
+        return (
+            '{"outputs":{'
+            + ",".join(f"{json.dumps(name)}:{_array_text(array, name)}" for name, array in arrays.items())
+            + "}}"
+        )
     batch_size = None
     for name, array in arrays.items():
         if array.ndim == 0:
             raise invalid_argument(f"Tensor name: {name} has no shape information ")
         if batch_size is not None and array.shape[0] != batch_size:
-            raise invalid_argument(f"Tensor name: {name} has inconsistent batch size: {array.shape[0]} "
-                                   f"expecting: {batch_size}")
+            raise invalid_argument(
+                f"Tensor name: {name} has inconsistent batch size: {array.shape[0]} expecting: {batch_size}"
+            )
         batch_size = array.shape[0]
     if len(arrays) == 1:
         return '{"predictions":' + _array_text(*next(iter(arrays.items()))[::-1]) + "}"
     values = {name: _nest(array, _writer_for(array, name)) for name, array in arrays.items()}
-    return to_text({"predictions": [{name: column[index] for name, column in values.items()}
-                                    for index in range(batch_size)]})
+    return to_text(
+        {"predictions": [{name: column[index] for name, column in values.items()} for index in range(batch_size)]}
+    )
 
 
 def classification_result(result) -> str:
     if not result.classifications:
         raise invalid_argument("Cannot convert empty ClassificationResults to JSON")
-    return to_text({"results": [[[entry.label, RawNumber(format_float(entry.score, np.float32))]
-                                 for entry in classifications.classes]
-                                for classifications in result.classifications]})
+    return to_text(
+        {
+            "results": [
+                [[entry.label, RawNumber(format_float(entry.score, np.float32))] for entry in classifications.classes]
+                for classifications in result.classifications
+            ]
+        }
+    )
 
 
 def regression_result(result) -> str:
     if not result.regressions:
         raise invalid_argument("Cannot convert empty RegressionResults to JSON")
-    return to_text({"results": [RawNumber(format_float(regression.value, np.float32))
-                                for regression in result.regressions]})
+    return to_text(
+        {"results": [RawNumber(format_float(regression.value, np.float32)) for regression in result.regressions]}
+    )

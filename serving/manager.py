@@ -51,7 +51,7 @@ import errno
 import logging
 import os
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 import grpc
 from tensorflow_serving.config import model_server_config_pb2
@@ -134,8 +134,12 @@ def version_directories(base_path: str) -> dict[int, str]:
         if version is None:
             continue
         if version in by_version:
-            log.warning("Duplicate version directories detected. Version %d will be loaded from %s, %s will be "
-                        "ignored.", version, name, os.path.basename(by_version[version]))
+            log.warning(
+                "Duplicate version directories detected. Version %d will be loaded from %s, %s will be ignored.",
+                version,
+                name,
+                os.path.basename(by_version[version]),
+            )
         by_version[version] = os.path.join(base_path, name)
     return by_version
 
@@ -278,9 +282,12 @@ class ModelManager:
                 on_disk = version_directories(self._local_base_path(config))
             except OSError as error:
                 # As in TF Serving, a base path that cannot be listed changes nothing: loaded versions keep serving.
-                self._note_failure(f"model {name}", "FileSystemStoragePathSource encountered a filesystem access "
-                                   f"error: Could not find base path {config.base_path} for servable {name} with "
-                                   f"error {error.strerror or error}")
+                self._note_failure(
+                    f"model {name}",
+                    "FileSystemStoragePathSource encountered a filesystem access "
+                    f"error: Could not find base path {config.base_path} for servable {name} with "
+                    f"error {error.strerror or error}",
+                )
                 continue
             try:
                 self._reconcile(model, config, on_disk)
@@ -296,8 +303,12 @@ class ModelManager:
 
     def _reconcile(self, model: _Model, config: model_server_config_pb2.ModelConfig, on_disk: dict[int, str]) -> None:
         if not on_disk:
-            log.warning("No versions of servable %s found under base path %s. Did you forget to "
-                        "name your leaf directory as a number (eg. '/1/')?", config.name, config.base_path)
+            log.warning(
+                "No versions of servable %s found under base path %s. Did you forget to "
+                "name your leaf directory as a number (eg. '/1/')?",
+                config.name,
+                config.base_path,
+            )
         aspired = aspired_versions(config, set(on_disk))
         with self._changed:
             if model.removed:  # removed while its base path was listed
@@ -312,8 +323,11 @@ class ModelManager:
         Every action moves its version out of the state that asked for it
         (START -> LOADING, AVAILABLE -> UNLOADING), so this ends.
         """
-        while (action := next_action([VersionSnapshot(record.version, record.state, record.aspired)
-                                      for record in model.versions.values()])) is not None:
+        while (
+            action := next_action(
+                [VersionSnapshot(record.version, record.state, record.aspired) for record in model.versions.values()]
+            )
+        ) is not None:
             record = model.versions[action.version]
             if action.kind == LOAD:
                 self._start_load(model, record)
@@ -326,11 +340,13 @@ class ModelManager:
         On its way: LOADING, or UNLOADING while aspired again (it loads once unloaded). START needs no
         wait: a version is loaded in the same locked step that puts it in START.
         """
-        self._wait_until(names, lambda record: record.state != LOADING
-                         and not (record.state == UNLOADING and record.aspired))
+        self._wait_until(
+            names, lambda record: record.state != LOADING and not (record.state == UNLOADING and record.aspired)
+        )
 
     def _wait_until(self, names: list[str], settled: Callable[[_Version], bool], timeout: float | None = None):
         """Waits until ``settled`` holds for every version of these models (or ``timeout`` passes)."""
+
         def all_settled() -> bool:
             return all(settled(record) for name in names for record in self._models[name].versions.values())
 
@@ -341,8 +357,12 @@ class ModelManager:
     def _start_load(self, model: _Model, record: _Version) -> None:
         record.state, record.error = LOADING, None
         log.info("Approving load for servable version %s", servable_id(model.config.name, record.version))
-        threading.Thread(target=self._load, args=(model, record, model.config.name, model.config.base_path),
-                         name=f"load-{model.config.name}-{record.version}", daemon=True).start()
+        threading.Thread(
+            target=self._load,
+            args=(model, record, model.config.name, model.config.base_path),
+            name=f"load-{model.config.name}-{record.version}",
+            daemon=True,
+        ).start()
 
     def _load(self, model: _Model, record: _Version, name: str, base_path: str) -> None:
         """Loads one version (with retries); it becomes AVAILABLE only if its directory is still there."""
@@ -385,18 +405,28 @@ class ModelManager:
         return error
 
     def _load_servable(self, name: str, version: int, path: str) -> Servable:
-        servable = Servable(name, version, path, set(self.options.saved_model_tags),
-                            max_tensor_bytes=self.options.max_tensor_bytes, batching=self.options.batching)
+        servable = Servable(
+            name,
+            version,
+            path,
+            set(self.options.saved_model_tags),
+            max_tensor_bytes=self.options.max_tensor_bytes,
+            batching=self.options.batching,
+        )
         if self.options.enable_model_warmup:
             try:
                 replayed = servable.warm_up(self.options.num_request_iterations_for_warmup)
             except ServingError as error:
                 servable.close()
-                raise ServingError(error.code, f"Failed to warm up model {name} version {version}: "
-                                               f"{error.message}") from error
+                raise ServingError(
+                    error.code, f"Failed to warm up model {name} version {version}: {error.message}"
+                ) from error
             if replayed:
-                log.info("Finished reading warmup data for model at %s. Number of warmup records read: %d.",
-                         os.path.join(path, "assets.extra", "tf_serving_warmup_requests"), replayed)
+                log.info(
+                    "Finished reading warmup data for model at %s. Number of warmup records read: %d.",
+                    os.path.join(path, "assets.extra", "tf_serving_warmup_requests"),
+                    replayed,
+                )
         return servable
 
     def _start_unload(self, model: _Model, record: _Version) -> None:
@@ -425,21 +455,25 @@ class ModelManager:
             for name in names:
                 for version, record in sorted(self._models[name].versions.items()):
                     if record.aspired and record.state != AVAILABLE:
-                        reason = (f" due to error: {record.error.code_name}: {record.error.message}"
-                                  if record.error else "")
+                        reason = (
+                            f" due to error: {record.error.code_name}: {record.error.message}" if record.error else ""
+                        )
                         failures.append(f"{{{servable_id(name, version)}{reason}}}, ")
         if failures:
-            raise ServingError(grpc.StatusCode.UNKNOWN,
-                               f"{len(failures)} servable(s) did not become available: {{{''.join(failures)}}}")
+            raise ServingError(
+                grpc.StatusCode.UNKNOWN,
+                f"{len(failures)} servable(s) did not become available: {{{''.join(failures)}}}",
+            )
 
     def _apply_labels(self, wanted: dict) -> None:
         new_labels = {}
         with self._lock:
             for name, model_config in wanted.items():
                 versions = self._models[name].versions
-                for label, version in model_config.version_labels.items():
-                    if (not self.options.allow_version_labels_for_unavailable_models
-                            and (version not in versions or versions[version].state != AVAILABLE)):
+                for _label, version in model_config.version_labels.items():
+                    if not self.options.allow_version_labels_for_unavailable_models and (
+                        version not in versions or versions[version].state != AVAILABLE
+                    ):
                         raise failed_precondition(
                             f"Request to assign label to version {version} of model {name}, "
                             "which is not currently available for inference"
@@ -500,11 +534,16 @@ class ModelManager:
         with self._lock:
             choice = model_spec.WhichOneof("version_choice")
             model = self._models.get(name)
-            states = {version: VersionStatus(version, record.state, record.error)
-                      for version, record in (model.versions.items() if model else ())}
+            states = {
+                version: VersionStatus(version, record.state, record.error)
+                for version, record in (model.versions.items() if model else ())
+            }
             if choice in ("version", "version_label"):
-                version = (self._version_for_label(name, model_spec.version_label)
-                           if choice == "version_label" else model_spec.version.value)
+                version = (
+                    self._version_for_label(name, model_spec.version_label)
+                    if choice == "version_label"
+                    else model_spec.version.value
+                )
                 if version not in states:
                     raise not_found(f"Could not find version {version} of model {name}")
                 return [states[version]]

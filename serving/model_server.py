@@ -65,17 +65,24 @@ NO_EFFECT_FLAGS = [
 # Flags that would change answers, security or resource limits and are not implemented:
 # any value but the default refuses to start (flag, type, default, why).
 UNSUPPORTED_FLAGS = [
-    ("enable_per_model_batching_parameters", "bool", False,
-     "per-model batching_params.pbtxt is not read; use --batching_parameters_file"),
+    (
+        "enable_per_model_batching_parameters",
+        "bool",
+        False,
+        "per-model batching_params.pbtxt is not read; use --batching_parameters_file",
+    ),
     ("platform_config_file", str, "", "platform configs are not supported; use the flags"),
     ("prefer_tflite_model", "bool", False, "TFLite models are not supported"),
     ("enable_signature_method_name_check", "bool", False, "signature method names are not checked"),
     ("thread_pool_factory_config_file", str, "", "custom thread pools are not supported"),
     ("mixed_precision", str, "", "mixed precision is not supported"),
-    ("enable_serialization_as_tensor_content", "bool", False,
-     "responses are always written in the typed *_val fields"),
-    ("use_alts_credentials", "bool", False,
-     "grpcio cannot make ALTS server credentials (gRPC answers creds==NULL); use --ssl_config_file"),
+    ("enable_serialization_as_tensor_content", "bool", False, "responses are always written in the typed *_val fields"),
+    (
+        "use_alts_credentials",
+        "bool",
+        False,
+        "grpcio cannot make ALTS server credentials (gRPC answers creds==NULL); use --ssl_config_file",
+    ),
 ]
 
 IMPLEMENTED_FLAGS = [
@@ -144,8 +151,10 @@ class _GlogFormatter(logging.Formatter):
     def format(self, record):
         stamp = time.strftime("%m%d %H:%M:%S", time.localtime(record.created))
         micros = int(record.msecs * 1000)
-        line = (f"{record.levelname[0]}{stamp}.{micros:06d} {record.thread % 100000:6d} "
-                f"{record.filename}:{record.lineno}] {record.getMessage()}")
+        line = (
+            f"{record.levelname[0]}{stamp}.{micros:06d} {record.thread % 100000:6d} "
+            f"{record.filename}:{record.lineno}] {record.getMessage()}"
+        )
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
         return line
@@ -164,23 +173,31 @@ def _check_flags(flags) -> None:
     """Refuses what TF Serving refuses, and every flag that would silently change nothing here."""
     if flags.use_alts_credentials and flags.ssl_config_file:  # TF Serving's own check comes first
         raise config_files.ConfigError("Either use_alts_credentials must be false or ssl_config_file must be empty.")
-    for name, kind, default, why in UNSUPPORTED_FLAGS:
+    for name, _kind, default, why in UNSUPPORTED_FLAGS:
         value = getattr(flags, name)
         if value != default and not (name == "enable_per_model_batching_parameters" and not flags.enable_batching):
-            raise config_files.ConfigError(f"--{name}={value} is not supported by this ModelServer: {why}",
-                                           code="UNIMPLEMENTED")
+            raise config_files.ConfigError(
+                f"--{name}={value} is not supported by this ModelServer: {why}", code="UNIMPLEMENTED"
+            )
     if flags.per_process_gpu_memory_fraction and tf.config.list_physical_devices("GPU"):
-        raise config_files.ConfigError("--per_process_gpu_memory_fraction is not supported by this ModelServer "
-                                       "on a machine with GPUs", code="UNIMPLEMENTED")
+        raise config_files.ConfigError(
+            "--per_process_gpu_memory_fraction is not supported by this ModelServer on a machine with GPUs",
+            code="UNIMPLEMENTED",
+        )
     if flags.batching_parameters_file and not flags.enable_batching:
-        raise config_files.ConfigError("server_options.batching_parameters_file is set without setting "
-                                       "server_options.enable_batching to true.")
-    if (flags.tensorflow_intra_op_parallelism > 0 and flags.tensorflow_inter_op_parallelism > 0
-            and flags.tensorflow_session_parallelism > 0):
+        raise config_files.ConfigError(
+            "server_options.batching_parameters_file is set without setting server_options.enable_batching to true."
+        )
+    if (
+        flags.tensorflow_intra_op_parallelism > 0
+        and flags.tensorflow_inter_op_parallelism > 0
+        and flags.tensorflow_session_parallelism > 0
+    ):
         raise config_files.ConfigError(
             "Either configure server_options.tensorflow_session_parallelism or "
             "(server_options.tensorflow_intra_op_parallelism, server_options.tensorflow_inter_op_parallelism) "
-            "separately. You cannot configure all.")
+            "separately. You cannot configure all."
+        )
 
 
 SESSION_CONFIG_FIELDS = {"intra_op_parallelism_threads", "inter_op_parallelism_threads"}
@@ -191,25 +208,38 @@ def _configure_tensorflow(flags) -> None:
     from_file = {}
     if flags.tensorflow_session_config_file:
         session_config = config_files.parse_session_config(flags.tensorflow_session_config_file)
-        unsupported = sorted(field.name for field, _ in session_config.ListFields()
-                             if field.name not in SESSION_CONFIG_FIELDS)
+        unsupported = sorted(
+            field.name for field, _ in session_config.ListFields() if field.name not in SESSION_CONFIG_FIELDS
+        )
         if unsupported:
             raise config_files.ConfigError(
                 f"--tensorflow_session_config_file '{flags.tensorflow_session_config_file}' sets "
                 f"{', '.join(unsupported)}, which this ModelServer cannot apply (it applies only "
-                f"{' and '.join(sorted(SESSION_CONFIG_FIELDS))})", code="UNIMPLEMENTED")
+                f"{' and '.join(sorted(SESSION_CONFIG_FIELDS))})",
+                code="UNIMPLEMENTED",
+            )
         from_file = {field.name: value for field, value in session_config.ListFields()}
-    intra = (flags.tensorflow_intra_op_parallelism or flags.tensorflow_session_parallelism
-             or from_file.get("intra_op_parallelism_threads", 0))
-    inter = (flags.tensorflow_inter_op_parallelism or flags.tensorflow_session_parallelism
-             or from_file.get("inter_op_parallelism_threads", 0))
+    intra = (
+        flags.tensorflow_intra_op_parallelism
+        or flags.tensorflow_session_parallelism
+        or from_file.get("intra_op_parallelism_threads", 0)
+    )
+    inter = (
+        flags.tensorflow_inter_op_parallelism
+        or flags.tensorflow_session_parallelism
+        or from_file.get("inter_op_parallelism_threads", 0)
+    )
     if intra:
         tf.config.threading.set_intra_op_parallelism_threads(intra)
     if inter:
         tf.config.threading.set_inter_op_parallelism_threads(inter)
     if from_file:
-        log.info("TensorFlow threads from --tensorflow_session_config_file: intra_op %d, inter_op %d "
-                 "(0: TensorFlow's choice; the parallelism flags take precedence)", intra, inter)
+        log.info(
+            "TensorFlow threads from --tensorflow_session_config_file: intra_op %d, inter_op %d "
+            "(0: TensorFlow's choice; the parallelism flags take precedence)",
+            intra,
+            inter,
+        )
 
 
 def _server_credentials(flags):
@@ -225,7 +255,8 @@ def _server_credentials(flags):
     return grpc.ssl_server_credentials(
         [(ssl.server_key.encode(), ssl.server_cert.encode())],
         root_certificates=ssl.custom_ca.encode() or None,
-        require_client_auth=ssl.client_verify)
+        require_client_auth=ssl.client_verify,
+    )
 
 
 class ConfigFilePoller:
@@ -271,8 +302,12 @@ def _check_remote_base_paths(server_config) -> None:
             except BadBasePath:
                 raise
             except OSError as error:
-                log.warning("Base path %s of model %s cannot be listed yet (%s); retrying every poll",
-                            model.base_path, model.name, error)
+                log.warning(
+                    "Base path %s of model %s cannot be listed yet (%s); retrying every poll",
+                    model.base_path,
+                    model.name,
+                    error,
+                )
 
 
 def main(argv=None) -> int:
@@ -281,22 +316,29 @@ def main(argv=None) -> int:
         print(f"TensorFlow ModelServer: {SERVER_VERSION}\nTensorFlow Library: {tf.__version__}")
         return 0
     _configure_logging()
-    log.info("Flags accepted for compatibility that have no effect here: %s",
-             ", ".join(f"--{name}" for name, _, _ in NO_EFFECT_FLAGS))
+    log.info(
+        "Flags accepted for compatibility that have no effect here: %s",
+        ", ".join(f"--{name}" for name, _, _ in NO_EFFECT_FLAGS),
+    )
     try:  # every flag and file is checked before a model loads or a port opens
         _check_flags(flags)
         _configure_tensorflow(flags)
         if flags.model_config_file:
             server_config = config_files.parse_model_server_config(flags.model_config_file)
         elif flags.model_base_path:
-            log.info("Building single TensorFlow model file config:  model_name: %s model_base_path: %s",
-                     flags.model_name, flags.model_base_path)
+            log.info(
+                "Building single TensorFlow model file config:  model_name: %s model_base_path: %s",
+                flags.model_name,
+                flags.model_base_path,
+            )
             server_config = config_files.single_model_config(flags.model_name, flags.model_base_path)
         else:
             raise config_files.ConfigError(
-                "Both server_options.model_base_path and server_options.model_config_file are empty!")
-        batching = (config_files.parse_batching_parameters(flags.batching_parameters_file)
-                    if flags.enable_batching else None)
+                "Both server_options.model_base_path and server_options.model_config_file are empty!"
+            )
+        batching = (
+            config_files.parse_batching_parameters(flags.batching_parameters_file) if flags.enable_batching else None
+        )
         monitoring = config_files.parse_monitoring_config(flags.monitoring_config_file)
         channel_arguments = config_files.parse_grpc_channel_arguments(flags.grpc_channel_arguments)
         credentials = _server_credentials(flags)
@@ -342,21 +384,38 @@ def main(argv=None) -> int:
         signal.signal(signal_number, lambda number, frame: stop_requested.set())
 
     try:
-        grpc_server = GrpcServer(manager, metrics, flags.host, flags.port, flags.grpc_socket_path,
-                                 channel_arguments, flags.grpc_max_threads, flags.enable_grpc_healthcheck_service,
-                                 asynchronous=flags.enable_batching, credentials=credentials)
+        grpc_server = GrpcServer(
+            manager,
+            metrics,
+            flags.host,
+            flags.port,
+            flags.grpc_socket_path,
+            channel_arguments,
+            flags.grpc_max_threads,
+            flags.enable_grpc_healthcheck_service,
+            asynchronous=flags.enable_batching,
+            credentials=credentials,
+        )
         grpc_server.start()
         for address in grpc_server.addresses:
             log.info("Running gRPC ModelServer at %s ...", address)
         rest_server = None
         if flags.rest_api_port and flags.rest_api_port == flags.port:
-            log.error("--rest_api_port cannot be same as --port. Please use a different port for HTTP/REST "
-                      "API. Skipped exporting HTTP/REST API.")
+            log.error(
+                "--rest_api_port cannot be same as --port. Please use a different port for HTTP/REST "
+                "API. Skipped exporting HTTP/REST API."
+            )
         elif flags.rest_api_port:
             prometheus_path = monitoring.prometheus_path if monitoring.prometheus_enabled else None
-            rest_server = RestServer(RestApi(manager, metrics, prometheus_path), flags.host, flags.rest_api_port,
-                                     flags.rest_api_num_threads, flags.rest_api_timeout_in_ms,
-                                     flags.rest_api_enable_cors_support, listen_backlog=flags.rest_api_listen_backlog)
+            rest_server = RestServer(
+                RestApi(manager, metrics, prometheus_path),
+                flags.host,
+                flags.rest_api_port,
+                flags.rest_api_num_threads,
+                flags.rest_api_timeout_in_ms,
+                flags.rest_api_enable_cors_support,
+                listen_backlog=flags.rest_api_listen_backlog,
+            )
             rest_server.start()
             host = "localhost" if flags.host in ("127.0.0.1", "localhost") else flags.host
             log.info("Exporting HTTP/REST API at:%s:%d ...", host, rest_server.port)
@@ -367,8 +426,9 @@ def main(argv=None) -> int:
 
     config_poller = None
     if flags.model_config_file and flags.model_config_file_poll_wait_seconds > 0:
-        config_poller = ConfigFilePoller(manager, flags.model_config_file,
-                                         flags.model_config_file_poll_wait_seconds, server_config)
+        config_poller = ConfigFilePoller(
+            manager, flags.model_config_file, flags.model_config_file_poll_wait_seconds, server_config
+        )
         config_poller.start()
 
     while not stop_requested.wait(0.5):

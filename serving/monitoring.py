@@ -17,8 +17,8 @@ REQUEST_EXAMPLE_COUNTS = ":tensorflow:serving:request_example_counts"
 LOAD_ATTEMPT_COUNT = ":tensorflow:cc:saved_model:load_attempt_count"
 
 # Microsecond buckets like TF Serving's latency histograms (powers of 1.8 from 10us).
-LATENCY_BUCKETS_MICROS = [10 * 1.8 ** power for power in range(33)]
-EXAMPLE_COUNT_BUCKETS = [2 ** power for power in range(12)]
+LATENCY_BUCKETS_MICROS = [10 * 1.8**power for power in range(33)]
+EXAMPLE_COUNT_BUCKETS = [2**power for power in range(12)]
 
 _HELP = {
     REQUEST_COUNT: ("counter", "The total number of requests."),
@@ -51,18 +51,25 @@ class Metrics:
         self._counters = defaultdict(int)  # (name, labels) -> value
         self._histograms = {}  # (name, labels) -> _Histogram
 
-    def record_request(self, model_name: str, api: str, entrypoint: str, status: str,
-                       latency_seconds: float) -> None:
+    def record_request(self, model_name: str, api: str, entrypoint: str, status: str, latency_seconds: float) -> None:
         micros = latency_seconds * 1e6
         with self._lock:
             self._counters[(REQUEST_COUNT, (("model_name", model_name), ("status", status)))] += 1
-            self._observe(REQUEST_LATENCY, (("model_name", model_name), ("API", api),
-                                            ("entrypoint", entrypoint)), micros, LATENCY_BUCKETS_MICROS)
+            self._observe(
+                REQUEST_LATENCY,
+                (("model_name", model_name), ("API", api), ("entrypoint", entrypoint)),
+                micros,
+                LATENCY_BUCKETS_MICROS,
+            )
 
     def record_runtime(self, model_name: str, api: str, latency_seconds: float) -> None:
         with self._lock:
-            self._observe(RUNTIME_LATENCY, (("model_name", model_name), ("API", api), ("runtime", "TF1")),
-                          latency_seconds * 1e6, LATENCY_BUCKETS_MICROS)
+            self._observe(
+                RUNTIME_LATENCY,
+                (("model_name", model_name), ("API", api), ("runtime", "TF1")),
+                latency_seconds * 1e6,
+                LATENCY_BUCKETS_MICROS,
+            )
 
     def record_examples(self, model_name: str, count: int) -> None:
         with self._lock:
@@ -84,10 +91,12 @@ class Metrics:
         with self._lock:
             for name in _HELP:
                 kind, help_text = _HELP[name]
-                counters = sorted((labels, value) for (metric, labels), value in self._counters.items()
-                                  if metric == name)
-                histograms = sorted((labels, histogram) for (metric, labels), histogram
-                                    in self._histograms.items() if metric == name)
+                counters = sorted(
+                    (labels, value) for (metric, labels), value in self._counters.items() if metric == name
+                )
+                histograms = sorted(
+                    (labels, histogram) for (metric, labels), histogram in self._histograms.items() if metric == name
+                )
                 if not counters and not histograms:
                     continue
                 lines.append(f"# HELP {name} {help_text}")
@@ -106,6 +115,8 @@ class Metrics:
 
 
 def _labels(pairs) -> str:
-    escaped = (f'{key}="{str(value).replace(chr(92), chr(92) * 2).replace(chr(34), chr(92) + chr(34))}"'
-               for key, value in pairs)
+    escaped = (
+        f'{key}="{str(value).replace(chr(92), chr(92) * 2).replace(chr(34), chr(92) + chr(34))}"'
+        for key, value in pairs
+    )
     return "{" + ",".join(escaped) + "}"

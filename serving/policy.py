@@ -45,8 +45,9 @@ def next_action(snapshots: list[VersionSnapshot]) -> Action | None:
     """The next load or unload for a model's versions, or None when there is nothing to do."""
     any_aspired = any(snapshot.aspired for snapshot in snapshots)
     aspired_serving = any(snapshot.aspired and snapshot.state == AVAILABLE for snapshot in snapshots)
-    unaspired_serving = sorted(snapshot.version for snapshot in snapshots
-                               if not snapshot.aspired and snapshot.state == AVAILABLE)
+    unaspired_serving = sorted(
+        snapshot.version for snapshot in snapshots if not snapshot.aspired and snapshot.state == AVAILABLE
+    )
     if unaspired_serving and (not any_aspired or aspired_serving or len(unaspired_serving) > 1):
         return Action(UNLOAD, unaspired_serving[0])
     new = [snapshot.version for snapshot in snapshots if snapshot.aspired and snapshot.state == START]

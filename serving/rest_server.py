@@ -66,9 +66,11 @@ log = logging.getLogger("serving")
 # TF Serving's routes (http_rest_api_util.cc), matched against the path with its query string.
 _SPEC = r"/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>\d+)|/labels/(?P<label>[^/:]+))?"
 INFERENCE_ROUTE = re.compile(_SPEC + r":(?P<verb>classify|regress|predict)", re.IGNORECASE | re.ASCII)
-STATUS_ROUTE = re.compile(r"/v1/models(?:/(?P<name>[^/:]+))?"
-                          r"(?:/versions/(?P<version>\d+)|/labels/(?P<label>[^/:]+))?(?P<metadata>/metadata)?",
-                          re.IGNORECASE | re.ASCII)
+STATUS_ROUTE = re.compile(
+    r"/v1/models(?:/(?P<name>[^/:]+))?"
+    r"(?:/versions/(?P<version>\d+)|/labels/(?P<label>[^/:]+))?(?P<metadata>/metadata)?",
+    re.IGNORECASE | re.ASCII,
+)
 # Only these paths reach TF Serving's REST handler (kHTTPRestApiHandlerPathRegex); the HTTP server answers others.
 HANDLER_PATHS = re.compile(r"/v1/.*", re.IGNORECASE)
 # The HTTP methods libevent's server accepts in TF Serving; others get 501 from libevent.
@@ -111,8 +113,9 @@ def libevent_error_page(status: int) -> str:
 
 
 def _proto_json(message) -> str:
-    return json_format.MessageToJson(message, preserving_proto_field_name=True,
-                                     always_print_fields_with_no_presence=True, indent=1)
+    return json_format.MessageToJson(
+        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True, indent=1
+    )
 
 
 def _error_reply(status: int, message: str) -> tuple[int, str, str]:
@@ -199,8 +202,11 @@ class RestApi:
             status = "INTERNAL"
             allowed, left_out = self._faults_log.allow(type(error).__name__)
             if allowed:
-                log.error("REST request failed%s", f" ({left_out} more of this kind not logged)" if left_out else "",
-                          exc_info=error)
+                log.error(
+                    "REST request failed%s",
+                    f" ({left_out} more of this kind not logged)" if left_out else "",
+                    exc_info=error,
+                )
             return _error_reply(500, f"{type(error).__name__}: {error}")
         finally:
             if api:
@@ -214,8 +220,7 @@ class RestApi:
             raise invalid_argument("Missing model name in request.")
         with self.manager.serving(spec) as servable:
             response = servable.metadata_response()
-        signature_map = json.loads(_proto_json(
-            _unpack_signature_map(response.metadata["signature_def"])))
+        signature_map = json.loads(_proto_json(_unpack_signature_map(response.metadata["signature_def"])))
         model_spec = json.loads(_proto_json(response.model_spec))
         return json.dumps({"model_spec": model_spec, "metadata": {"signature_def": signature_map}}, indent=1)
 
@@ -226,8 +231,9 @@ class RestApi:
             _check_deadline(deadline)
             spec.signature_name = json_tensor.signature_name(document)
             if verb != "predict":  # as in TF Serving, the whole body is read before the model is looked up
-                request_type = classification_pb2.ClassificationRequest if verb == "classify" else \
-                    regression_pb2.RegressionRequest
+                request_type = (
+                    classification_pb2.ClassificationRequest if verb == "classify" else regression_pb2.RegressionRequest
+                )
                 request = request_type(model_spec=spec)
                 json_tensor.fill_examples(document, request.input)
                 del document
@@ -237,8 +243,10 @@ class RestApi:
                     return json_tensor.classification_result(servable.classify(request).result)
                 if verb == "regress":
                     return json_tensor.regression_result(servable.regress(request).result)
-                _, signature = servable.signature(spec.signature_name, lambda name: invalid_argument(
-                    f'Serving signature name: "{name}" not found in signature def'))
+                _, signature = servable.signature(
+                    spec.signature_name,
+                    lambda name: invalid_argument(f'Serving signature name: "{name}" not found in signature def'),
+                )
                 inputs, row_format = json_tensor.predict_inputs(document, signature)
                 del document  # its Python objects can be many times the tensors' size: free them first
                 pause.resume()
@@ -364,8 +372,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         lengths = self.headers.get_all("Content-Length") or []
         if encoding is not None:
             if encoding.strip().lower() != "chunked" or lengths:
-                raise _HttpError(400, f"Unsupported Transfer-Encoding: {encoding}"
-                                 + (" with Content-Length" if lengths else ""))
+                raise _HttpError(
+                    400, f"Unsupported Transfer-Encoding: {encoding}" + (" with Content-Length" if lengths else "")
+                )
             return _read_chunked(self.rfile, MAX_BODY_BYTES)
         if not lengths:
             return b""
@@ -399,8 +408,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             origin = self.headers.get("Origin") or ""
             self._reply(200 if re.search("https?://", origin) else 400, LIBEVENT_CONTENT_TYPE, "")
             return
-        answer = self.slots.run(lambda deadline: self.api.handle(method, self.path, body, deadline),
-                                self.timeout_seconds)
+        answer = self.slots.run(
+            lambda deadline: self.api.handle(method, self.path, body, deadline), self.timeout_seconds
+        )
         self._reply(*(answer or _DEADLINE_EXCEEDED))
 
     def send_response(self, code, message=None):
@@ -409,8 +419,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.send_response_only(code, message)
         self.send_header("Date", self.date_time_string())
 
-    def _reply(self, status: int, content_type: str, text: str, close: bool = False,
-               cors: bool = True) -> None:
+    def _reply(self, status: int, content_type: str, text: str, close: bool = False, cors: bool = True) -> None:
         payload = text.encode("utf-8")
         self.send_response(status)
         self.send_header("Content-Type", content_type)
@@ -435,8 +444,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if code == http.HTTPStatus.NOT_IMPLEMENTED:
             self._reply(code, LIBEVENT_CONTENT_TYPE, libevent_error_page(code), close=True, cors=False)
             return
-        self._reply(code, "application/json",
-                    json.dumps({"error": message or self.responses.get(code, ("Error",))[0]}), close=True)
+        self._reply(
+            code,
+            "application/json",
+            json.dumps({"error": message or self.responses.get(code, ("Error",))[0]}),
+            close=True,
+        )
 
     def log_message(self, format, *args):  # noqa: A002  (BaseHTTPRequestHandler's signature)
         log.debug("REST %s", format % args)
@@ -475,13 +488,29 @@ class RestServer:
     many new connections as the system allows.
     """
 
-    def __init__(self, api: RestApi, host: str, port: int, num_threads: int, timeout_ms: int, enable_cors: bool,
-                 io_timeout_seconds: float = IO_TIMEOUT_SECONDS, listen_backlog: int = 0):
+    def __init__(
+        self,
+        api: RestApi,
+        host: str,
+        port: int,
+        num_threads: int,
+        timeout_ms: int,
+        enable_cors: bool,
+        io_timeout_seconds: float = IO_TIMEOUT_SECONDS,
+        listen_backlog: int = 0,
+    ):
         self._slots = _Slots(num_threads)
-        handler = type("Handler", (_Handler,), {
-            "api": api, "timeout_seconds": timeout_ms / 1000 if timeout_ms > 0 else None,
-            "enable_cors": enable_cors, "slots": self._slots, "timeout": io_timeout_seconds,
-        })
+        handler = type(
+            "Handler",
+            (_Handler,),
+            {
+                "api": api,
+                "timeout_seconds": timeout_ms / 1000 if timeout_ms > 0 else None,
+                "enable_cors": enable_cors,
+                "slots": self._slots,
+                "timeout": io_timeout_seconds,
+            },
+        )
         backlog = listen_backlog if listen_backlog > 0 else system_max_backlog()
         self._server = _HttpServer((host, port), handler, backlog)
         self.port = self._server.server_address[1]

@@ -113,16 +113,21 @@ def _read_meta_graph(path: str, tags: set[str]) -> meta_graph_pb2.MetaGraphDef:
 class Servable:
     """A loaded model version: signatures plus the calls to run them."""
 
-    def __init__(self, model_name: str, version: int, path: str, tags: set[str], max_tensor_bytes: int = 0,
-                 batching: BatchingParameters | None = None):
+    def __init__(
+        self,
+        model_name: str,
+        version: int,
+        path: str,
+        tags: set[str],
+        max_tensor_bytes: int = 0,
+        batching: BatchingParameters | None = None,
+    ):
         self.model_name = model_name
         self.max_tensor_bytes = max_tensor_bytes
         self.version = version
         self.path = path
         meta_graph = _read_meta_graph(path, tags)
-        self.signature_defs = {
-            name: signature for name, signature in meta_graph.signature_def.items()
-        }
+        self.signature_defs = {name: signature for name, signature in meta_graph.signature_def.items()}
         self._session = None
         self._session_callables = {}  # signature name -> (input aliases, output aliases, callable)
         self._session_callables_lock = threading.Lock()
@@ -142,8 +147,11 @@ class Servable:
                 self._loaded = loaded
                 return
             except Exception as tf2_error:  # fall back to the TF1 loader below
-                log.info("tf.saved_model.load failed for %s (%s); loading as a TF1 SavedModel",
-                         self.path, str(tf2_error).splitlines()[0][:200])
+                log.info(
+                    "tf.saved_model.load failed for %s (%s); loading as a TF1 SavedModel",
+                    self.path,
+                    str(tf2_error).splitlines()[0][:200],
+                )
         graph = tf.Graph()
         session = tf.compat.v1.Session(graph=graph)
         try:
@@ -163,7 +171,9 @@ class Servable:
         for record in tf.compat.v1.io.tf_record_iterator(warmup_path):
             replayed += 1
             if replayed > MAX_WARMUP_RECORDS:
-                raise invalid_argument(f"Number of warmup records exceeds the maximum ({MAX_WARMUP_RECORDS}) at {warmup_path}")
+                raise invalid_argument(
+                    f"Number of warmup records exceeds the maximum ({MAX_WARMUP_RECORDS}) at {warmup_path}"
+                )
             log_entry = prediction_log_pb2.PredictionLog.FromString(record)
             kind = log_entry.WhichOneof("log_type")
             for _ in range(max(iterations, 1)):
@@ -250,7 +260,8 @@ class Servable:
                 input_aliases, output_aliases = sorted(signature.inputs), sorted(signature.outputs)
                 options = config_pb2.CallableOptions(
                     feed=[signature.inputs[alias].name for alias in input_aliases],
-                    fetch=[signature.outputs[alias].name for alias in output_aliases])
+                    fetch=[signature.outputs[alias].name for alias in output_aliases],
+                )
                 # The public Session.run checks fed shapes in Python; TF Serving's C++ Session::Run does not.
                 entry = (input_aliases, output_aliases, self._session._make_callable_from_options(options))
                 self._session_callables[signature_name] = entry
@@ -267,8 +278,9 @@ class Servable:
         """Validates inputs against the signature and resolves the outputs to return."""
         resolved, signature = self.signature(signature_name)
         for alias, value in inputs.items():
-            tensors.check_tensor_size(alias, np.shape(value), tensors.dtype_enum_of(np.asarray(value)),
-                                      self.max_tensor_bytes)
+            tensors.check_tensor_size(
+                alias, np.shape(value), tensors.dtype_enum_of(np.asarray(value)), self.max_tensor_bytes
+            )
         feeds, added_unit_dims = _prepare_inputs(signature, inputs, check_shapes=self._session is None)
         return ModelCall(resolved, feeds, _select_outputs(signature, output_filter), added_unit_dims)
 
@@ -277,23 +289,27 @@ class Servable:
         selected = {}
         for alias in call.output_aliases:
             value = np.asarray(outputs[alias])
-            if call.added_unit_dims and value.ndim > call.added_unit_dims and all(
-                size == 1 for size in value.shape[-call.added_unit_dims:]
+            if (
+                call.added_unit_dims
+                and value.ndim > call.added_unit_dims
+                and all(size == 1 for size in value.shape[-call.added_unit_dims :])
             ):
-                value = value.reshape(value.shape[:-call.added_unit_dims])
+                value = value.reshape(value.shape[: -call.added_unit_dims])
             tensors.check_tensor_size(alias, value.shape, tensors.dtype_enum_of(value), self.max_tensor_bytes)
             selected[alias] = value
         return selected
 
-    def predict(self, signature_name: str, inputs: dict[str, np.ndarray],
-                output_filter=()) -> tuple[str, dict[str, np.ndarray]]:
+    def predict(
+        self, signature_name: str, inputs: dict[str, np.ndarray], output_filter=()
+    ) -> tuple[str, dict[str, np.ndarray]]:
         """Validates inputs against the signature, runs it, filters outputs."""
         call = self.prepare(signature_name, inputs, output_filter)
         return call.signature_name, self.selected_outputs(call, self.run(call.signature_name, call.feeds))
 
     def prepare_request(self, request: predict_pb2.PredictRequest) -> ModelCall:
-        arrays = {alias: tensors.to_ndarray(proto, alias, self.max_tensor_bytes)
-                  for alias, proto in request.inputs.items()}
+        arrays = {
+            alias: tensors.to_ndarray(proto, alias, self.max_tensor_bytes) for alias, proto in request.inputs.items()
+        }
         return self.prepare(request.model_spec.signature_name, arrays, request.output_filter)
 
     def predict_response(self, call: ModelCall, outputs: dict[str, np.ndarray]) -> bytes:
@@ -303,8 +319,9 @@ class Servable:
         pieces = []
         for alias, value in self.selected_outputs(call, outputs).items():
             tensor = tensors.serialized_tensor(value)
-            pieces += tensors.length_delimited(1, *tensors.length_delimited(1, alias.encode("utf-8")),
-                                               *tensors.length_delimited(2, *tensor))
+            pieces += tensors.length_delimited(
+                1, *tensors.length_delimited(1, alias.encode("utf-8")), *tensors.length_delimited(2, *tensor)
+            )
         pieces.append(header.SerializeToString())
         return b"".join(pieces)
 
@@ -324,7 +341,8 @@ class Servable:
         Returns (resolved signature name, SignatureDef, outputs, example count).
         """
         resolved, signature = self.signature(
-            signature_name, lambda name: invalid_argument(f"No signature was found with the name: {name}"))
+            signature_name, lambda name: invalid_argument(f"No signature was found with the name: {name}")
+        )
         if len(signature.inputs) != 1:
             raise invalid_argument("Expected one input Tensor.")
         serialized = _serialized_examples(model_input)
@@ -348,8 +366,10 @@ class Servable:
     def multi_inference(self, request: inference_pb2.MultiInferenceRequest) -> inference_pb2.MultiInferenceResponse:
         if not request.tasks:
             raise invalid_argument("Tasks is empty")
-        fillers = {CLASSIFY_METHOD: (_fill_classifications, "classification_result"),
-                   REGRESS_METHOD: (_fill_regressions, "regression_result")}
+        fillers = {
+            CLASSIFY_METHOD: (_fill_classifications, "classification_result"),
+            REGRESS_METHOD: (_fill_regressions, "regression_result"),
+        }
         seen = set()
         response = inference_pb2.MultiInferenceResponse()
         for task in request.tasks:
@@ -378,8 +398,7 @@ def _first_line(error: Exception) -> str:
     return text.strip().splitlines()[0] if text.strip() else type(error).__name__
 
 
-def _prepare_inputs(signature, inputs: dict[str, np.ndarray],
-                    check_shapes: bool) -> tuple[dict[str, np.ndarray], int]:
+def _prepare_inputs(signature, inputs: dict[str, np.ndarray], check_shapes: bool) -> tuple[dict[str, np.ndarray], int]:
     """Checks names, dtypes and (``check_shapes``) shapes; returns the feeds and added unit dims."""
     expected = set(signature.inputs)
     received = set(inputs)
@@ -421,10 +440,8 @@ def _fit_shape(alias: str, info, value: np.ndarray) -> tuple[np.ndarray, int]:
     expected = [dim.size for dim in info.tensor_shape.dim]
     received = list(value.shape)
     added = len(expected) - len(received)
-    fits_rank = added == 0 or (added > 0 and all(size == 1 for size in expected[len(received):]))
-    fits_dims = fits_rank and all(
-        want < 0 or want == got for want, got in zip(expected, received)
-    )
+    fits_rank = added == 0 or (added > 0 and all(size == 1 for size in expected[len(received) :]))
+    fits_dims = fits_rank and all(want < 0 or want == got for want, got in zip(expected, received))
     if not fits_dims:
         raise invalid_argument(
             f"Cannot feed value of shape {_format_shape(received)} for input '{alias}' "
@@ -458,8 +475,7 @@ def _serialized_examples(model_input) -> list[bytes]:
         examples = [example.SerializeToString() for example in model_input.example_list.examples]
     elif kind == "example_list_with_context":
         context = model_input.example_list_with_context.context.SerializeToString()
-        examples = [context + example.SerializeToString()
-                    for example in model_input.example_list_with_context.examples]
+        examples = [context + example.SerializeToString() for example in model_input.example_list_with_context.examples]
     else:
         examples = []
     if not examples:
@@ -475,9 +491,7 @@ def _fill_classifications(signature, outputs, result, batch_size: int) -> None:
     reference = scores if scores is not None else classes
     reference = np.asarray(reference)
     if reference.ndim != 2 or reference.shape[0] != batch_size:
-        raise invalid_argument(
-            f"Expected Tensor shape: [{batch_size} num_classes] but got {list(reference.shape)}"
-        )
+        raise invalid_argument(f"Expected Tensor shape: [{batch_size} num_classes] but got {list(reference.shape)}")
     for row in range(batch_size):
         classifications = result.classifications.add()
         for column in range(reference.shape[1]):

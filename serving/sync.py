@@ -40,12 +40,17 @@ DEFAULT_POLL_SECONDS = 30.0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m serving.sync", description=__doc__.split("\n\n")[0],
-                                     allow_abbrev=False)
+    parser = argparse.ArgumentParser(
+        prog="python -m serving.sync", description=__doc__.split("\n\n")[0], allow_abbrev=False
+    )
     parser.add_argument("source", metavar="SOURCE", help="remote base path: s3://bucket/prefix or gs://bucket/prefix")
     parser.add_argument("dest", metavar="DEST", help="local directory TF Serving watches (created if missing)")
-    parser.add_argument("--poll_seconds", type=float, default=DEFAULT_POLL_SECONDS,
-                        help=f"seconds between polls (default {DEFAULT_POLL_SECONDS:g})")
+    parser.add_argument(
+        "--poll_seconds",
+        type=float,
+        default=DEFAULT_POLL_SECONDS,
+        help=f"seconds between polls (default {DEFAULT_POLL_SECONDS:g})",
+    )
     parser.add_argument("--once", action="store_true", help="mirror once and exit")
     return parser
 
@@ -54,8 +59,14 @@ def sync_once(source: str, dest: str, stop: threading.Event | None = None) -> No
     """One mirror pass; raises as ``serving.store.mirror`` does."""
     result = mirror(source, dest, stop=stop)
     if result.added or result.removed:
-        log.info("%s -> %s: now holds versions %s (added %s, removed %s)", source, dest,
-                 sorted(result.kept + result.added), result.added or "none", result.removed or "none")
+        log.info(
+            "%s -> %s: now holds versions %s (added %s, removed %s)",
+            source,
+            dest,
+            sorted(result.kept + result.added),
+            result.added or "none",
+            result.removed or "none",
+        )
 
 
 def run_loop(source: str, dest: str, poll_seconds: float, stop: threading.Event) -> int:
@@ -79,8 +90,12 @@ def run_loop(source: str, dest: str, poll_seconds: float, stop: threading.Event)
             failed_polls, failing_since = _note_failure(error, failed_polls, failing_since, poll_seconds)
         else:
             if failed_polls:
-                log.info("Polls of %s succeed again after %d failed poll(s) over %.0f s", source, failed_polls,
-                         time.monotonic() - failing_since)
+                log.info(
+                    "Polls of %s succeed again after %d failed poll(s) over %.0f s",
+                    source,
+                    failed_polls,
+                    time.monotonic() - failing_since,
+                )
             failed_polls, failing_since = 0, None
         first_poll = False
         stop.wait(poll_seconds)
@@ -90,8 +105,11 @@ def run_loop(source: str, dest: str, poll_seconds: float, stop: threading.Event)
 
 def _note_failure(error: Exception, failed_polls: int, failing_since: float | None, poll_seconds: float):
     if not failed_polls:
-        log.error("Poll failed, DEST left unchanged: %s (retrying every %g s; logged again when it recovers)",
-                  error, poll_seconds)
+        log.error(
+            "Poll failed, DEST left unchanged: %s (retrying every %g s; logged again when it recovers)",
+            error,
+            poll_seconds,
+        )
         failing_since = time.monotonic()
     return failed_polls + 1, failing_since
 
@@ -101,8 +119,10 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s sync: %(message)s", stream=sys.stderr)
     log.setLevel(logging.INFO)  # our lines; the clients' libraries only when they warn
     if not is_remote(flags.source):
-        print(f"serving.sync: SOURCE {flags.source} is not a URL: use s3://bucket/prefix or gs://bucket/prefix",
-              file=sys.stderr)
+        print(
+            f"serving.sync: SOURCE {flags.source} is not a URL: use s3://bucket/prefix or gs://bucket/prefix",
+            file=sys.stderr,
+        )
         return EXIT_BAD_ARGUMENTS
     if os.path.exists(flags.dest) and not os.path.isdir(flags.dest):
         print(f"serving.sync: DEST {flags.dest} exists and is not a directory", file=sys.stderr)

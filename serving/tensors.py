@@ -78,17 +78,19 @@ def check_tensor_size(alias: str, shape, dtype_enum: int, max_bytes: int) -> Non
     """RESOURCE_EXHAUSTED when a tensor of this shape needs more than ``max_bytes`` (0: no limit)."""
     needed = math.prod(shape) * element_bytes(dtype_enum)
     if max_bytes and needed > max_bytes:
-        raise ServingError(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                           f"Tensor {alias} of shape [{','.join(map(str, shape))}] and type {dtype_name(dtype_enum)} "
-                           f"needs {needed} bytes, more than --max_tensor_bytes={max_bytes}")
+        raise ServingError(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"Tensor {alias} of shape [{','.join(map(str, shape))}] and type {dtype_name(dtype_enum)} "
+            f"needs {needed} bytes, more than --max_tensor_bytes={max_bytes}",
+        )
 
 
 def _string_array(proto: tensor_pb2.TensorProto, shape: list[int]) -> np.ndarray:
     """string_val padded with its last value (TensorFlow's rule) in place, not through a Python list."""
     values = list(proto.string_val)
     array = np.empty(math.prod(shape), dtype=object)
-    array[:len(values)] = values
-    array[len(values):] = values[-1] if values else b""
+    array[: len(values)] = values
+    array[len(values) :] = values[-1] if values else b""
     return array.reshape(shape)
 
 
@@ -140,7 +142,7 @@ def _packed_varints(values: np.ndarray) -> list:
     """Protobuf varints of uint64 ``values`` (negative int64 already reinterpreted), in chunks of bytes."""
     chunks = []
     for start in range(0, len(values), _VARINT_CHUNK):
-        chunk = values[start:start + _VARINT_CHUNK]
+        chunk = values[start : start + _VARINT_CHUNK]
         widths = np.ones(len(chunk), dtype=np.uint8)
         for shift in range(7, 64, 7):
             widths += (chunk >> np.uint64(shift)) != 0
@@ -169,9 +171,7 @@ def serialized_tensor(array: np.ndarray) -> list:
         proto.tensor_shape.dim.add(size=size)
     flat = array.reshape(-1)
     if dtype_enum == types_pb2.DT_STRING:
-        getattr(proto, field).extend(
-            item if isinstance(item, bytes) else str(item).encode("utf-8") for item in flat
-        )
+        getattr(proto, field).extend(item if isinstance(item, bytes) else str(item).encode("utf-8") for item in flat)
         return [proto.SerializeToString()]
     if not flat.size:
         return [proto.SerializeToString()]

@@ -53,8 +53,12 @@ def run_stage(module: str, cwd: Path, timeout=600, environment: dict | None = No
 
     environment = {**os.environ, "PYTHONPATH": str(REPO_ROOT), **(environment or {})}
     return subprocess.run(
-        [sys.executable, "-m", f"pipeline.{module}"], cwd=cwd, env=environment,
-        capture_output=True, text=True, timeout=timeout,
+        [sys.executable, "-m", f"pipeline.{module}"],
+        cwd=cwd,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -68,9 +72,15 @@ SMALL_SYNTHETIC_PARAMS = {
 # what happens around training (DVC, publication, serving), not of its quality.
 QUICK_PARAMS = {
     "epochs": 1,
-    "window.lookback_hours": 24, "window.horizon_hours": 6,
-    "model.layers": 1, "model.units": 4, "train.batch_size": 64, "train.learning_rate": 0.01,
-    "evaluate.margin": -1.0, "evaluate.tolerance": 100.0, "evaluate.coverage_goal": [0.0, 1.0],
+    "window.lookback_hours": 24,
+    "window.horizon_hours": 6,
+    "model.layers": 1,
+    "model.units": 4,
+    "train.batch_size": 64,
+    "train.learning_rate": 0.01,
+    "evaluate.margin": -1.0,
+    "evaluate.tolerance": 100.0,
+    "evaluate.coverage_goal": [0.0, 1.0],
 }
 
 
@@ -114,8 +124,13 @@ def pipeline_repo(tmp_path) -> PipelineRepo:
     import shutil
     import subprocess
 
-    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO_ROOT,
-                            capture_output=True, text=True, check=True).stdout.split("\0")
+    listed = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard", "-z"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split("\0")
     root = tmp_path / "repo"
     for name in filter(None, listed):
         source = REPO_ROOT / name

@@ -7,8 +7,14 @@ from pathlib import Path
 from pipeline.published import MODEL_CARD
 
 
-def fake_export(path: Path, weights: str, test_mae: float = 1.5, variables_bytes: int = 1000, assets: int = 0,
-                test_data: str = "test data") -> Path:
+def fake_export(
+    path: Path,
+    weights: str,
+    test_mae: float = 1.5,
+    variables_bytes: int = 1000,
+    assets: int = 0,
+    test_data: str = "test data",
+) -> Path:
     """A directory laid out like our exports; `weights` decides its content and so its fingerprint.
 
     `assets` small files in assets/ make a copy take long enough for a watcher to catch it half done.
@@ -23,12 +29,16 @@ def fake_export(path: Path, weights: str, test_mae: float = 1.5, variables_bytes
     (path / "variables/variables.index").write_text(weights)
     (path / "variables/variables.data-00000-of-00001").write_bytes(weights.encode() * (variables_bytes // len(weights)))
     (path / "assets.extra/tf_serving_warmup_requests").write_bytes(b"requests")
-    (path / MODEL_CARD).write_text(json.dumps({"metrics": {"test_mae_degC": test_mae, "test_data_fingerprint": test_data}}))
+    (path / MODEL_CARD).write_text(
+        json.dumps({"metrics": {"test_mae_degC": test_mae, "test_data_fingerprint": test_data}})
+    )
     return path
 
 
 def labelled_config(path: Path, labels: dict[str, int], model_name="jena_temperature") -> Path:
     label_lines = "\n".join(f'    version_labels {{ key: "{key}" value: {value} }}' for key, value in labels.items())
-    path.write_text(f'model_config_list {{\n  config {{\n    name: "{model_name}"\n    base_path: "/models/x"\n'
-                    f'    model_platform: "tensorflow"\n{label_lines}\n  }}\n}}\n')
+    path.write_text(
+        f'model_config_list {{\n  config {{\n    name: "{model_name}"\n    base_path: "/models/x"\n'
+        f'    model_platform: "tensorflow"\n{label_lines}\n  }}\n}}\n'
+    )
     return path

@@ -72,8 +72,13 @@ class S3Server:
         """Make a bucket; returns its URL prefix, e.g. `s3://name`."""
         import boto3
 
-        boto3.client("s3", endpoint_url=self.endpoint_url, region_name="us-east-1",
-                     aws_access_key_id="testing", aws_secret_access_key="testing").create_bucket(Bucket=name)
+        boto3.client(
+            "s3",
+            endpoint_url=self.endpoint_url,
+            region_name="us-east-1",
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        ).create_bucket(Bucket=name)
         return f"s3://{name}"
 
 
@@ -113,8 +118,12 @@ class GcsServer:
         """Make a bucket; returns its URL prefix, e.g. `gs://name`."""
         import requests
 
-        answer = requests.post(f"{self.endpoint_url}/storage/v1/b", params={"project": "wetterfrosch-test"},
-                               json={"name": name}, timeout=10)
+        answer = requests.post(
+            f"{self.endpoint_url}/storage/v1/b",
+            params={"project": "wetterfrosch-test"},
+            json={"name": name},
+            timeout=10,
+        )
         answer.raise_for_status()
         return f"gs://{name}"
 

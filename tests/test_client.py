@@ -7,12 +7,19 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import REPO_ROOT, make_readings, to_csv_text
+
 from pipeline import schema
 from pipeline.client import (
-    Forecast, ForecastError, forecast_answer, forecast_line, forecast_table, latest_window, read_model_card,
-    tensor_proto, to_array,
+    Forecast,
+    ForecastError,
+    forecast_answer,
+    forecast_line,
+    forecast_table,
+    latest_window,
+    read_model_card,
+    tensor_proto,
+    to_array,
 )
 from pipeline.client import main as client_main
 
@@ -59,18 +66,33 @@ def test_forecast_line_and_answer_name_the_valid_time():
     last = pd.Timestamp("2017-01-01 00:00").value // 10**9
     forecast = Forecast(np.array([1.2321], np.float32), np.array([last + 24 * 3600]), "jena_temperature", 3)
     answer = forecast_answer(last, forecast)
-    assert answer == {"valid_time": "2017-01-02 00:00", "last_reading": "2017-01-01 00:00", "horizon_hours": 24,
-                      "temperature_degC": 1.23, "model_name": "jena_temperature", "version": 3}
-    assert forecast_line(answer) == ("forecast for 2017-01-02 00:00 (24 h after the last reading at "
-                                     "2017-01-01 00:00): 1.2 C (model jena_temperature, version 3)")
+    assert answer == {
+        "valid_time": "2017-01-02 00:00",
+        "last_reading": "2017-01-01 00:00",
+        "horizon_hours": 24,
+        "temperature_degC": 1.23,
+        "model_name": "jena_temperature",
+        "version": 3,
+    }
+    assert forecast_line(answer) == (
+        "forecast for 2017-01-02 00:00 (24 h after the last reading at "
+        "2017-01-01 00:00): 1.2 C (model jena_temperature, version 3)"
+    )
 
 
 def hourly_forecast(last: int, hours: int = 3) -> Forecast:
     """A forecast of `hours` hours: medians 1.0, 2.0, ...; band median -1 and +1.5; levels 0.1, 0.5, 0.9."""
     medians = np.arange(1, hours + 1, dtype=np.float32)
     quantiles = np.stack([medians - 1, medians, medians + 1.5], axis=-1)
-    return Forecast(medians[-1:], np.array([last + hours * 3600]), "jena_temperature", 3,
-                    paths=medians[None], quantiles=quantiles[None], levels=np.float32([[0.1, 0.5, 0.9]]))
+    return Forecast(
+        medians[-1:],
+        np.array([last + hours * 3600]),
+        "jena_temperature",
+        3,
+        paths=medians[None],
+        quantiles=quantiles[None],
+        levels=np.float32([[0.1, 0.5, 0.9]]),
+    )
 
 
 def test_hourly_answer_lists_every_hour_with_its_valid_time_median_and_quantiles():
@@ -99,12 +121,16 @@ def test_a_model_serving_only_the_day_ahead_temperature_gets_the_single_line():
     last = pd.Timestamp("2017-01-01 00:00").value // 10**9
     answer = forecast_answer(last, Forecast(np.array([1.2], np.float32), np.array([last + 24 * 3600]), "old", None))
     assert "hours" not in answer and "quantile_levels" not in answer
-    assert forecast_table(answer) == forecast_line(answer) == (
-        "forecast for 2017-01-02 00:00 (24 h after the last reading at 2017-01-01 00:00): 1.2 C (model old)")
+    assert (
+        forecast_table(answer)
+        == forecast_line(answer)
+        == ("forecast for 2017-01-02 00:00 (24 h after the last reading at 2017-01-01 00:00): 1.2 C (model old)")
+    )
 
 
-@pytest.mark.parametrize("array", [np.arange(6, dtype=np.float32).reshape(1, 2, 3) / 7,
-                                   np.array([[1, -2**40]], np.int64)])
+@pytest.mark.parametrize(
+    "array", [np.arange(6, dtype=np.float32).reshape(1, 2, 3) / 7, np.array([[1, -(2**40)]], np.int64)]
+)
 def test_tensor_protos_round_trip_as_tensorflow_reads_them(array):
     import tensorflow as tf
 
@@ -115,8 +141,13 @@ def test_tensor_protos_round_trip_as_tensorflow_reads_them(array):
 
 
 def run_client(*args):
-    return subprocess.run([sys.executable, "-m", "pipeline.client", "--model-name", "m", *args], cwd=REPO_ROOT,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline.client", "--model-name", "m", *args],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_cli_reports_an_unreachable_server_without_a_traceback(tmp_path):
@@ -139,8 +170,10 @@ def test_cli_tls_options_are_checked_before_calling_the_server(tmp_path, capsys)
     csv = tmp_path / "recent.csv"
     csv.write_text(to_csv_text(make_readings(periods=6 * 24 * 6)))
     base = [str(csv), "--model-name", "m", "--target", "127.0.0.1:9"]
-    for flags, wording in ((["--tls-cert", str(tmp_path / "client.pem")], "--tls-cert and --tls-key go together"),
-                           (["--rest", "--tls"], "--tls applies to gRPC")):
+    for flags, wording in (
+        (["--tls-cert", str(tmp_path / "client.pem")], "--tls-cert and --tls-key go together"),
+        (["--rest", "--tls"], "--tls applies to gRPC"),
+    ):
         with pytest.raises(SystemExit) as exited:
             client_main(base + flags)
         assert exited.value.code == 2 and wording in capsys.readouterr().err
@@ -154,8 +187,12 @@ def test_cli_brief_and_json_exclude_each_other(tmp_path):
 
 
 def write_card(directory, **changes):
-    card = {"model_name": "jena_temperature", "measurements": schema.MEASUREMENTS,
-            "params": {"prepare": {"max_fill_hours": 3}}, **changes}
+    card = {
+        "model_name": "jena_temperature",
+        "measurements": schema.MEASUREMENTS,
+        "params": {"prepare": {"max_fill_hours": 3}},
+        **changes,
+    }
     (directory / "assets.extra").mkdir(parents=True)
     (directory / schema.MODEL_CARD_FILE).write_text(json.dumps(card))
     return directory
@@ -187,8 +224,13 @@ def test_a_card_that_is_missing_broken_or_reads_other_measurements_is_named(tmp_
 
 
 def test_cli_needs_a_model_name_or_card(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "pipeline.client", str(tmp_path / "recent.csv")], cwd=REPO_ROOT,
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline.client", str(tmp_path / "recent.csv")],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2 and "--model-name NAME or --model-card PATH" in result.stderr
     result = run_client(str(tmp_path / "recent.csv"), "--model-card", str(tmp_path / "absent"))
     assert result.returncode == 2 and "absent" in result.stderr and "Traceback" not in result.stderr

@@ -24,11 +24,10 @@ from pathlib import Path
 import kubernetes_validate
 import pytest
 import yaml
+from conftest import REPO_ROOT
 from google.protobuf import text_format
 from packaging.requirements import Requirement
 from tensorflow_serving.config import model_server_config_pb2
-
-from conftest import REPO_ROOT
 
 K8S_DIR = REPO_ROOT / "deploy/k8s"
 KUSTOMIZATIONS = ["base", "overlays/gcs", "overlays/s3"]
@@ -37,8 +36,11 @@ KUBERNETES_VERSIONS = ["1.30.0", kubernetes_validate.latest_version()]
 MODELS_CONFIG = REPO_ROOT / "serving/models.config"
 MODEL_NAME = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())["serving"]["model_name"]
 KUBECTL = shutil.which("kubectl")
-needs_kubectl = pytest.mark.skipif(KUBECTL is None, reason="kubectl is not installed: cannot render the "
-                                   "kustomizations (test_manifest_files_pass_the_schema still checks the files)")
+needs_kubectl = pytest.mark.skipif(
+    KUBECTL is None,
+    reason="kubectl is not installed: cannot render the "
+    "kustomizations (test_manifest_files_pass_the_schema still checks the files)",
+)
 
 
 def pinned_version(package: str) -> str:
@@ -53,8 +55,9 @@ TF_SERVING_IMAGE = f"tensorflow/serving:{TF_VERSION}"
 
 
 def render(kustomization: str) -> list[dict]:
-    result = subprocess.run([KUBECTL, "kustomize", str(K8S_DIR / kustomization)],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [KUBECTL, "kustomize", str(K8S_DIR / kustomization)], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, f"kubectl kustomize {kustomization} failed:\n{result.stderr}"
     return [document for document in yaml.safe_load_all(result.stdout) if document]
 
@@ -122,11 +125,13 @@ def validate(document: dict, version: str) -> None:
         kubernetes_validate.validate(document, version, strict=True)
     except kubernetes_validate.ValidationError as error:
         name = f"{document.get('kind')}/{document.get('metadata', {}).get('name')}"
-        raise AssertionError(f"{name} is invalid for Kubernetes {version}: {error.message} "
-                             f"at {'.'.join(map(str, error.path))}") from None
+        raise AssertionError(
+            f"{name} is invalid for Kubernetes {version}: {error.message} at {'.'.join(map(str, error.path))}"
+        ) from None
 
 
 # --- schema -----------------------------------------------------------------------------------------------------
+
 
 @needs_kubectl
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
@@ -134,7 +139,8 @@ def validate(document: dict, version: str) -> None:
 def test_every_rendered_object_passes_the_kubernetes_schema(kustomization, version):
     objects = rendered(kustomization)
     assert {"ServiceAccount", "ConfigMap", "Service", "Deployment", "PodDisruptionBudget"} <= {
-        item["kind"] for item in objects}
+        item["kind"] for item in objects
+    }
     for document in objects:
         validate(document, version)
 
@@ -152,6 +158,7 @@ def test_manifest_files_pass_the_schema(version):
 
 
 # --- TF Serving: image, flags, probes --------------------------------------------------------------------------
+
 
 @needs_kubectl
 @pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)
@@ -191,6 +198,7 @@ def test_probes_ask_tf_serving_for_an_available_version(kustomization):
 
 
 # --- models.config ---------------------------------------------------------------------------------------------
+
 
 @needs_kubectl
 @pytest.mark.parametrize("kustomization", ["base", "overlays/s3"])
@@ -263,7 +271,7 @@ def test_s3_overlay_sync_commands_fill_the_directory_tf_serving_watches(s3_serve
         environment = container_environment("overlays/s3", sync)
         (mount,) = [item for item in sync["volumeMounts"] if model.base_path.startswith(item["mountPath"] + "/")]
         args = [expand(arg, environment) for arg in sync["args"]]
-        args = [str(empty_dir) + arg[len(mount["mountPath"]):] if arg == model.base_path else arg for arg in args]
+        args = [str(empty_dir) + arg[len(mount["mountPath"]) :] if arg == model.base_path else arg for arg in args]
         return [sys.executable if part == "python" else part for part in sync["command"]] + args
 
     once = command_line(container(spec, "model-sync-once", init=True))
@@ -274,7 +282,7 @@ def test_s3_overlay_sync_commands_fill_the_directory_tf_serving_watches(s3_serve
         store.pipe(f"{source}/{version}/variables/variables.index", b"index %d" % version)
         if complete:
             store.pipe(f"{source}/{version}/saved_model.pb", b"graph %d" % version)
-    watched = empty_dir / model.base_path[len("/models/"):]
+    watched = empty_dir / model.base_path[len("/models/") :]
 
     result = subprocess.run(once, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
@@ -283,8 +291,9 @@ def test_s3_overlay_sync_commands_fill_the_directory_tf_serving_watches(s3_serve
 
     store.pipe(f"{source}/3/saved_model.pb", b"graph 3")  # the upload completes
     store.rm(f"{source}/1", recursive=True)  # and version 1 is retired at the source
-    sidecar = subprocess.Popen(command_line(container(spec, "model-sync")), cwd=REPO_ROOT,
-                               stderr=subprocess.PIPE, text=True)
+    sidecar = subprocess.Popen(
+        command_line(container(spec, "model-sync")), cwd=REPO_ROOT, stderr=subprocess.PIPE, text=True
+    )
     try:
         deadline = time.monotonic() + 60  # the first poll starts at once; the next is --poll_seconds later
         while sorted(path.name for path in watched.iterdir()) != ["2", "3"] and time.monotonic() < deadline:
@@ -298,6 +307,7 @@ def test_s3_overlay_sync_commands_fill_the_directory_tf_serving_watches(s3_serve
 
 # --- capacity --------------------------------------------------------------------------------------------------
 
+
 @needs_kubectl
 @pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)
 def test_rollouts_and_drains_keep_capacity_and_the_service_finds_the_pods(kustomization):
@@ -309,8 +319,11 @@ def test_rollouts_and_drains_keep_capacity_and_the_service_finds_the_pods(kustom
     assert rolling["maxUnavailable"] == 0 and rolling["maxSurge"] >= 1
 
     pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
-    for selector in (deployment["spec"]["selector"]["matchLabels"], budget["spec"]["selector"]["matchLabels"],
-                     service["spec"]["selector"]):
+    for selector in (
+        deployment["spec"]["selector"]["matchLabels"],
+        budget["spec"]["selector"]["matchLabels"],
+        service["spec"]["selector"],
+    ):
         assert selector and selector.items() <= pod_labels.items(), selector
     assert budget["spec"]["maxUnavailable"] == 1 and "minAvailable" not in budget["spec"]
 
@@ -318,11 +331,14 @@ def test_rollouts_and_drains_keep_capacity_and_the_service_finds_the_pods(kustom
     container_ports = {port["name"] for port in serving["ports"]}
     assert service["spec"]["type"] == "ClusterIP"
     assert {(port["name"], port["port"], port["targetPort"]) for port in service["spec"]["ports"]} == {
-        ("grpc", 8500, "grpc"), ("http", 8501, "http")}
+        ("grpc", 8500, "grpc"),
+        ("http", 8501, "http"),
+    }
     assert {"grpc", "http"} <= container_ports
 
 
 # --- KServe ----------------------------------------------------------------------------------------------------
+
 
 def test_kserve_inference_service_uses_the_pinned_runtime_and_our_model_name():
     service = yaml.safe_load((REPO_ROOT / "deploy/kserve/inferenceservice.yaml").read_text())
@@ -335,13 +351,18 @@ def test_kserve_inference_service_uses_the_pinned_runtime_and_our_model_name():
     assert flags(model["args"])["--model_name"] == MODEL_NAME
     assert model["readinessProbe"]["httpGet"]["path"] == f"/v1/models/{MODEL_NAME}/metadata"
     # The rest is a Container spec, which KServe merges into its runtime's container: check it as one.
-    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "check"},
-           "spec": {"containers": [{"name": "kserve-container", **model}]}}
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "check"},
+        "spec": {"containers": [{"name": "kserve-container", **model}]},
+    }
     for version in KUBERNETES_VERSIONS:
         validate(pod, version)
 
 
 # --- docker compose --------------------------------------------------------------------------------------------
+
 
 def compose_services(name: str) -> dict:
     return yaml.safe_load((REPO_ROOT / "serving" / name).read_text())["services"]
@@ -440,7 +461,10 @@ def test_sync_image_installs_pinned_packages_that_cover_what_serving_sync_import
     sync_module = REPO_ROOT / "serving/sync.py"
     assert sync_module.is_file(), "serving/sync.py is missing: the S3 overlay and the sync image run it"
     distributions = requirement_closure(installs)
-    provided = {module for module, owners in importlib.metadata.packages_distributions().items()
-                if any(owner.lower().replace("_", "-") in distributions for owner in owners)}
+    provided = {
+        module
+        for module, owners in importlib.metadata.packages_distributions().items()
+        if any(owner.lower().replace("_", "-") in distributions for owner in owners)
+    }
     missing = third_party_imports(sync_module, REPO_ROOT / "serving") - provided
     assert not missing, f"serving.sync imports {sorted(missing)}: not in the image's `pip install {' '.join(installs)}`"

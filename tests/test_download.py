@@ -6,8 +6,8 @@ import threading
 import zipfile
 
 import pytest
-
 from conftest import make_readings, run_stage, to_csv_text
+
 from pipeline import schema
 from pipeline.download import DownloadError, header_problems, obtain_csv
 
@@ -60,8 +60,9 @@ def test_a_file_that_is_not_jena_is_rejected(tmp_path):
 
 def test_a_missing_column_is_named(tmp_path, csv_text):
     lines = csv_text.splitlines(keepends=True)
-    without_rh = "".join(",".join(v for i, v in enumerate(line.rstrip("\n").split(",")) if i != 5) + "\n"
-                         for line in lines)
+    without_rh = "".join(
+        ",".join(v for i, v in enumerate(line.rstrip("\n").split(",")) if i != 5) + "\n" for line in lines
+    )
     source = tmp_path / "no_rh.csv"
     source.write_text(without_rh)
     with pytest.raises(DownloadError, match=r"no_rh.csv: not a Jena climate CSV: missing columns \['rh \(%\)'\]$"):
@@ -69,13 +70,18 @@ def test_a_missing_column_is_named(tmp_path, csv_text):
     assert list((tmp_path / "out").iterdir()) == []
 
 
-@pytest.mark.parametrize("header, problem", [
-    ([*schema.COLUMNS, "extra (x)"], "unexpected columns ['extra (x)']"),
-    ([schema.DATE_COLUMN, schema.MEASUREMENTS[1], schema.MEASUREMENTS[0], *schema.MEASUREMENTS[2:]],
-     "columns out of order: 'p (mbar)' at position 3 (expected 2), 'T (degC)' at position 2 (expected 3)"),
-    ([*schema.COLUMNS, schema.MEASUREMENTS[0]], "duplicated columns ['p (mbar)']"),
-    (schema.COLUMNS, ""),
-])
+@pytest.mark.parametrize(
+    "header, problem",
+    [
+        ([*schema.COLUMNS, "extra (x)"], "unexpected columns ['extra (x)']"),
+        (
+            [schema.DATE_COLUMN, schema.MEASUREMENTS[1], schema.MEASUREMENTS[0], *schema.MEASUREMENTS[2:]],
+            "columns out of order: 'p (mbar)' at position 3 (expected 2), 'T (degC)' at position 2 (expected 3)",
+        ),
+        ([*schema.COLUMNS, schema.MEASUREMENTS[0]], "duplicated columns ['p (mbar)']"),
+        (schema.COLUMNS, ""),
+    ],
+)
 def test_header_problems_name_the_columns(header, problem):
     assert header_problems(list(header)) == problem
 

@@ -6,11 +6,16 @@ import zipfile
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import make_readings, run_stage, to_csv_text
+
 from pipeline import schema
 from pipeline.download import (
-    DownloadError, further_sources, header_problems, join_sources, obtain_csv, read_source,
+    DownloadError,
+    further_sources,
+    header_problems,
+    join_sources,
+    obtain_csv,
+    read_source,
 )
 from pipeline.prepare import count_conflicting_duplicates, prepare, read_raw_csv
 
@@ -56,8 +61,13 @@ def test_an_archive_keeps_only_the_jena_columns(tmp_path, encoding):
     destination = tmp_path / "out" / schema.CSV_NAME
     [summary] = obtain_csv(str(source), destination)
     assert destination.read_bytes() == to_csv_text(readings).encode("ascii")
-    assert summary == {"url": str(source), "rows": 12, "first": "2017-01-01 00:10:00",
-                       "last": "2017-01-01 02:00:00", "replaced": 0}
+    assert summary == {
+        "url": str(source),
+        "rows": 12,
+        "first": "2017-01-01 00:10:00",
+        "last": "2017-01-01 02:00:00",
+        "replaced": 0,
+    }
 
 
 def test_base_record_and_archive_join_in_time_order(tmp_path):
@@ -110,8 +120,8 @@ def test_join_puts_the_later_source_first_and_keeps_order_within_a_source():
 def test_conflicting_duplicates_treat_missing_as_equal(readings):
     repeated = readings.iloc[[3, 4, 5]].copy()
     readings.loc[3, schema.WIND_SPEED] = np.nan
-    repeated.loc[3, schema.WIND_SPEED] = np.nan       # equal: both missing
-    repeated.loc[5, schema.PRESSURE] += 0.01          # differs
+    repeated.loc[3, schema.WIND_SPEED] = np.nan  # equal: both missing
+    repeated.loc[5, schema.PRESSURE] += 0.01  # differs
     assert count_conflicting_duplicates(pd.concat([readings, repeated], ignore_index=True)) == 1
     assert count_conflicting_duplicates(readings) == 0
 
@@ -119,8 +129,9 @@ def test_conflicting_duplicates_treat_missing_as_equal(readings):
 def test_a_source_without_a_column_is_named_and_nothing_is_written(tmp_path):
     base_url, _ = base_and_archive(tmp_path, make_readings(periods=6), make_readings(periods=1))
     text = archive_bytes(make_readings(start="2017-01-01 00:10", periods=6)).decode("latin-1")
-    without_rh = "".join(",".join(f for i, f in enumerate(line.split(",")) if i != 5) + "\r\n"
-                         for line in text.splitlines())
+    without_rh = "".join(
+        ",".join(f for i, f in enumerate(line.split(",")) if i != 5) + "\r\n" for line in text.splitlines()
+    )
     broken = tmp_path / "mpi_roof_2017b.zip"
     broken.write_bytes(zipped("mpi_roof_2017b.csv", without_rh.encode("latin-1")))
     (tmp_path / "out").mkdir()

@@ -1,8 +1,8 @@
 """dvc.yaml agrees with the code, and `dvc repro` runs the data stages twice without rerunning."""
 
 import yaml
-
 from conftest import REPO_ROOT
+
 from pipeline import config
 
 DVC_YAML = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())
@@ -23,8 +23,11 @@ def test_outputs_match_the_paths_the_code_writes():
     assert declared_paths("prepare", "outs") == [str(config.HOURLY_TABLE)]
     assert declared_paths("prepare", "metrics") == [str(config.PREPARE_REPORT)]
     assert declared_paths("window", "outs") == [str(config.WINDOWS_DIR)]
-    assert declared_paths("train", "outs") == [str(config.MODEL_PATH), str(config.ARCHITECTURE_DIR),
-                                               str(config.DVCLIVE_DIR / "plots")]
+    assert declared_paths("train", "outs") == [
+        str(config.MODEL_PATH),
+        str(config.ARCHITECTURE_DIR),
+        str(config.DVCLIVE_DIR / "plots"),
+    ]
     assert declared_paths("evaluate", "outs") == [str(config.EVALUATE_PLOTS_DIR)]
     assert declared_paths("evaluate", "metrics") == [str(config.EVALUATE_METRICS)]
     assert declared_paths("export", "outs") == [str(config.EXPORT_DIR), str(config.PUBLICATION_RECORD)]

@@ -13,15 +13,19 @@ import re
 
 import boto3
 import pytest
-
 from conftest import REPO_ROOT
 from test_pipeline_e2e import quick
 
 pytestmark = pytest.mark.slow
 BUCKET = "wetterfrosch-dvc"
 # The outputs a rerun would otherwise recompute: data, trained model and SavedModel.
-PULLED = ["data/raw/jena_climate_2009_2016.csv", "data/prepared/hourly.parquet", "data/windows",
-          "models/model.keras", "models/export"]
+PULLED = [
+    "data/raw/jena_climate_2009_2016.csv",
+    "data/prepared/hourly.parquet",
+    "data/windows",
+    "models/model.keras",
+    "models/export",
+]
 GIT = ("git", "-c", "user.name=test", "-c", "user.email=test@example.com")
 
 

@@ -4,28 +4,29 @@ import json
 from pathlib import Path
 
 import fsspec
+import keras
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
-import keras
+from windows_helper import small_windows
 
 from pipeline import evaluate, export
 from pipeline.evaluate import (
     band_coverage,
     bless,
-    coverage_verdict,
-    errors_by_horizon,
     calendar,
     climatology_forecast,
     climatology_table,
+    coverage_verdict,
+    errors_by_horizon,
     evaluation_metrics,
     judged_metrics,
     mae,
     mae_by_month,
+    percentile_interval,
     persistence_forecast,
     prediction_stretch,
-    percentile_interval,
     reliability,
     resampled_totals,
     residual_histogram,
@@ -35,12 +36,26 @@ from pipeline.evaluate import (
 from pipeline.model import build_model
 from pipeline.train import save_model
 from pipeline.window import save_windows
-from windows_helper import small_windows
 
-EVALUATE_PARAMS = {"margin": 0.05, "tolerance": 0.05, "climatology_window_days": 15, "plot_days": 7,
-                   "coverage_goal": [0.78, 0.82], "confidence": 0.95, "block_days": 7, "bootstrap_replicates": 500}
-MODEL_PARAMS = {"cell": "gru", "layers": 1, "units": 4, "dropout": 0.0, "recurrent_dropout": 0.0, "residual": True,
-                "quantiles": [0.1, 0.5, 0.9]}
+EVALUATE_PARAMS = {
+    "margin": 0.05,
+    "tolerance": 0.05,
+    "climatology_window_days": 15,
+    "plot_days": 7,
+    "coverage_goal": [0.78, 0.82],
+    "confidence": 0.95,
+    "block_days": 7,
+    "bootstrap_replicates": 500,
+}
+MODEL_PARAMS = {
+    "cell": "gru",
+    "layers": 1,
+    "units": 4,
+    "dropout": 0.0,
+    "recurrent_dropout": 0.0,
+    "residual": True,
+    "quantiles": [0.1, 0.5, 0.9],
+}
 
 
 def unix(*stamps) -> np.ndarray:
@@ -57,8 +72,16 @@ def test_mae_and_rmse():
 
 
 def test_calendar_puts_29_february_on_28_february():
-    when = calendar(unix("2009-01-01 00:00", "2012-02-28 05:00", "2012-02-29 12:00", "2012-03-01 00:00",
-                         "2009-03-01 23:00", "2012-12-31 23:00"))
+    when = calendar(
+        unix(
+            "2009-01-01 00:00",
+            "2012-02-28 05:00",
+            "2012-02-29 12:00",
+            "2012-03-01 00:00",
+            "2009-03-01 23:00",
+            "2012-12-31 23:00",
+        )
+    )
     assert when["day"].tolist() == [0, 58, 58, 59, 59, 364]
     assert when["hour"].tolist() == [0, 5, 12, 0, 23, 23]
     assert when["month"].tolist() == [1, 2, 2, 3, 3, 12]
@@ -112,48 +135,62 @@ def test_climatology_window_must_be_odd():
 
 def judged(skill: float, skill_interval, coverage=None, coverage_interval=None) -> dict:
     """Metrics as bless reads them: a test MAE of 2 C against persistence's, with the given skill."""
-    metrics = {"test_mae_degC": 2.0 * (1 - skill), "persistence_mae_degC": 2.0, "skill_vs_persistence": skill,
-               "skill_interval": list(skill_interval)}
+    metrics = {
+        "test_mae_degC": 2.0 * (1 - skill),
+        "persistence_mae_degC": 2.0,
+        "skill_vs_persistence": skill,
+        "skill_interval": list(skill_interval),
+    }
     if coverage is not None:
         metrics.update(band_coverage=coverage, band_coverage_interval=list(coverage_interval))
     return metrics
 
 
-@pytest.mark.parametrize("skill,interval,expected,said", [
-    (0.10, (0.08, 0.12), True, "meets the margin 5%"),
-    (0.04, (0.02, 0.06), True, "within sampling noise of the margin 5%"),
-    (0.03, (0.01, 0.049), False, "clearly short of the margin 5%"),
-])
-def test_blessing_refuses_a_skill_over_persistence_only_when_clearly_short_of_the_margin(skill, interval, expected,
-                                                                                           said):
+@pytest.mark.parametrize(
+    "skill,interval,expected,said",
+    [
+        (0.10, (0.08, 0.12), True, "meets the margin 5%"),
+        (0.04, (0.02, 0.06), True, "within sampling noise of the margin 5%"),
+        (0.03, (0.01, 0.049), False, "clearly short of the margin 5%"),
+    ],
+)
+def test_blessing_refuses_a_skill_over_persistence_only_when_clearly_short_of_the_margin(
+    skill, interval, expected, said
+):
     blessed, reason = bless(judged(skill, interval), None, EVALUATE_PARAMS)
     assert blessed is expected and said in reason and "no model is published yet" in reason
     assert f"skill of {skill:.1%} (interval {interval[0]:.1%} to {interval[1]:.1%})" in reason
 
 
 def side_by_side(model_mae: float, published_mae: float, version: int = 3, interval=None) -> dict:
-    return {"version": version, "model_mae_degC": model_mae, "mae_degC": published_mae, "samples": 100,
-            "mae_difference_interval": interval}
+    return {
+        "version": version,
+        "model_mae_degC": model_mae,
+        "mae_degC": published_mae,
+        "samples": 100,
+        "mae_difference_interval": interval,
+    }
 
 
-@pytest.mark.parametrize("model_mae,interval,expected", [
-    (1.5, (-0.1, 0.1), True),
-    (1.6, (0.02, 0.18), True),   # worse by 0.1 C, but not clearly by more than 0.05 C
-    (1.6, (0.06, 0.14), False),  # clearly worse by more than 0.05 C
-    (1.54, None, True),          # a recorded MAE without errors: the difference itself
-    (1.56, None, False),
-])
+@pytest.mark.parametrize(
+    "model_mae,interval,expected",
+    [
+        (1.5, (-0.1, 0.1), True),
+        (1.6, (0.02, 0.18), True),  # worse by 0.1 C, but not clearly by more than 0.05 C
+        (1.6, (0.06, 0.14), False),  # clearly worse by more than 0.05 C
+        (1.54, None, True),  # a recorded MAE without errors: the difference itself
+        (1.56, None, False),
+    ],
+)
 def test_blessing_refuses_only_a_model_clearly_worse_than_the_published_one(model_mae, interval, expected):
-    blessed, reason = bless(judged(0.5, (0.4, 0.6)), side_by_side(model_mae, 1.5, interval=interval),
-                            EVALUATE_PARAMS)
+    blessed, reason = bless(judged(0.5, (0.4, 0.6)), side_by_side(model_mae, 1.5, interval=interval), EVALUATE_PARAMS)
     assert blessed is expected
     assert "on the same 100 test samples" in reason and "published version 3's 1.500 C" in reason
     assert ("clearly worse by more than the tolerance of 0.050 C" in reason) is not expected
 
 
 def test_blessing_checks_persistence_even_when_better_than_published():
-    blessed, reason = bless(judged(0.02, (0.0, 0.04)), side_by_side(1.95, 2.5, interval=(-0.6, -0.5)),
-                            EVALUATE_PARAMS)
+    blessed, reason = bless(judged(0.02, (0.0, 0.04)), side_by_side(1.95, 2.5, interval=(-0.6, -0.5)), EVALUATE_PARAMS)
     assert not blessed and "clearly short of the margin" in reason
 
 
@@ -165,8 +202,7 @@ def test_a_published_model_of_another_horizon_is_not_comparable():
 
 def test_evaluation_metrics():
     observed = np.array([10.0, 12.0, 14.0, 16.0])
-    metrics = evaluation_metrics(observed, predicted=observed + 0.5, persistence=observed - 1,
-                                 climatology=observed + 2)
+    metrics = evaluation_metrics(observed, predicted=observed + 0.5, persistence=observed - 1, climatology=observed + 2)
     assert metrics["test_mae_degC"] == pytest.approx(0.5)
     assert metrics["persistence_rmse_degC"] == pytest.approx(1.0)
     assert metrics["climatology_mae_degC"] == pytest.approx(2.0)
@@ -205,7 +241,7 @@ def simulated_test_split(rng, coverage: float, days: int = 360):
     regime = np.zeros(days)
     for day in range(1, days):
         regime[day] = 0.8 * regime[day - 1] + rng.normal(0, 1)
-    hourly = np.repeat(regime, 24) / np.sqrt(1 / (1 - 0.8 ** 2)) * 0.8 + rng.normal(0, 0.6, days * 24)
+    hourly = np.repeat(regime, 24) / np.sqrt(1 / (1 - 0.8**2)) * 0.8 + rng.normal(0, 0.6, days * 24)
     threshold = np.quantile(rng.normal(0, 1, 200_000), coverage)  # the sum above has variance 1
     in_band = (hourly < threshold)[:, None]
     when = hours("2015-01-01", "2016-01-01")[: days * 24]
@@ -225,12 +261,14 @@ def test_coverage_intervals_refuse_a_clearly_bad_band_and_not_a_good_one_by_chan
         coverage = in_band.mean()
         interval = sampling_intervals(days, errors * 0.9, errors, in_band, EVALUATE_PARAMS, seed=trial)
         fixed_refusals += not 0.78 <= coverage <= 0.82
-        interval_refusals += not bless(judged(0.1, (0.05, 0.15), coverage, interval["band_coverage_interval"]),
-                                       None, EVALUATE_PARAMS)[0]
+        interval_refusals += not bless(
+            judged(0.1, (0.05, 0.15), coverage, interval["band_coverage_interval"]), None, EVALUATE_PARAMS
+        )[0]
         days, in_band = simulated_test_split(rng, 0.6)
         interval = sampling_intervals(days, errors * 0.9, errors, in_band, EVALUATE_PARAMS, seed=trial)
-        bad_refusals += not bless(judged(0.1, (0.05, 0.15), in_band.mean(), interval["band_coverage_interval"]),
-                                  None, EVALUATE_PARAMS)[0]
+        bad_refusals += not bless(
+            judged(0.1, (0.05, 0.15), in_band.mean(), interval["band_coverage_interval"]), None, EVALUATE_PARAMS
+        )[0]
     assert fixed_refusals >= 10 and interval_refusals <= 4 and bad_refusals == 40
 
 
@@ -256,8 +294,14 @@ def test_a_band_too_narrow_late_shows_in_coverage_and_reliability_by_hour():
     quantiles = np.empty((*observed.shape, 3))
     quantiles[:, 0] = [0.1, 0.5, 0.9]  # hour 1: calibrated
     quantiles[:, 1] = [0.3, 0.5, 0.7]  # hour 2: too narrow, holds 40 %
-    table = errors_by_horizon(observed, quantiles[..., 1], quantiles[..., 0], quantiles[..., 2],
-                              persistence=np.full(len(observed), 0.5), climatology=np.full(observed.shape, 0.25))
+    table = errors_by_horizon(
+        observed,
+        quantiles[..., 1],
+        quantiles[..., 0],
+        quantiles[..., 2],
+        persistence=np.full(len(observed), 0.5),
+        climatology=np.full(observed.shape, 0.25),
+    )
     assert table["hour"].tolist() == [1, 2]
     np.testing.assert_allclose(table["coverage"], [0.8, 0.4])
     np.testing.assert_allclose(table["band_width_degC"], [0.8, 0.4])
@@ -270,16 +314,22 @@ def test_a_band_too_narrow_late_shows_in_coverage_and_reliability_by_hour():
 
 def test_persistence_error_grows_with_the_hour_ahead():
     observed = 10 + 0.5 * np.arange(1, 5)[None, :].repeat(3, axis=0)  # +0.5 C per hour after 10 C
-    table = errors_by_horizon(observed, observed, observed, observed, persistence=np.full(3, 10.0),
-                              climatology=observed)
+    table = errors_by_horizon(
+        observed, observed, observed, observed, persistence=np.full(3, 10.0), climatology=observed
+    )
     np.testing.assert_allclose(table["persistence_mae_degC"], [0.5, 1.0, 1.5, 2.0])
     np.testing.assert_allclose(table["coverage"], 1.0)
 
 
-@pytest.mark.parametrize("coverage,interval,expected,said", [
-    (0.80, (0.77, 0.83), True, "within"), (0.825, (0.80, 0.85), True, "consistent with"),
-    (0.76, (0.74, 0.779), False, "clearly outside"), (0.86, (0.821, 0.90), False, "clearly outside"),
-])
+@pytest.mark.parametrize(
+    "coverage,interval,expected,said",
+    [
+        (0.80, (0.77, 0.83), True, "within"),
+        (0.825, (0.80, 0.85), True, "consistent with"),
+        (0.76, (0.74, 0.779), False, "clearly outside"),
+        (0.86, (0.821, 0.90), False, "clearly outside"),
+    ],
+)
 def test_coverage_verdict(coverage, interval, expected, said):
     covered, reason = coverage_verdict(coverage, interval, [0.78, 0.82])
     assert covered is expected and f"{coverage:.1%}" in reason and f"{said} the goal 78%-82%" in reason
@@ -290,22 +340,28 @@ def test_path_metrics_and_a_band_outside_the_coverage_goal(tmp_path):
     levels = [0.1, 0.5, 0.9]
     narrow = np.broadcast_to(np.array([0.45, 0.5, 0.55]), (*observed.shape, 3))
     when = hours("2015-01-01", "2015-03-01")[: len(observed)]
-    result = {"target_timestamps": when, "observed": observed[:, -1], "predicted": narrow[:, -1, 1],
-              "persistence": observed[:, -1] + 5, "climatology": observed[:, -1] + 5,
-              "observed_paths": observed, "quantiles": narrow}
+    result = {
+        "target_timestamps": when,
+        "observed": observed[:, -1],
+        "predicted": narrow[:, -1, 1],
+        "persistence": observed[:, -1] + 5,
+        "climatology": observed[:, -1] + 5,
+        "observed_paths": observed,
+        "quantiles": narrow,
+    }
     metrics = judged_metrics(result, levels, None, EVALUATE_PARAMS, seed=0)
     assert metrics["band_coverage"] == pytest.approx(0.1) and metrics["band_width_degC"] == pytest.approx(0.1)
     assert metrics["band_coverage_interval"][1] < 0.78
     assert metrics["blessed"] is False and "clearly outside the goal" in metrics["blessing_reason"]
     calibrated = np.broadcast_to(np.array(levels), (*observed.shape, 3))
-    metrics = judged_metrics({**result, "predicted": calibrated[:, -1, 1], "quantiles": calibrated}, levels, None,
-                             EVALUATE_PARAMS, seed=0)
+    metrics = judged_metrics(
+        {**result, "predicted": calibrated[:, -1, 1], "quantiles": calibrated}, levels, None, EVALUATE_PARAMS, seed=0
+    )
     assert metrics["blessed"] is True and metrics["band_coverage"] == pytest.approx(0.8)
     assert metrics["band_coverage_final_hour"] == pytest.approx(0.8)
     assert metrics["test_mae_1h_degC"] == pytest.approx(0.25)
     assert metrics["test_mae_all_hours_degC"] == pytest.approx(0.25)
-    assert metrics["sampling"] == {"confidence": 0.95, "block_days": 7, "bootstrap_replicates": 500,
-                                   "test_days": 42}
+    assert metrics["sampling"] == {"confidence": 0.95, "block_days": 7, "bootstrap_replicates": 500, "test_days": 42}
     # pinball loss of the true quantiles of U(0, 1): mean over levels of q(1 - q)/2
     assert metrics["mean_pinball_loss_degC"] == pytest.approx(np.mean([0.045, 0.125, 0.045]), rel=1e-3)
 
@@ -329,15 +385,28 @@ def evaluation_workspace(tmp_path, monkeypatch, margin=-1.0, coverage_goal=(0.0,
     goal of 0-1 the band, out of the blessing."""
     monkeypatch.chdir(tmp_path)
     windows = small_windows(days=90)
-    save_windows({"hourly": windows.hourly, "timestamps": windows.timestamps, "starts": windows.starts,
-                  "normalization": windows.normalization}, tmp_path / "data" / "windows")
+    save_windows(
+        {
+            "hourly": windows.hourly,
+            "timestamps": windows.timestamps,
+            "starts": windows.starts,
+            "normalization": windows.normalization,
+        },
+        tmp_path / "data" / "windows",
+    )
     keras.utils.set_random_seed(0)
     candidate = build_model(windows.normalization, MODEL_PARAMS)
     save_model(candidate, tmp_path / "models" / "model.keras")
     serving = {"base_path": "served", "model_name": "jena"}
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump({
-        "seed": 0, "evaluate": {**EVALUATE_PARAMS, "margin": margin, "coverage_goal": list(coverage_goal)},
-        "serving": serving}))
+    (tmp_path / "params.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "seed": 0,
+                "evaluate": {**EVALUATE_PARAMS, "margin": margin, "coverage_goal": list(coverage_goal)},
+                "serving": serving,
+            }
+        )
+    )
     return windows, candidate
 
 
@@ -363,10 +432,23 @@ def test_main_writes_metrics_and_plots(tmp_path, monkeypatch):
     evaluate.main()
     metrics = json.loads((tmp_path / "metrics" / "evaluate.json").read_text())
     assert metrics["published_version"] is None and metrics["published_mae_degC"] is None
-    assert set(metrics) >= {"test_mae_degC", "test_rmse_degC", "persistence_mae_degC", "persistence_rmse_degC",
-                            "climatology_mae_degC", "climatology_rmse_degC", "skill_vs_persistence",
-                            "blessed", "blessing_reason", "test_data_fingerprint", "test_mae_1h_degC",
-                            "mean_pinball_loss_degC", "band_coverage", "band_coverage_final_hour", "band_width_degC"}
+    assert set(metrics) >= {
+        "test_mae_degC",
+        "test_rmse_degC",
+        "persistence_mae_degC",
+        "persistence_rmse_degC",
+        "climatology_mae_degC",
+        "climatology_rmse_degC",
+        "skill_vs_persistence",
+        "blessed",
+        "blessing_reason",
+        "test_data_fingerprint",
+        "test_mae_1h_degC",
+        "mean_pinball_loss_degC",
+        "band_coverage",
+        "band_coverage_final_hour",
+        "band_width_degC",
+    }
     assert metrics["test_samples"] == len(windows.starts["test"])
     starts = windows.starts["test"]
     history, timestamps = windows.history(starts)
@@ -392,9 +474,15 @@ def test_the_published_version_is_scored_on_the_same_windows_not_by_its_stale_nu
     version, here a persistence forecaster, is run now on these windows, and the worse candidate is refused."""
     windows, candidate = evaluation_workspace(tmp_path, monkeypatch)
     published = persistence_model(windows)
-    publish_version(tmp_path, published, windows, {
-        "metrics": {"test_mae_degC": 99.0, "test_data_fingerprint": "synthetic data"},
-        "params": {"window": {"horizon_hours": windows.horizon}}})
+    publish_version(
+        tmp_path,
+        published,
+        windows,
+        {
+            "metrics": {"test_mae_degC": 99.0, "test_data_fingerprint": "synthetic data"},
+            "params": {"window": {"horizon_hours": windows.horizon}},
+        },
+    )
     evaluate.main()
     metrics = json.loads((tmp_path / "metrics" / "evaluate.json").read_text())
     starts = windows.starts["test"]
@@ -406,8 +494,10 @@ def test_the_published_version_is_scored_on_the_same_windows_not_by_its_stale_nu
     assert metrics["published_mae_degC"] == pytest.approx(metrics["persistence_mae_degC"], abs=1e-4)
     comparison = metrics["published_comparison"]
     assert {key: comparison[key] for key in ("samples", "model_mae_degC", "measured")} == {
-        "samples": len(starts), "model_mae_degC": metrics["test_mae_degC"],
-        "measured": "evaluated now on these test windows"}
+        "samples": len(starts),
+        "model_mae_degC": metrics["test_mae_degC"],
+        "measured": "evaluated now on these test windows",
+    }
     low, high = comparison["mae_difference_interval"]
     assert EVALUATE_PARAMS["tolerance"] < low <= metrics["test_mae_degC"] - metrics["published_mae_degC"] <= high
     assert metrics["blessed"] is False and "published version 3's" in metrics["blessing_reason"]
@@ -418,9 +508,15 @@ def test_the_published_version_is_scored_on_the_same_windows_not_by_its_stale_nu
 def test_the_same_published_model_on_new_data_is_blessed_on_the_fresh_comparison(tmp_path, monkeypatch):
     """A stale card MAE of 0.01 C would refuse anything; measured now, the same model is exactly as good."""
     windows, candidate = evaluation_workspace(tmp_path, monkeypatch)
-    publish_version(tmp_path, candidate, windows, {
-        "metrics": {"test_mae_degC": 0.01, "test_data_fingerprint": "synthetic data"},
-        "params": {"window": {"horizon_hours": windows.horizon}}})
+    publish_version(
+        tmp_path,
+        candidate,
+        windows,
+        {
+            "metrics": {"test_mae_degC": 0.01, "test_data_fingerprint": "synthetic data"},
+            "params": {"window": {"horizon_hours": windows.horizon}},
+        },
+    )
     evaluate.main()
     metrics = json.loads((tmp_path / "metrics" / "evaluate.json").read_text())
     assert metrics["published_mae_degC"] == pytest.approx(metrics["test_mae_degC"], abs=1e-4)
@@ -440,9 +536,15 @@ def test_the_published_version_in_object_storage_is_downloaded_and_scored(object
     from serving import store
 
     windows, candidate = evaluation_workspace(tmp_path, monkeypatch)
-    built = publish_version(tmp_path, persistence_model(windows), windows, {
-        "metrics": {"test_mae_degC": 99.0, "test_data_fingerprint": "synthetic data"},
-        "params": {"window": {"horizon_hours": windows.horizon}}})
+    built = publish_version(
+        tmp_path,
+        persistence_model(windows),
+        windows,
+        {
+            "metrics": {"test_mae_degC": 99.0, "test_data_fingerprint": "synthetic data"},
+            "params": {"window": {"horizon_hours": windows.horizon}},
+        },
+    )
     base_path = f"{object_store.create_bucket('models')}/served"
     assert store.publish(built, f"{base_path}/jena", keep_versions=3).version == 1
     fs, root = fsspec.core.url_to_fs(f"{base_path}/jena")
@@ -459,7 +561,9 @@ def test_the_published_version_in_object_storage_is_downloaded_and_scored(object
 def test_an_unusable_store_stops_evaluate_with_one_line(s3_server, tmp_path, monkeypatch):
     evaluation_workspace(tmp_path, monkeypatch)
     with_base_path(tmp_path / "params.yaml", "s3://no-such-bucket/served")
-    with pytest.raises(SystemExit, match=r"^evaluate: s3://no-such-bucket/served/jena: bucket 'no-such-bucket' does not"):
+    with pytest.raises(
+        SystemExit, match=r"^evaluate: s3://no-such-bucket/served/jena: bucket 'no-such-bucket' does not"
+    ):
         evaluate.main()
     assert not (tmp_path / "metrics" / "evaluate.json").exists()
 

@@ -15,23 +15,36 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from tensorflow_serving.apis import prediction_log_pb2
-
 from conftest import REPO_ROOT
+from tensorflow_serving.apis import prediction_log_pb2
+from windows_helper import small_windows
+
 from pipeline import export, schema
 from pipeline.model import build_model
 from pipeline.published import MODEL_CARD, model_directory
 from serving.store import complete_versions, fingerprint, publish
 from tests.exports_helper import fake_export
-from windows_helper import small_windows
 
 LOOKBACK = 24
 # Dropout on: its seed generators must export too (they once broke tf.saved_model.save).
-TINY_MODEL = {"cell": "gru", "layers": 1, "units": 4, "dropout": 0.2, "recurrent_dropout": 0.1, "residual": True,
-              "quantiles": [0.1, 0.5, 0.9]}
+TINY_MODEL = {
+    "cell": "gru",
+    "layers": 1,
+    "units": 4,
+    "dropout": 0.2,
+    "recurrent_dropout": 0.1,
+    "residual": True,
+    "quantiles": [0.1, 0.5, 0.9],
+}
 HORIZON = 6
-METRICS = {"test_mae_degC": 1.9, "persistence_mae_degC": 2.5, "skill_vs_persistence": 0.24, "skill_interval": [0.2, 0.28],
-           "blessed": True, "blessing_reason": "beats persistence"}
+METRICS = {
+    "test_mae_degC": 1.9,
+    "persistence_mae_degC": 2.5,
+    "skill_vs_persistence": 0.24,
+    "skill_interval": [0.2, 0.28],
+    "blessed": True,
+    "blessing_reason": "beats persistence",
+}
 EVALUATE = {"margin": 0.05, "tolerance": 0.05, "coverage_goal": [0.78, 0.82]}
 
 
@@ -64,8 +77,9 @@ def keras_predictions(model, history, timestamps):
 
 def test_saved_model_cli_shows_the_documented_signature(exported):
     cli = Path(sys.executable).parent / "saved_model_cli"
-    shown = subprocess.run([str(cli), "show", "--all", "--dir", str(exported)],
-                           capture_output=True, text=True, check=True).stdout
+    shown = subprocess.run(
+        [str(cli), "show", "--all", "--dir", str(exported)], capture_output=True, text=True, check=True
+    ).stdout
     print(shown)
     signature = shown.split("signature_def['serving_default']:")[1].split("signature_def[")[0]
     normalised = " ".join(signature.split())
@@ -86,9 +100,13 @@ def test_signature_names_dtypes_and_shapes(serving_default):
         "timestamps": tf.TensorSpec([None, LOOKBACK], tf.int64, name="timestamps"),
     }
     outputs = {name: (spec.shape.as_list(), spec.dtype) for name, spec in serving_default.structured_outputs.items()}
-    assert outputs == {"temperature_degC": ([None], tf.float32), "temperature_path_degC": ([None, HORIZON], tf.float32),
-                       "temperature_quantiles_degC": ([None, HORIZON, 3], tf.float32),
-                       "quantile_levels": ([None, 3], tf.float32), "valid_time": ([None], tf.int64)}
+    assert outputs == {
+        "temperature_degC": ([None], tf.float32),
+        "temperature_path_degC": ([None, HORIZON], tf.float32),
+        "temperature_quantiles_degC": ([None, HORIZON, 3], tf.float32),
+        "quantile_levels": ([None, 3], tf.float32),
+        "valid_time": ([None], tf.int64),
+    }
     documented = schema.served_signature(LOOKBACK, HORIZON, 3)["outputs"]
     assert outputs == {name: (shape, tf.as_dtype(dtype)) for name, (dtype, shape) in documented.items()}
 
@@ -124,11 +142,13 @@ def test_warmup_requests_are_prediction_logs_that_the_signature_accepts(exported
         assert (request.model_spec.name, request.model_spec.signature_name) == ("jena_temperature", "serving_default")
         inputs = {name: tf.make_ndarray(proto) for name, proto in request.inputs.items()}
         answer = serving_default(**{name: tf.constant(value) for name, value in inputs.items()})
-        np.testing.assert_allclose(answer["temperature_quantiles_degC"].numpy(), keras_predictions(model, **inputs),
-                                   rtol=0, atol=1e-4)
+        np.testing.assert_allclose(
+            answer["temperature_quantiles_degC"].numpy(), keras_predictions(model, **inputs), rtol=0, atol=1e-4
+        )
         assert set(answer) == set(schema.served_signature(LOOKBACK)["outputs"])
-    assert [len(tf.make_ndarray(log.predict_log.request.inputs["history"])) for log in logs] == \
-        list(export.WARMUP_BATCH_SIZES)
+    assert [len(tf.make_ndarray(log.predict_log.request.inputs["history"])) for log in logs] == list(
+        export.WARMUP_BATCH_SIZES
+    )
 
 
 def test_warmup_requests_are_real_test_windows(exported, windows):
@@ -144,15 +164,23 @@ def test_warmup_requests_are_real_test_windows(exported, windows):
 def test_model_card_tells_what_and_whence(exported, tmp_path):
     raw_csv = tmp_path / "raw.csv"
     raw_csv.write_text("a,b\n1,2\n")
-    made_by = {"seed": 1, "epochs": 2, "data": {"source": "synthetic", "synthetic_start": "2009-01-01",
-                                                "synthetic_end": "2009-03-01"},
-               "prepare": {"max_fill_hours": 3}, "window": {"lookback_hours": LOOKBACK, "horizon_hours": HORIZON},
-               "model": TINY_MODEL,
-               "train": {"batch_size": 64}}
+    made_by = {
+        "seed": 1,
+        "epochs": 2,
+        "data": {"source": "synthetic", "synthetic_start": "2009-01-01", "synthetic_end": "2009-03-01"},
+        "prepare": {"max_fill_hours": 3},
+        "window": {"lookback_hours": LOOKBACK, "horizon_hours": HORIZON},
+        "model": TINY_MODEL,
+        "train": {"batch_size": 64},
+    }
     params = {**made_by, "serving": {"model_name": "jena_temperature"}, "smoke": {"server": "embedded"}}
     card = export.model_card(params, METRICS, raw_csv, LOOKBACK)
-    assert card["data"] == {"source": "synthetic", "origin": "synthetic 2009-01-01 to 2009-03-01",
-                            "file": str(raw_csv), "md5": hashlib.md5(raw_csv.read_bytes()).hexdigest()}
+    assert card["data"] == {
+        "source": "synthetic",
+        "origin": "synthetic 2009-01-01 to 2009-03-01",
+        "file": str(raw_csv),
+        "md5": hashlib.md5(raw_csv.read_bytes()).hexdigest(),
+    }
     assert card["params"] == made_by and card["metrics"] == METRICS  # serving and smoke do not make the model
     assert set(card["git"]) == {"commit", "dirty"} and "T" in card["created"]
     assert card["signature"]["inputs"]["history"][1] == [None, LOOKBACK, 14]
@@ -182,23 +210,32 @@ def test_exporting_the_same_model_again_reproduces_its_fingerprint(model, tmp_pa
     model.save(tmp_path / "model.keras")
     fingerprints = []
     for hash_seed in ("1", "2"):
-        environment = dict(os.environ, PYTHONHASHSEED=hash_seed,
-                           PYTHONPATH=os.pathsep.join([str(REPO_ROOT), str(REPO_ROOT / "tests")]))
+        environment = dict(
+            os.environ, PYTHONHASHSEED=hash_seed, PYTHONPATH=os.pathsep.join([str(REPO_ROOT), str(REPO_ROOT / "tests")])
+        )
         printed = subprocess.run(
             [sys.executable, "-c", EXPORT_IN_A_NEW_PROCESS, str(tmp_path / "model.keras"), str(tmp_path / hash_seed)],
-            env=environment, capture_output=True, text=True, check=True,
+            env=environment,
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout
         fingerprints.append(printed.split()[-1])
     assert fingerprints[0] == fingerprints[1]
 
 
 def test_only_a_blessed_model_is_published_and_only_once(exported, tmp_path):
-    serving = {"base_path": str(tmp_path / "serving"), "model_name": "jena_temperature", "keep_versions": 3,
-               "config_file": str(Path(__file__).parents[1] / "serving/models.config")}
+    serving = {
+        "base_path": str(tmp_path / "serving"),
+        "model_name": "jena_temperature",
+        "keep_versions": 3,
+        "config_file": str(Path(__file__).parents[1] / "serving/models.config"),
+    }
     versions = tmp_path / "serving/jena_temperature"
 
-    refused = export.publication(exported, {**METRICS, "blessed": False, "blessing_reason": "too weak"}, serving,
-                                 EVALUATE)
+    refused = export.publication(
+        exported, {**METRICS, "blessed": False, "blessing_reason": "too weak"}, serving, EVALUATE
+    )
     assert refused["published"] is False and refused["version"] is None
     assert refused["reason"] == "not blessed: too weak"
     assert complete_versions(versions) == []
@@ -216,12 +253,20 @@ def test_only_a_blessed_model_is_published_and_only_once(exported, tmp_path):
 
 def test_a_model_outrun_by_a_better_publication_is_not_published(exported, tmp_path):
     """Two queued experiments: both blessed against version 1; the better one publishes first."""
-    serving = {"base_path": str(tmp_path / "serving"), "model_name": "jena_temperature", "keep_versions": 3,
-               "config_file": str(Path(__file__).parents[1] / "serving/models.config")}
+    serving = {
+        "base_path": str(tmp_path / "serving"),
+        "model_name": "jena_temperature",
+        "keep_versions": 3,
+        "config_file": str(Path(__file__).parents[1] / "serving/models.config"),
+    }
     versions = tmp_path / "serving/jena_temperature"
     publish(fake_export(tmp_path / "version-1", "first", test_mae=2.0), versions, keep_versions=3)
-    evaluated_against_version_1 = {**METRICS, "published_version": 1, "test_samples": 100,
-                                   "test_data_fingerprint": "test data"}  # 1.9 <= 2.0 + 0.05: blessed
+    evaluated_against_version_1 = {
+        **METRICS,
+        "published_version": 1,
+        "test_samples": 100,
+        "test_data_fingerprint": "test data",
+    }  # 1.9 <= 2.0 + 0.05: blessed
     publish(fake_export(tmp_path / "better", "better", test_mae=1.5), versions, keep_versions=3)
 
     record = export.publication(exported, evaluated_against_version_1, serving, EVALUATE)
@@ -243,6 +288,7 @@ def test_the_recheck_never_compares_numbers_from_different_data(exported, tmp_pa
     assert not blessed and "measured on other test data; run the evaluate stage again" in reason
     # everything rolled back: only persistence is left to beat
     assert export.still_blessed_at(None, evaluated, EVALUATE)[0] is True
+
 
 def test_model_directory_joins_base_path_and_model_name(tmp_path):
     assert model_directory({"base_path": "models/serving", "model_name": "m"}) == Path("models/serving/m")

@@ -22,27 +22,35 @@ import keras
 import numpy as np
 import pytest
 import yaml
-
 from conftest import REPO_ROOT
+from windows_helper import small_windows
+
 from pipeline import architecture, export
 from pipeline import inspect as inspect_command
 from pipeline import train as train_stage
 from pipeline.model import build_model
 from pipeline.published import MODEL_CARD
-from serving.store import fingerprint, publish
 from pipeline.window import save_windows
-from windows_helper import small_windows
+from serving.store import fingerprint, publish
 
 LOOKBACK, HORIZON = 24, 6
-TINY = {"cell": "gru", "layers": 1, "units": 4, "dropout": 0.0, "recurrent_dropout": 0.0, "residual": True,
-        "quantiles": [0.1, 0.5, 0.9]}
+TINY = {
+    "cell": "gru",
+    "layers": 1,
+    "units": 4,
+    "dropout": 0.0,
+    "recurrent_dropout": 0.0,
+    "residual": True,
+    "quantiles": [0.1, 0.5, 0.9],
+}
 TRAIN = {"optimizer": "adam", "learning_rate": 0.01, "batch_size": 64, "final_hour_share": 0.5, "patience": 2}
 METRICS = {"test_mae_degC": 1.9, "persistence_mae_degC": 2.5, "blessed": True, "blessing_reason": "beats persistence"}
 LAYER_CLASSES = ("JenaFeatures", "GRU", "Dense", "QuantileHead")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
-needs_graphviz = pytest.mark.skipif(shutil.which("dot") is None,
-                                    reason="Graphviz's `dot` is not installed (apt-get install graphviz)")
+needs_graphviz = pytest.mark.skipif(
+    shutil.which("dot") is None, reason="Graphviz's `dot` is not installed (apt-get install graphviz)"
+)
 
 
 def tiny_params(epochs=1, **model) -> dict:
@@ -71,8 +79,13 @@ def forms(tmp_path_factory, model, windows) -> dict[str, Path]:
     params["window"] = {**params["window"], "lookback_hours": LOOKBACK, "horizon_hours": HORIZON}
     export.write_export(model, windows, export.model_card(params, METRICS, raw_csv, LOOKBACK), root / "export")
     published = publish(root / "export", root / "serving" / "jena_temperature", keep_versions=2)
-    return {"keras": root / "model.keras", "h5": root / "model.h5", "saved_model": root / "export",
-            "version": Path(published.path), "model_directory": root / "serving" / "jena_temperature"}
+    return {
+        "keras": root / "model.keras",
+        "h5": root / "model.h5",
+        "saved_model": root / "export",
+        "version": Path(published.path),
+        "model_directory": root / "serving" / "jena_temperature",
+    }
 
 
 def run(capsys, *argv) -> tuple[int, str, str]:
@@ -228,8 +241,11 @@ def test_the_diagram_grows_with_the_models_layers(windows, tmp_path):
 
 def test_a_diagram_of_another_format_or_of_a_saved_model_is_refused(forms, tmp_path, capsys):
     status, _, err = run(capsys, forms["keras"], "--plot", tmp_path / "model.jpg")
-    assert status == 2 and err == f"inspect: {tmp_path / 'model.jpg'}: a diagram is drawn as .png or .svg, chosen " \
-                                  f"by the file's extension\n"
+    assert (
+        status == 2
+        and err
+        == f"inspect: {tmp_path / 'model.jpg'}: a diagram is drawn as .png or .svg, chosen by the file's extension\n"
+    )
     status, _, err = run(capsys, forms["version"], "--plot", tmp_path / "model.png")
     assert status == 2 and err.startswith(f"inspect: {forms['version']}: a SavedModel holds graphs, not Keras layers")
     assert list(tmp_path.iterdir()) == []
@@ -246,8 +262,15 @@ def test_without_graphviz_plot_says_how_to_install_it_in_one_line(forms, tmp_pat
 
 def stage_workspace(tmp_path: Path, monkeypatch, windows) -> Path:
     monkeypatch.chdir(tmp_path)
-    save_windows({"hourly": windows.hourly, "timestamps": windows.timestamps, "starts": windows.starts,
-                  "normalization": windows.normalization}, tmp_path / "data" / "windows")
+    save_windows(
+        {
+            "hourly": windows.hourly,
+            "timestamps": windows.timestamps,
+            "starts": windows.starts,
+            "normalization": windows.normalization,
+        },
+        tmp_path / "data" / "windows",
+    )
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_params()))
     return tmp_path / "models" / "architecture"
 
@@ -288,7 +311,13 @@ def test_the_console_script_and_the_module_run_the_command(forms, tmp_path):
     # In a new process, from the repository root as the README runs it: `pipeline.inspect` does not
     # shadow the standard library's `inspect`, which TensorFlow and Keras import.
     environment = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    result = subprocess.run([sys.executable, "-m", "pipeline.inspect", str(forms["version"])], cwd=REPO_ROOT,
-                            env=environment, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline.inspect", str(forms["version"])],
+        cwd=REPO_ROOT,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     assert "signature serving_default" in result.stdout

@@ -18,12 +18,12 @@ import grpc
 import pytest
 import tensorflow as tf
 import yaml
+from conftest import QUICK_PARAMS, set_params
 from tensorflow_serving.apis import predict_pb2, prediction_log_pb2, prediction_service_pb2_grpc
 
-from conftest import QUICK_PARAMS, set_params
 from pipeline.export import WARMUP_FILE
-from serving.store import complete_versions, fingerprint
 from pipeline.serving_check import free_port, server_command, started_server, wait_until_available
+from serving.store import complete_versions, fingerprint
 
 pytestmark = pytest.mark.slow
 
@@ -46,15 +46,29 @@ def test_repro_publishes_exp_run_adds_a_version_and_unchanged_repro_adds_none(pi
     first = json.loads((root / "models/publication.json").read_text())
     assert (first["version"], first["created"], first["published"]) == (1, True, True)
     evaluation = json.loads((root / "metrics/evaluate.json").read_text())
-    assert {"test_mae_degC", "test_rmse_degC", "persistence_mae_degC", "climatology_mae_degC",
-            "skill_vs_persistence", "blessed", "blessing_reason", "test_mae_1h_degC", "band_coverage",
-            "band_width_degC", "mean_pinball_loss_degC"} <= set(evaluation)
+    assert {
+        "test_mae_degC",
+        "test_rmse_degC",
+        "persistence_mae_degC",
+        "climatology_mae_degC",
+        "skill_vs_persistence",
+        "blessed",
+        "blessing_reason",
+        "test_mae_1h_degC",
+        "band_coverage",
+        "band_width_degC",
+        "mean_pinball_loss_degC",
+    } <= set(evaluation)
     smoke = json.loads((root / "metrics/smoke.json").read_text())
     assert smoke["version"] == 1 and smoke["server"] == "embedded" and smoke["max_abs_difference_degC"] < 1e-4
     assert abs(smoke["served_test_mae_degC"] - evaluation["test_mae_degC"]) < 1e-3
     plots = json.loads(pipeline_repo.dvc("plots", "show", "--json").stdout)["data"]
-    assert {"Learning curve, MAE (degC)", "Test period, observed and predicted temperature",
-            "Test MAE by month of the year", "Residuals, predicted - observed"} <= set(plots)
+    assert {
+        "Learning curve, MAE (degC)",
+        "Test period, observed and predicted temperature",
+        "Test MAE by month of the year",
+        "Residuals, predicted - observed",
+    } <= set(plots)
     assert (root / "models/architecture/summary.txt").is_file()
     if shutil.which("dot"):  # the architecture diagram needs Graphviz, which CI installs (.ci/run)
         assert [plot["type"] for plot in plots["models/architecture/model.png"]] == ["image"]

@@ -5,12 +5,19 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import run_stage, to_csv_text
+
 from pipeline import schema
 from pipeline.prepare import (
-    InvalidData, drop_duplicate_timestamps, fill_short_gaps, mean_direction_degrees, prepare,
-    read_raw_csv, replace_sentinels, run_lengths, to_hourly,
+    InvalidData,
+    drop_duplicate_timestamps,
+    fill_short_gaps,
+    mean_direction_degrees,
+    prepare,
+    read_raw_csv,
+    replace_sentinels,
+    run_lengths,
+    to_hourly,
 )
 
 
@@ -99,8 +106,8 @@ def test_short_gaps_are_filled_and_long_gaps_stay():
     grid = pd.date_range("2020-01-01 01:00", periods=20, freq="h")
     hourly = pd.DataFrame({name: np.arange(20, dtype=float) for name in schema.MEASUREMENTS}, index=grid)
     hourly[schema.WIND_DIRECTION] = 350.0
-    hourly.iloc[3:5] = np.nan       # 2 empty hours: filled
-    hourly.iloc[9:14] = np.nan      # 5 empty hours: left
+    hourly.iloc[3:5] = np.nan  # 2 empty hours: filled
+    hourly.iloc[9:14] = np.nan  # 5 empty hours: left
     hourly.loc[grid[3], schema.WIND_DIRECTION] = np.nan
     filled, report = fill_short_gaps(hourly, max_fill_hours=3)
     np.testing.assert_allclose(filled[schema.TEMPERATURE].iloc[3:5], [3.0, 4.0])

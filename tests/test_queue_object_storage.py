@@ -18,8 +18,8 @@ import time
 
 import fsspec
 import pytest
-
 from conftest import QUICK_PARAMS, set_params
+
 from serving import store
 
 pytestmark = pytest.mark.slow
@@ -41,12 +41,19 @@ def wait_for_queue(repo) -> str:
 def start_queue(repo, workers: int) -> None:
     """`dvc queue start -j N`, its output to a file: the detached workers inherit the starter's output,
     and capturing it through a pipe (as `repo.run` does) would only return once they exit."""
-    environment = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"],
-                       PYTHONPATH=str(repo.root))
+    environment = dict(
+        os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"], PYTHONPATH=str(repo.root)
+    )
     log_path = repo.root.parent / "queue-start.log"
     with open(log_path, "w") as log:
-        started = subprocess.run([sys.executable, "-m", "dvc", "queue", "start", "-j", str(workers)], cwd=repo.root,
-                                 env=environment, stdout=log, stderr=subprocess.STDOUT, timeout=120)
+        started = subprocess.run(
+            [sys.executable, "-m", "dvc", "queue", "start", "-j", str(workers)],
+            cwd=repo.root,
+            env=environment,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            timeout=120,
+        )
     assert started.returncode == 0, log_path.read_text()
 
 
@@ -76,8 +83,12 @@ def test_two_queued_experiments_publish_two_distinct_versions_to_s3(pipeline_rep
     fs, root = fsspec.core.url_to_fs(url)
     # A publication of ours (number 1, this live process) holds both experiments at the gate, so
     # that their publications are certainly in flight at the same time; then it settles.
-    fs.pipe_file(f"{root}/.publications/1.claim", json.dumps(
-        {"host": socket.gethostname(), "pid": os.getpid(), "token": "test", "started": time.time()}).encode())
+    fs.pipe_file(
+        f"{root}/.publications/1.claim",
+        json.dumps(
+            {"host": socket.gethostname(), "pid": os.getpid(), "token": "test", "started": time.time()}
+        ).encode(),
+    )
 
     for epochs in (1, 2):
         pipeline_repo.dvc("exp", "run", "--queue", "-S", f"epochs={epochs}", "export")
@@ -97,10 +108,14 @@ def test_two_queued_experiments_publish_two_distinct_versions_to_s3(pipeline_rep
     outcomes = [json.loads(fs.cat_file(f"{root}/.publications/{n}.outcome"))["outcome"] for n in (2, 3)]
     assert outcomes == ["published", "published"]
 
-
     # each experiment's models/publication.json, as committed in its experiment ref
     refs = pipeline_repo.run("git", "for-each-ref", "refs/exps", "--format=%(refname)").stdout.split()
-    records = [json.loads(pipeline_repo.run("git", "show", f"{ref}:models/publication.json").stdout)
-               for ref in refs if ref.count("/") == 4]
+    records = [
+        json.loads(pipeline_repo.run("git", "show", f"{ref}:models/publication.json").stdout)
+        for ref in refs
+        if ref.count("/") == 4
+    ]
     assert sorted((record["published"], record["version"], record["path"]) for record in records) == [
-        (True, 2, f"{url}/2"), (True, 3, f"{url}/3")]
+        (True, 2, f"{url}/2"),
+        (True, 3, f"{url}/3"),
+    ]

@@ -14,12 +14,18 @@ from pathlib import Path
 
 import grpc
 import pytest
+from conftest import QUICK_PARAMS, REPO_ROOT, run_stage, set_params
 from tensorflow.core.protobuf import meta_graph_pb2
 
-from conftest import QUICK_PARAMS, REPO_ROOT, run_stage, set_params
 from pipeline.client import tls_credentials
 from pipeline.serving_check import (
-    CheckFailure, compare, described, documented_signature, free_port, server_command, started_server,
+    CheckFailure,
+    compare,
+    described,
+    documented_signature,
+    free_port,
+    server_command,
+    started_server,
     wait_until_available,
 )
 from pipeline.smoke import version_to_check
@@ -27,8 +33,12 @@ from tests.tls_helper import make_tls_files
 
 pytestmark = pytest.mark.slow
 
-TINY = {"data.source": "synthetic", "data.synthetic_start": "2009-01-01", "data.synthetic_end": "2009-02-15",
-        **QUICK_PARAMS}
+TINY = {
+    "data.source": "synthetic",
+    "data.synthetic_start": "2009-01-01",
+    "data.synthetic_end": "2009-02-15",
+    **QUICK_PARAMS,
+}
 
 
 @pytest.fixture(scope="module")
@@ -97,13 +107,21 @@ def test_forecast_client_asks_the_served_model(workspace):
             wait_until_available(channel, "jena_temperature", 1, 120, server)
         csv = str(workspace / "data/raw/jena_climate_2009_2016.csv")
         answers = [
-            subprocess.run([sys.executable, "-m", "pipeline.client", csv, *flags],
-                           cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, env=without_tf_log_level())
-            for flags in (["--model-name", "jena_temperature", "--target", f"127.0.0.1:{grpc_port}", "--brief"],
-                          ["--model-name", "jena_temperature", "--rest", "--target", f"127.0.0.1:{rest_port}", "--json"],
-                          ["--model-name", "jena_temperature", "--target", f"127.0.0.1:{grpc_port}"],
-                          # the name, measurement order and gap filling from the version's model card
-                          ["--model-card", str(directory / "1"), "--target", f"127.0.0.1:{grpc_port}", "--brief"])
+            subprocess.run(
+                [sys.executable, "-m", "pipeline.client", csv, *flags],
+                cwd=REPO_ROOT,
+                capture_output=True,
+                text=True,
+                timeout=120,
+                env=without_tf_log_level(),
+            )
+            for flags in (
+                ["--model-name", "jena_temperature", "--target", f"127.0.0.1:{grpc_port}", "--brief"],
+                ["--model-name", "jena_temperature", "--rest", "--target", f"127.0.0.1:{rest_port}", "--json"],
+                ["--model-name", "jena_temperature", "--target", f"127.0.0.1:{grpc_port}"],
+                # the name, measurement order and gap filling from the version's model card
+                ["--model-card", str(directory / "1"), "--target", f"127.0.0.1:{grpc_port}", "--brief"],
+            )
         ]
     grpc_answer, rest_answer, table_answer, card_answer = answers
     assert card_answer.returncode == 0, card_answer.stderr
@@ -113,15 +131,19 @@ def test_forecast_client_asks_the_served_model(workspace):
     # The synthetic range ends 2009-02-15 00:00: the latest complete hour is the last row; the
     # tiny model's horizon (6 h, from its own valid_time output) names the valid time.
     assert grpc_answer.stdout.startswith(
-        "forecast for 2009-02-15 06:00 (6 h after the last reading at 2009-02-15 00:00): ")
+        "forecast for 2009-02-15 06:00 (6 h after the last reading at 2009-02-15 00:00): "
+    )
     assert grpc_answer.stdout.rstrip().endswith(" C (model jena_temperature, version 1)")
     assert rest_answer.returncode == 0, rest_answer.stderr
     answer = json.loads(rest_answer.stdout)
     temperature = float(grpc_answer.stdout.split("): ")[1].split(" C")[0])
     assert answer["temperature_degC"] == pytest.approx(temperature, abs=0.05)
     assert {key: answer[key] for key in ("valid_time", "last_reading", "horizon_hours", "model_name")} == {
-        "valid_time": "2009-02-15 06:00", "last_reading": "2009-02-15 00:00", "horizon_hours": 6,
-        "model_name": "jena_temperature"}
+        "valid_time": "2009-02-15 06:00",
+        "last_reading": "2009-02-15 00:00",
+        "horizon_hours": 6,
+        "model_name": "jena_temperature",
+    }
     assert answer["quantile_levels"] == [0.1, 0.5, 0.9]
     assert [hour["hour"] for hour in answer["hours"]] == [1, 2, 3, 4, 5, 6]
     assert answer["hours"][0]["valid_time"] == "2009-02-15 01:00"
@@ -143,8 +165,12 @@ def single_output_model(directory: Path, lookback: int) -> None:
 
     module = tf.Module()
 
-    @tf.function(input_signature=[tf.TensorSpec([None, lookback, 14], tf.float32, name="history"),
-                                  tf.TensorSpec([None, lookback], tf.int64, name="timestamps")])
+    @tf.function(
+        input_signature=[
+            tf.TensorSpec([None, lookback, 14], tf.float32, name="history"),
+            tf.TensorSpec([None, lookback], tf.int64, name="timestamps"),
+        ]
+    )
     def serve(history, timestamps):
         return {"temperature_degC": history[:, -1, 1], "valid_time": timestamps[:, -1] + 24 * 3600}
 
@@ -160,10 +186,17 @@ def test_the_client_still_reads_a_model_that_serves_only_the_day_ahead_temperatu
             wait_until_available(channel, "old", 1, 120, server)
         csv = str(workspace / "data/raw/jena_climate_2009_2016.csv")
         answers = [
-            subprocess.run([sys.executable, "-m", "pipeline.client", csv, "--model-name", "old", *flags],
-                           cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
-            for flags in (["--target", f"127.0.0.1:{grpc_port}"], ["--rest", "--target", f"127.0.0.1:{rest_port}",
-                                                                   "--json"])
+            subprocess.run(
+                [sys.executable, "-m", "pipeline.client", csv, "--model-name", "old", *flags],
+                cwd=REPO_ROOT,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            for flags in (
+                ["--target", f"127.0.0.1:{grpc_port}"],
+                ["--rest", "--target", f"127.0.0.1:{rest_port}", "--json"],
+            )
         ]
     table, rest = answers
     assert table.returncode == 0, table.stderr
@@ -194,17 +227,23 @@ def test_a_signature_other_than_the_documented_one_is_described_precisely():
     output.dtype = 1
     output.tensor_shape.dim.add(size=-1)
     served = described(signature)
-    assert served == {"inputs": {"history": ("DT_FLOAT", [-1, 100, 14])},
-                      "outputs": {"temperature_degC": ("DT_FLOAT", [-1])}}
+    assert served == {
+        "inputs": {"history": ("DT_FLOAT", [-1, 100, 14])},
+        "outputs": {"temperature_degC": ("DT_FLOAT", [-1])},
+    }
     assert served != documented_signature(120, 24, 3)
 
 
 def test_the_documented_signature_is_the_schema_one():
     assert documented_signature(120, 24, 3) == {
         "inputs": {"history": ("DT_FLOAT", [-1, 120, 14]), "timestamps": ("DT_INT64", [-1, 120])},
-        "outputs": {"temperature_degC": ("DT_FLOAT", [-1]), "temperature_path_degC": ("DT_FLOAT", [-1, 24]),
-                    "temperature_quantiles_degC": ("DT_FLOAT", [-1, 24, 3]), "quantile_levels": ("DT_FLOAT", [-1, 3]),
-                    "valid_time": ("DT_INT64", [-1])},
+        "outputs": {
+            "temperature_degC": ("DT_FLOAT", [-1]),
+            "temperature_path_degC": ("DT_FLOAT", [-1, 24]),
+            "temperature_quantiles_degC": ("DT_FLOAT", [-1, 24, 3]),
+            "quantile_levels": ("DT_FLOAT", [-1, 3]),
+            "valid_time": ("DT_INT64", [-1]),
+        },
     }
 
 
@@ -231,15 +270,20 @@ def test_compare_checks_every_hour_and_quantile_and_names_them():
     quantiles = np.zeros((2, 6, 3), np.float32)
     levels = np.tile(np.float32([0.1, 0.5, 0.9]), (2, 1))
     reference = {"temperature_quantiles_degC": quantiles, "quantile_levels": levels}
-    assert compare("x", {"temperature_quantiles_degC": quantiles + 5e-5, "quantile_levels": levels},
-                   reference, 1e-4) == pytest.approx(5e-5, rel=1e-3)
+    assert compare(
+        "x", {"temperature_quantiles_degC": quantiles + 5e-5, "quantile_levels": levels}, reference, 1e-4
+    ) == pytest.approx(5e-5, rel=1e-3)
     wrong = quantiles.copy()
     wrong[1, 3, 2] = 0.5
     with pytest.raises(CheckFailure, match="temperature_quantiles_degC: sample 1, hour \\+4, quantile 2: expected 0.0"):
         compare("x", {"temperature_quantiles_degC": wrong, "quantile_levels": levels}, reference, 1e-4)
     with pytest.raises(CheckFailure, match="quantile_levels: sample 0, quantile 1"):
-        compare("x", {"temperature_quantiles_degC": quantiles, "quantile_levels": levels + [[0, 0.1, 0]] * 2},
-                reference, 1e-4)
+        compare(
+            "x",
+            {"temperature_quantiles_degC": quantiles, "quantile_levels": levels + [[0, 0.1, 0]] * 2},
+            reference,
+            1e-4,
+        )
     with pytest.raises(CheckFailure, match=r"expected shape \(2, 6, 3\), got \(2, 5, 3\)"):
         compare("x", {"temperature_quantiles_degC": quantiles[:, :5], "quantile_levels": levels}, reference, 1e-4)
 
@@ -289,8 +333,14 @@ def test_external_mode_checks_a_server_someone_else_runs(workspace):
     grpc_port, rest_port = free_port(), free_port()
     directory = workspace / "models/serving/jena_temperature"
     with started_server(server_command("embedded", grpc_port, rest_port, "jena_temperature", directory)):
-        result = smoke_with(workspace, {"smoke.server": "external", "smoke.target": f"127.0.0.1:{grpc_port}",
-                                        "smoke.rest_target": f"127.0.0.1:{rest_port}"})
+        result = smoke_with(
+            workspace,
+            {
+                "smoke.server": "external",
+                "smoke.target": f"127.0.0.1:{grpc_port}",
+                "smoke.rest_target": f"127.0.0.1:{rest_port}",
+            },
+        )
     assert result.returncode == 0, result.stderr
     metrics = json.loads((workspace / "metrics/smoke.json").read_text())
     assert metrics["server"] == "external" and metrics["rest_checked"] and metrics["version"] == 1
@@ -306,8 +356,11 @@ def test_external_mode_with_the_versions_in_s3(workspace, s3_server):
     assert store.publish(local / "1", f"{base_path}/jena_temperature", keep_versions=5).version == 1
     grpc_port, rest_port = free_port(), free_port()
     with started_server(server_command("embedded", grpc_port, rest_port, "jena_temperature", local)):
-        result = smoke_with(workspace, {"serving.base_path": base_path, "smoke.server": "external",
-                                        "smoke.target": f"127.0.0.1:{grpc_port}"}, s3_server.environment)
+        result = smoke_with(
+            workspace,
+            {"serving.base_path": base_path, "smoke.server": "external", "smoke.target": f"127.0.0.1:{grpc_port}"},
+            s3_server.environment,
+        )
     assert result.returncode == 0, result.stderr
     metrics = json.loads((workspace / "metrics/smoke.json").read_text())
     assert metrics["server"] == "external" and metrics["version"] == 1
@@ -319,7 +372,8 @@ def test_a_store_without_the_version_fails_smoke_in_one_line(workspace, s3_serve
     result = smoke_with(workspace, {"serving.base_path": base_path}, s3_server.environment)
     assert result.returncode != 0
     assert result.stderr.strip().splitlines()[-1] == (
-        f"smoke: FAILED: {base_path}/jena_temperature: no complete version 1")
+        f"smoke: FAILED: {base_path}/jena_temperature: no complete version 1"
+    )
 
 
 def test_external_mode_and_the_client_over_mutual_tls(workspace, tmp_path):
@@ -332,19 +386,43 @@ def test_external_mode_and_the_client_over_mutual_tls(workspace, tmp_path):
         credentials = tls_credentials(client_files["ca"], client_files["cert"], client_files["key"])
         with grpc.secure_channel(f"127.0.0.1:{grpc_port}", credentials) as channel:
             wait_until_available(channel, "jena_temperature", 1, 120, server)
-        result = smoke_with(workspace, {
-            "smoke.server": "external", "smoke.target": f"127.0.0.1:{grpc_port}",
-            "smoke.tls_ca_file": client_files["ca"], "smoke.tls_cert_file": client_files["cert"],
-            "smoke.tls_key_file": client_files["key"]})
+        result = smoke_with(
+            workspace,
+            {
+                "smoke.server": "external",
+                "smoke.target": f"127.0.0.1:{grpc_port}",
+                "smoke.tls_ca_file": client_files["ca"],
+                "smoke.tls_cert_file": client_files["cert"],
+                "smoke.tls_key_file": client_files["key"],
+            },
+        )
         csv = str(workspace / "data/raw/jena_climate_2009_2016.csv")
         answers = [
-            subprocess.run([sys.executable, "-m", "pipeline.client", csv, "--model-name", "jena_temperature",
-                            "--target", f"127.0.0.1:{grpc_port}", "--brief", *flags],
-                           cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, env=without_tf_log_level())
-            for flags in (["--tls-ca", client_files["ca"], "--tls-cert", client_files["cert"],
-                           "--tls-key", client_files["key"]],
-                          ["--tls-ca", client_files["ca"]],  # no client certificate
-                          [])]  # plaintext
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "pipeline.client",
+                    csv,
+                    "--model-name",
+                    "jena_temperature",
+                    "--target",
+                    f"127.0.0.1:{grpc_port}",
+                    "--brief",
+                    *flags,
+                ],
+                cwd=REPO_ROOT,
+                capture_output=True,
+                text=True,
+                timeout=120,
+                env=without_tf_log_level(),
+            )
+            for flags in (
+                ["--tls-ca", client_files["ca"], "--tls-cert", client_files["cert"], "--tls-key", client_files["key"]],
+                ["--tls-ca", client_files["ca"]],  # no client certificate
+                [],
+            )
+        ]  # plaintext
     assert result.returncode == 0, result.stderr
     assert json.loads((workspace / "metrics/smoke.json").read_text())["server"] == "external"
     with_certificate, without_certificate, plaintext = answers
@@ -358,8 +436,10 @@ def test_tls_params_with_a_server_the_stage_starts_are_an_error(workspace, tmp_p
     tls = make_tls_files(tmp_path / "tls")
     result = smoke_with(workspace, {"smoke.tls_ca_file": str(tls / "ca.pem")})
     assert result.returncode != 0
-    assert ("smoke: FAILED: params.yaml: smoke.tls_* apply to smoke.server 'external'; "
-            "the embedded server the stage starts speaks plaintext") in result.stderr
+    assert (
+        "smoke: FAILED: params.yaml: smoke.tls_* apply to smoke.server 'external'; "
+        "the embedded server the stage starts speaks plaintext"
+    ) in result.stderr
     missing = smoke_with(workspace, {"smoke.server": "external", "smoke.tls_ca_file": "/nonexistent/ca.pem"})
     assert "smoke: FAILED: params.yaml: smoke.tls_*: /nonexistent/ca.pem: No such file or directory" in missing.stderr
 
@@ -369,8 +449,12 @@ def test_embedded_mode_serves_and_checks_the_version_in_s3(workspace, s3_server)
     from serving import store
 
     base_path = f"{s3_server.create_bucket('models')}/serving"
-    assert store.publish(workspace / "models/serving/jena_temperature/1", f"{base_path}/jena_temperature",
-                         keep_versions=5).version == 1
+    assert (
+        store.publish(
+            workspace / "models/serving/jena_temperature/1", f"{base_path}/jena_temperature", keep_versions=5
+        ).version
+        == 1
+    )
     result = smoke_with(workspace, {"serving.base_path": base_path}, s3_server.environment)
     assert result.returncode == 0, result.stderr
     metrics = json.loads((workspace / "metrics/smoke.json").read_text())
@@ -390,8 +474,11 @@ def with_record(workspace, record: dict, overrides: dict):
 
 
 def test_with_nothing_published_smoke_checks_the_candidate_and_succeeds(workspace, tmp_path):
-    result = with_record(workspace, {"published": False, "version": None, "reason": "not blessed: too weak"},
-                         {"serving.base_path": str(tmp_path / "empty")})
+    result = with_record(
+        workspace,
+        {"published": False, "version": None, "reason": "not blessed: too weak"},
+        {"serving.base_path": str(tmp_path / "empty")},
+    )
     assert result.returncode == 0, result.stderr
     metrics = json.loads((workspace / "metrics/smoke.json").read_text())
     evaluation = json.loads((workspace / "metrics/evaluate.json").read_text())
@@ -415,15 +502,19 @@ def test_export_never_publishes_a_candidate_that_a_model_server_cannot_serve(wor
     """A `binary` validation server that cannot load the model (here our server asked for a tag the
     SavedModel lacks): the candidate is refused, nothing new is published, and the stage fails clearly."""
     binary = tmp_path / "tensorflow_model_server"
-    binary.write_text(f'#!/bin/sh\nexec {sys.executable} -m serving.model_server "$@" --saved_model_tags=gpu '
-                      '--max_num_load_retries=0\n')
+    binary.write_text(
+        f'#!/bin/sh\nexec {sys.executable} -m serving.model_server "$@" --saved_model_tags=gpu '
+        "--max_num_load_retries=0\n"
+    )
     binary.chmod(0o755)
     params_file, record_file = workspace / "params.yaml", workspace / "models/publication.json"
     originals = params_file.read_text(), record_file.read_text()
     versions = workspace / "models/serving/jena_temperature"
     before = sorted(path.name for path in versions.iterdir())
-    set_params(params_file, {"export.validation_server": "binary", "export.validation_timeout_seconds": 60,
-                             "serving.keep_versions": 5})
+    set_params(
+        params_file,
+        {"export.validation_server": "binary", "export.validation_timeout_seconds": 60, "serving.keep_versions": 5},
+    )
     try:
         result = run_stage("export", workspace, environment={"PATH": f"{tmp_path}:{os.environ['PATH']}"})
         record = json.loads(record_file.read_text())
@@ -431,9 +522,11 @@ def test_export_never_publishes_a_candidate_that_a_model_server_cannot_serve(wor
         params_file.write_text(originals[0])
         record_file.write_text(originals[1])
     assert result.returncode != 0
-    assert re.match(r"export: not published: the candidate failed validation in a ModelServer: (version 1 of "
-                    r"jena_temperature failed to load|the model server exited with code 1 before serving)",
-                    result.stderr.strip().splitlines()[-1]), result.stderr
+    assert re.match(
+        r"export: not published: the candidate failed validation in a ModelServer: (version 1 of "
+        r"jena_temperature failed to load|the model server exited with code 1 before serving)",
+        result.stderr.strip().splitlines()[-1],
+    ), result.stderr
     assert record["published"] is False and record["reason"].startswith("the candidate failed validation")
     assert sorted(path.name for path in versions.iterdir()) == before
     assert server_processes_over(Path("candidate-")) == []

@@ -19,12 +19,10 @@ using it as a value in any other way (stored, returned) reads all of it. The
 """
 
 import ast
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import REPO_ROOT
 
 DVC_YAML = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())
@@ -68,8 +66,14 @@ def _constant_key(node) -> str | None:
     """The key of `x["key"]` or `x.get("key", ...)`, else None."""
     if isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Constant) and isinstance(node.slice.value, str):
         return node.slice.value
-    if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get"
-            and node.args and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)):
+    if (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr == "get"
+        and node.args
+        and isinstance(node.args[0], ast.Constant)
+        and isinstance(node.args[0].value, str)
+    ):
         return node.args[0].value
     return None
 
@@ -100,9 +104,13 @@ def params_read(function: ast.AST) -> set[tuple[str, ...]]:
         if not (isinstance(node, ast.Assign) and len(node.targets) == 1):
             continue
         target, value = node.targets[0], node.value
-        pairs = ([(target, value)] if isinstance(target, ast.Name) else
-                 list(zip(target.elts, value.elts)) if isinstance(target, ast.Tuple) and isinstance(value, ast.Tuple)
-                 else [])
+        pairs = (
+            [(target, value)]
+            if isinstance(target, ast.Name)
+            else list(zip(target.elts, value.elts))
+            if isinstance(target, ast.Tuple) and isinstance(value, ast.Tuple)
+            else []
+        )
         for name, source in pairs:
             path = path_of(source)
             if isinstance(name, ast.Name) and path is not None:
@@ -141,8 +149,9 @@ def _definitions(module: str) -> tuple[dict, dict]:
         if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in PACKAGES:
             for alias in node.names:
                 submodule = f"{node.module}.{alias.name}"
-                imported[alias.asname or alias.name] = (submodule, None) if module_file(submodule).exists() \
-                    else (node.module, alias.name)
+                imported[alias.asname or alias.name] = (
+                    (submodule, None) if module_file(submodule).exists() else (node.module, alias.name)
+                )
         elif isinstance(node, ast.Import):
             for alias in node.names:
                 if alias.name.split(".")[0] in PACKAGES:
@@ -203,8 +212,11 @@ def test_every_module_a_stage_imports_is_a_dep(name):
 def test_every_param_a_stage_reads_is_declared(name):
     module, stage = stage_of(name)
     declared = {tuple(param.split(".")) for param in stage.get("params", [])}
-    missing = sorted(".".join(path) or "(all of params.yaml)" for path in stage_params(module)
-                     if not any(path[:len(d)] == d for d in declared))
+    missing = sorted(
+        ".".join(path) or "(all of params.yaml)"
+        for path in stage_params(module)
+        if not any(path[: len(d)] == d for d in declared)
+    )
     assert not missing, f"dvc.yaml: stage {name} reads params {missing} but does not declare them"
 
 
@@ -212,14 +224,19 @@ def test_every_param_a_stage_reads_is_declared(name):
 def test_every_declared_param_is_read(name):
     module, stage = stage_of(name)
     reads = stage_params(module)
-    unused = [param for param in stage.get("params", [])
-              if not any(path[:len(param.split("."))] == tuple(param.split(".")) or
-                         tuple(param.split("."))[:len(path)] == path for path in reads)]
+    unused = [
+        param
+        for param in stage.get("params", [])
+        if not any(
+            path[: len(param.split("."))] == tuple(param.split(".")) or tuple(param.split("."))[: len(path)] == path
+            for path in reads
+        )
+    ]
     assert not unused, f"dvc.yaml: stage {name} declares params {unused} that its code never reads"
 
 
 def test_the_finder_sees_aliases_section_arguments_and_wholesale_use():
-    code = ast.parse('''
+    code = ast.parse("""
 def main():
     params = load_params()
     settings, smoke = params["evaluate"], params["smoke"]
@@ -229,10 +246,16 @@ def main():
 
 def publish(serving):
     return serving["base_path"], serving.get("keep_versions")
-''')
+""")
     reads = set().union(*(params_read(node) for node in code.body))
-    assert reads == {("evaluate", "margin"), ("seed",), ("smoke", "server"), ("data",), ("serving", "base_path"),
-                     ("serving", "keep_versions")}
+    assert reads == {
+        ("evaluate", "margin"),
+        ("seed",),
+        ("smoke", "server"),
+        ("data",),
+        ("serving", "base_path"),
+        ("serving", "keep_versions"),
+    }
 
 
 def test_renaming_the_served_input_would_make_the_stages_that_use_it_stale():
@@ -244,16 +267,26 @@ def test_renaming_the_served_input_would_make_the_stages_that_use_it_stale():
 
 def test_serving_never_imports_pipeline_and_pipeline_only_the_version_store():
     """The layout is TF Serving's, so its version store lives in serving/; the pipeline uses nothing else there."""
-    def modules(package):
-        return [".".join(path.relative_to(REPO_ROOT).with_suffix("").parts).removesuffix(".__init__")
-                for path in (REPO_ROOT / package).rglob("*.py")]
 
-    crossing = sorted(f"{module} imports {other}" for module in modules("serving")
-                      for other in imported_modules(module) if other.split(".")[0] == "pipeline")
+    def modules(package):
+        return [
+            ".".join(path.relative_to(REPO_ROOT).with_suffix("").parts).removesuffix(".__init__")
+            for path in (REPO_ROOT / package).rglob("*.py")
+        ]
+
+    crossing = sorted(
+        f"{module} imports {other}"
+        for module in modules("serving")
+        for other in imported_modules(module)
+        if other.split(".")[0] == "pipeline"
+    )
     assert crossing == []
-    beyond_the_store = sorted(f"{module} imports {other}" for module in modules("pipeline")
-                              for other in imported_modules(module)
-                              if other.split(".")[0] == "serving" and not other.startswith("serving.store"))
+    beyond_the_store = sorted(
+        f"{module} imports {other}"
+        for module in modules("pipeline")
+        for other in imported_modules(module)
+        if other.split(".")[0] == "serving" and not other.startswith("serving.store")
+    )
     assert beyond_the_store == []
 
 
@@ -261,19 +294,33 @@ def test_every_plotted_file_is_an_output_its_stage_writes():
     """Each file a dvc.yaml plot reads lies in a stage's outs, and that stage's code names it.
 
     A plot is a named definition reading the files in its `y`, or an image: just its path."""
-    plotted = {path for plot in DVC_YAML["plots"]
-               for path in ([plot] if isinstance(plot, str) else
-                            [file for definition in plot.values() for file in definition["y"]])}
-    assert {"plots/evaluate/by_horizon.csv", "plots/evaluate/reliability.csv",
-            "models/architecture/model.png"} <= plotted
+    plotted = {
+        path
+        for plot in DVC_YAML["plots"]
+        for path in (
+            [plot] if isinstance(plot, str) else [file for definition in plot.values() for file in definition["y"]]
+        )
+    }
+    assert {
+        "plots/evaluate/by_horizon.csv",
+        "plots/evaluate/reliability.csv",
+        "models/architecture/model.png",
+    } <= plotted
     for path in sorted(plotted):
-        owners = [name for name, stage in DVC_YAML["stages"].items()
-                  for out in stage.get("outs", []) for declared in ([out] if isinstance(out, str) else out)
-                  if path == declared or path.startswith(declared.rstrip("/") + "/")]
+        owners = [
+            name
+            for name, stage in DVC_YAML["stages"].items()
+            for out in stage.get("outs", [])
+            for declared in ([out] if isinstance(out, str) else out)
+            if path == declared or path.startswith(declared.rstrip("/") + "/")
+        ]
         assert len(owners) == 1, f"dvc.yaml: plot file {path} is in the outs of {owners or 'no stage'}"
         module, _ = stage_of(owners[0])
         if not path.startswith("dvclive/"):  # DVCLive writes the training curves
-            constants = {node.value for name in import_closure(module)
-                         for node in ast.walk(ast.parse(module_file(name).read_text()))
-                         if isinstance(node, ast.Constant) and isinstance(node.value, str)}
+            constants = {
+                node.value
+                for name in import_closure(module)
+                for node in ast.walk(ast.parse(module_file(name).read_text()))
+                if isinstance(node, ast.Constant) and isinstance(node.value, str)
+            }
             assert Path(path).name in constants, f"{module} never writes {path}"

@@ -7,6 +7,8 @@ import sys
 import pytest
 
 STAGES = ["download", "prepare", "window", "train", "evaluate", "export", "smoke"]
+# runpy warns that the stage module was imported before (by another test); it runs it afresh all the same
+pytestmark = pytest.mark.filterwarnings("ignore:.*found in sys.modules after import:RuntimeWarning")
 
 
 @pytest.mark.parametrize("stage", STAGES)

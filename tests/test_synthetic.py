@@ -209,7 +209,7 @@ def short_gaps_and_long_gaps(readings: pd.DataFrame) -> tuple[pd.Series, pd.Seri
 @pytest.mark.parametrize("end", ["2015-06-22", END])
 def test_short_ranges_have_every_quirk(end):
     readings = synthetic.generate_readings(START, end, seed=SEED)
-    assert (valid_wind(readings).shape[0] < len(readings)), "no failed wind sensor"
+    assert valid_wind(readings).shape[0] < len(readings), "no failed wind sensor"
     duplicated = readings[schema.DATE_COLUMN].duplicated()
     assert duplicated.sum() >= 1
     assert readings.duplicated().sum() == duplicated.sum()  # duplicated rows, not conflicting ones
@@ -243,11 +243,20 @@ def forecast_errors(table: pd.DataFrame) -> dict[str, float]:
     angle_hour = 2 * np.pi * table.index.hour.to_numpy()[target] / 24
     angle_year = 2 * np.pi * table.index.day_of_year.to_numpy()[target] / 365.25
     cumulative = np.concatenate([[0.0], np.cumsum(t)])
-    features = np.column_stack([
-        np.ones(len(last)), t[last], t[last - 24], (cumulative[last + 1] - cumulative[last - 23]) / 24,
-        p[last] - p[last - 24], rh[last],
-        np.sin(angle_hour), np.cos(angle_hour), np.sin(angle_year), np.cos(angle_year),
-    ])
+    features = np.column_stack(
+        [
+            np.ones(len(last)),
+            t[last],
+            t[last - 24],
+            (cumulative[last + 1] - cumulative[last - 23]) / 24,
+            p[last] - p[last - 24],
+            rh[last],
+            np.sin(angle_hour),
+            np.cos(angle_hour),
+            np.sin(angle_year),
+            np.cos(angle_year),
+        ]
+    )
     coefficients, *_ = np.linalg.lstsq(features[train], t[target][train], rcond=None)
     # Climatology: the training years' mean for that day of year and hour.
     keys = pd.MultiIndex.from_arrays([table.index.day_of_year, table.index.hour])

@@ -6,20 +6,41 @@ import keras
 import numpy as np
 import pytest
 import yaml
-
-from pipeline import train as train_stage
-from pipeline.features import derive_features
-from pipeline.evaluate import pinball_loss
-from pipeline.model import (
-    TEMPERATURE_INDEX, JenaFeatures, QuantileHead, build_model, calibration_factors, standardisation,
-)
-from pipeline.train import (FinalHourMedianMAE, PinballLoss, best_epoch, compile_model, hour_weights, learning_rate,
-                            make_dataset, save_model, train)
-from pipeline.window import save_windows
 from windows_helper import small_windows
 
-MODEL_PARAMS = {"cell": "gru", "layers": 1, "units": 8, "dropout": 0.0, "recurrent_dropout": 0.0, "residual": True,
-                "quantiles": [0.1, 0.5, 0.9]}
+from pipeline import train as train_stage
+from pipeline.evaluate import pinball_loss
+from pipeline.features import derive_features
+from pipeline.model import (
+    TEMPERATURE_INDEX,
+    JenaFeatures,
+    QuantileHead,
+    build_model,
+    calibration_factors,
+    standardisation,
+)
+from pipeline.train import (
+    FinalHourMedianMAE,
+    PinballLoss,
+    best_epoch,
+    compile_model,
+    hour_weights,
+    learning_rate,
+    make_dataset,
+    save_model,
+    train,
+)
+from pipeline.window import save_windows
+
+MODEL_PARAMS = {
+    "cell": "gru",
+    "layers": 1,
+    "units": 8,
+    "dropout": 0.0,
+    "recurrent_dropout": 0.0,
+    "residual": True,
+    "quantiles": [0.1, 0.5, 0.9],
+}
 TRAIN_PARAMS = {"optimizer": "adam", "learning_rate": 0.01, "batch_size": 64, "final_hour_share": 0.5, "patience": 2}
 
 
@@ -125,8 +146,9 @@ OBSERVED = np.array([[2.0, 4.0]], np.float32)
 FORECAST = np.array([[[1.0, 2.0, 3.0], [5.0, 5.0, 6.0]]], np.float32)
 
 
-@pytest.mark.parametrize("share,expected", [(0.5, (0.2 / 3 + 1.6 / 3) / 2), (0.75, 0.25 * 0.2 / 3 + 0.75 * 1.6 / 3),
-                                            (1.0, 1.6 / 3)])
+@pytest.mark.parametrize(
+    "share,expected", [(0.5, (0.2 / 3 + 1.6 / 3) / 2), (0.75, 0.25 * 0.2 / 3 + 0.75 * 1.6 / 3), (1.0, 1.6 / 3)]
+)
 def test_pinball_loss_on_a_hand_computed_example(share, expected):
     loss = PinballLoss([0.1, 0.5, 0.9], hour_weights(2, share))
     assert float(loss(OBSERVED, FORECAST)) == pytest.approx(expected, rel=1e-6)
@@ -189,26 +211,35 @@ def test_the_strided_convolution_shortens_the_sequence_and_ends_at_the_last_hour
     assert changed_steps(1) == []  # dropped so that the last step ends at the last hour
 
 
-@pytest.mark.parametrize("overrides,named", [
-    ({"conv_filters": -1}, "model.conv_filters"), ({**CONV, "conv_stride": 0}, "model.conv_stride"),
-    ({**CONV, "conv_kernel": 25}, "model.conv_kernel"),
-])
+@pytest.mark.parametrize(
+    "overrides,named",
+    [
+        ({"conv_filters": -1}, "model.conv_filters"),
+        ({**CONV, "conv_stride": 0}, "model.conv_stride"),
+        ({**CONV, "conv_kernel": 25}, "model.conv_kernel"),
+    ],
+)
 def test_bad_convolution_params_are_errors_that_name_the_param(windows, overrides, named):
     with pytest.raises(ValueError, match=named):
         build_model(windows.normalization, {**MODEL_PARAMS, **overrides})
 
 
 def test_cosine_schedule_warms_up_then_decays_to_zero_at_the_last_step():
-    schedule = learning_rate({"learning_rate": 0.01, "schedule": "cosine", "warmup_share": 0.25}, epochs=4,
-                             steps_per_epoch=10)
+    schedule = learning_rate(
+        {"learning_rate": 0.01, "schedule": "cosine", "warmup_share": 0.25}, epochs=4, steps_per_epoch=10
+    )
     rates = [float(schedule(step)) for step in (0, 5, 10, 25, 40)]
     assert rates == pytest.approx([0.001, 0.0055, 0.01, 0.005, 0.0], abs=1e-6)
     assert learning_rate({"learning_rate": 0.01}, epochs=4, steps_per_epoch=10) == 0.01  # constant
 
 
-@pytest.mark.parametrize("overrides,named", [
-    ({"schedule": "linear"}, "train.schedule"), ({"schedule": "cosine", "warmup_share": 1}, "train.warmup_share"),
-])
+@pytest.mark.parametrize(
+    "overrides,named",
+    [
+        ({"schedule": "linear"}, "train.schedule"),
+        ({"schedule": "cosine", "warmup_share": 1}, "train.warmup_share"),
+    ],
+)
 def test_bad_schedule_is_an_error_that_names_the_param(windows, overrides, named):
     model = build_model(windows.normalization, MODEL_PARAMS)
     with pytest.raises(ValueError, match=named):
@@ -274,8 +305,15 @@ def test_saved_model_loads_and_predicts_identically(windows, tmp_path, strided):
 
 def test_main_writes_the_model_and_the_dvclive_logs(windows, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    save_windows({"hourly": windows.hourly, "timestamps": windows.timestamps, "starts": windows.starts,
-                  "normalization": windows.normalization}, tmp_path / "data" / "windows")
+    save_windows(
+        {
+            "hourly": windows.hourly,
+            "timestamps": windows.timestamps,
+            "starts": windows.starts,
+            "normalization": windows.normalization,
+        },
+        tmp_path / "data" / "windows",
+    )
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(make_params(epochs=2)))
     train_stage.main()
     assert (tmp_path / "models" / "model.keras").is_file()

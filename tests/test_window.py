@@ -8,8 +8,9 @@ from pipeline import schema
 from pipeline.features import derive_features
 from pipeline.window import load_windows, make_windows, save_windows, split_bounds, window_starts
 
-PARAMS = dict(lookback_hours=12, horizon_hours=6, train_fraction=0.5, val_fraction=0.25,
-              time_features=True, wind_vector=True)
+PARAMS = dict(
+    lookback_hours=12, horizon_hours=6, train_fraction=0.5, val_fraction=0.25, time_features=True, wind_vector=True
+)
 
 
 def hourly_table(hours=400, seed=0) -> pd.DataFrame:
@@ -60,9 +61,13 @@ def test_normalisation_uses_the_training_split_only():
     later.loc[250:, schema.MEASUREMENTS] *= 100  # change validation and test only
     assert make_windows(later, PARAMS)["normalization"]["mean"] == windows["normalization"]["mean"]
     train = table.iloc[:200]
-    features = derive_features(train[schema.MEASUREMENTS].to_numpy(np.float32),
-                               train[schema.DATE_COLUMN].to_numpy("datetime64[s]").astype(np.int64), np,
-                               time_features=True, wind_vector=True)
+    features = derive_features(
+        train[schema.MEASUREMENTS].to_numpy(np.float32),
+        train[schema.DATE_COLUMN].to_numpy("datetime64[s]").astype(np.int64),
+        np,
+        time_features=True,
+        wind_vector=True,
+    )
     np.testing.assert_allclose(windows["normalization"]["mean"], features.mean(axis=0), rtol=1e-5)
     np.testing.assert_allclose(windows["normalization"]["std"], features.std(axis=0), rtol=1e-5)
 
@@ -80,9 +85,12 @@ def test_targets_are_the_temperatures_of_every_hour_after_the_last_history_row(t
         valid_times = pd.Timestamp(last_stamp, unit="s") + pd.to_timedelta(np.arange(1, 7), unit="h")
         np.testing.assert_array_equal(path, by_time[valid_times].to_numpy(np.float32))
         assert target == path[-1] == by_time[valid_times[-1]]
-    np.testing.assert_array_equal(history[0], table[schema.MEASUREMENTS].to_numpy(np.float32)[starts[0]:starts[0] + 12])
-    np.testing.assert_array_equal(windows.timestamps[windows.target_rows(starts)[:, -1]],
-                                  stamps[:, -1] + PARAMS["horizon_hours"] * 3600)
+    np.testing.assert_array_equal(
+        history[0], table[schema.MEASUREMENTS].to_numpy(np.float32)[starts[0] : starts[0] + 12]
+    )
+    np.testing.assert_array_equal(
+        windows.timestamps[windows.target_rows(starts)[:, -1]], stamps[:, -1] + PARAMS["horizon_hours"] * 3600
+    )
 
 
 def test_the_targets_of_all_samples_are_a_view_of_the_series_not_a_copy(tmp_path):
@@ -92,8 +100,9 @@ def test_the_targets_of_all_samples_are_a_view_of_the_series_not_a_copy(tmp_path
     assert np.shares_memory(targets, windows.hourly)
     assert targets.shape == (400 - 12 - 6 + 1, 6)
     starts = np.concatenate(list(windows.starts.values()))
-    np.testing.assert_array_equal(targets[starts],
-                                  windows.hourly[windows.target_rows(starts), schema.column_index(schema.TEMPERATURE)])
+    np.testing.assert_array_equal(
+        targets[starts], windows.hourly[windows.target_rows(starts), schema.column_index(schema.TEMPERATURE)]
+    )
 
 
 def test_windows_are_stored_once_not_copied(tmp_path):

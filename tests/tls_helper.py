@@ -21,15 +21,22 @@ def _name(common_name: str) -> x509.Name:
 
 
 def _certificate(subject: str, key, issuer_name: x509.Name, issuer_key, *, ca=False, server=False):
-    now = datetime.datetime.now(datetime.timezone.utc)
-    builder = (x509.CertificateBuilder()
-               .subject_name(_name(subject)).issuer_name(issuer_name)
-               .public_key(key.public_key()).serial_number(x509.random_serial_number())
-               .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
-               .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+    now = datetime.datetime.now(datetime.UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(_name(subject))
+        .issuer_name(issuer_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
     if server:
-        builder = builder.add_extension(x509.SubjectAlternativeName(
-            [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
         builder = builder.add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
     elif not ca:
         builder = builder.add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
@@ -38,16 +45,19 @@ def _certificate(subject: str, key, issuer_name: x509.Name, issuer_key, *, ca=Fa
 
 def _write(directory: Path, stem: str, certificate, key) -> None:
     (directory / f"{stem}.pem").write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    (directory / f"{stem}.key").write_bytes(key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    (directory / f"{stem}.key").write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
 
 
 def _ssl_config(directory: Path, client_verify: bool) -> str:
     fields = {"server_key": "server.key", "server_cert": "server.pem"}
     if client_verify:
         fields["custom_ca"] = "ca.pem"
-    lines = [f'{field}: "{(directory / name).read_text().encode("unicode_escape").decode()}"'
-             for field, name in fields.items()]
+    lines = [
+        f'{field}: "{(directory / name).read_text().encode("unicode_escape").decode()}"'
+        for field, name in fields.items()
+    ]
     if client_verify:
         lines.append("client_verify: true")
     return "\n".join(lines) + "\n"

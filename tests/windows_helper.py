@@ -23,8 +23,9 @@ def hourly_table(days: int, seed: int = 0, start: str = "2009-01-01") -> pd.Data
     shocks = rng.normal(0, 0.5, hours)
     for i in range(1, hours):  # AR(1) weather anomaly, e-folding time about 3 days
         anomaly[i] = 0.986 * anomaly[i - 1] + shocks[i]
-    temperature = (9.5 - 9 * np.cos(2 * np.pi * (day_of_year - 15) / 365)
-                   - 3 * np.cos(2 * np.pi * (hour - 3) / 24) + anomaly)
+    temperature = (
+        9.5 - 9 * np.cos(2 * np.pi * (day_of_year - 15) / 365) - 3 * np.cos(2 * np.pi * (hour - 3) / 24) + anomaly
+    )
     pressure = 989 - 0.8 * anomaly + rng.normal(0, 1, hours)
     humidity = np.clip(76 - 1.5 * anomaly + 8 * np.cos(2 * np.pi * (hour - 3) / 24), 20, 100)
     saturation = 6.1078 * np.exp(17.27 * temperature / (temperature + 237.3))
@@ -50,8 +51,14 @@ def hourly_table(days: int, seed: int = 0, start: str = "2009-01-01") -> pd.Data
     return table[schema.COLUMNS]
 
 
-def small_windows(days: int = 120, lookback: int = 24, horizon: int = 6, seed: int = 0,
-                  time_features: bool = True, wind_vector: bool = True) -> Windows:
+def small_windows(
+    days: int = 120,
+    lookback: int = 24,
+    horizon: int = 6,
+    seed: int = 0,
+    time_features: bool = True,
+    wind_vector: bool = True,
+) -> Windows:
     window_params = {
         "lookback_hours": lookback,
         "horizon_hours": horizon,

@@ -99,16 +99,41 @@ from pathlib import Path
 from serving.store import local, remote
 from serving.store.client import Listing, Store, check_usable, fetch_version, list_versions, look, open_store
 from serving.store.layout import (
-    MODEL_CARD_FILE, SAVED_MODEL_FILE, BadBasePath, Publication, PublicationRefused, StoreError, StoreUnavailable,
-    fingerprint, is_remote, parse_version, versions_to_retire,
+    MODEL_CARD_FILE,
+    SAVED_MODEL_FILE,
+    BadBasePath,
+    Publication,
+    PublicationRefused,
+    StoreError,
+    StoreUnavailable,
+    fingerprint,
+    is_remote,
+    parse_version,
+    versions_to_retire,
 )
 from serving.store.local import local_versions
 from serving.store.mirror import ModelCache, mirror
 
 __all__ = [
-    "MODEL_CARD_FILE", "SAVED_MODEL_FILE", "BadBasePath", "ModelCache", "Publication", "PublicationRefused",
-    "StoreError", "StoreUnavailable", "complete_versions", "fingerprint", "is_remote", "list_versions",
-    "local_version", "local_versions", "mirror", "newest_published", "parse_version", "publish", "retire",
+    "MODEL_CARD_FILE",
+    "SAVED_MODEL_FILE",
+    "BadBasePath",
+    "ModelCache",
+    "Publication",
+    "PublicationRefused",
+    "StoreError",
+    "StoreUnavailable",
+    "complete_versions",
+    "fingerprint",
+    "is_remote",
+    "list_versions",
+    "local_version",
+    "local_versions",
+    "mirror",
+    "newest_published",
+    "parse_version",
+    "publish",
+    "retire",
     "versions_to_retire",
 ]
 
@@ -158,8 +183,14 @@ def newest_published(directory) -> Iterator[tuple[int | None, Path | None]]:
         yield versions[-1], saved_model
 
 
-def publish(saved_model: Path, directory, keep_versions: int, protected: set[int] = frozenset(),
-            still_blessed: Callable[[Path | None], tuple[bool, str]] | None = None, **remote_options) -> Publication:
+def publish(
+    saved_model: Path,
+    directory,
+    keep_versions: int,
+    protected: set[int] = frozenset(),
+    still_blessed: Callable[[Path | None], tuple[bool, str]] | None = None,
+    **remote_options,
+) -> Publication:
     """Make `saved_model` the newest version at `directory` unless it already is; apply retention.
 
     `remote_options` (``stale_seconds``, ``wait_seconds``) tune the object-store protocol.

@@ -23,19 +23,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from serving.store.layout import (
-    RECORDS, SAVED_MODEL_FILE, BadBasePath, StoreUnavailable, join, parse_version,
+    RECORDS,
+    SAVED_MODEL_FILE,
+    BadBasePath,
+    StoreUnavailable,
+    join,
+    parse_version,
 )
 
 log = logging.getLogger("serving")
 
 SCHEMES = {"s3": "s3", "gs": "gs", "gcs": "gs"}
 CONNECT_TIMEOUT_SECONDS = 3.0
-READ_TIMEOUT_SECONDS = 60.0    # one socket read; a whole call is bounded by its caller
-CLIENT_ATTEMPTS = 2            # the clients' own retries of a failed request
-CALL_TIMEOUT_SECONDS = 10.0    # one listing or small request, retries included
-FILE_TIMEOUT_SECONDS = 120.0   # one file copied out of the store
-CREDENTIALS = {"s3": "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE or an instance role",
-               "gs": "GOOGLE_APPLICATION_CREDENTIALS or the machine's service account"}
+READ_TIMEOUT_SECONDS = 60.0  # one socket read; a whole call is bounded by its caller
+CLIENT_ATTEMPTS = 2  # the clients' own retries of a failed request
+CALL_TIMEOUT_SECONDS = 10.0  # one listing or small request, retries included
+FILE_TIMEOUT_SECONDS = 120.0  # one file copied out of the store
+CREDENTIALS = {
+    "s3": "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE or an instance role",
+    "gs": "GOOGLE_APPLICATION_CREDENTIALS or the machine's service account",
+}
 
 
 def file_system(scheme: str):
@@ -50,9 +57,13 @@ def file_system(scheme: str):
     if scheme == "s3":
         import s3fs
 
-        fs = s3fs.S3FileSystem(config_kwargs={
-            "connect_timeout": CONNECT_TIMEOUT_SECONDS, "read_timeout": READ_TIMEOUT_SECONDS,
-            "retries": {"max_attempts": CLIENT_ATTEMPTS, "mode": "standard"}})
+        fs = s3fs.S3FileSystem(
+            config_kwargs={
+                "connect_timeout": CONNECT_TIMEOUT_SECONDS,
+                "read_timeout": READ_TIMEOUT_SECONDS,
+                "retries": {"max_attempts": CLIENT_ATTEMPTS, "mode": "standard"},
+            }
+        )
     else:
         import gcsfs.core
 
@@ -92,8 +103,10 @@ class Store:
         except Exception as error:
             name = type(error).__name__
             if "Credential" in name or "Auth" in name or isinstance(error, PermissionError):
-                raise StoreUnavailable(f"{self.url}: no usable credentials ({name}: {describe(error)}); provide "
-                                       f"{CREDENTIALS[self.scheme]} in the environment") from error
+                raise StoreUnavailable(
+                    f"{self.url}: no usable credentials ({name}: {describe(error)}); provide "
+                    f"{CREDENTIALS[self.scheme]} in the environment"
+                ) from error
             if "Timeout" in name and not str(error):
                 raise StoreUnavailable(f"{self.url}: no answer within {timeout:.0f} s") from error
             raise StoreUnavailable(f"{self.url}: {name}: {describe(error)}") from error
@@ -159,8 +172,10 @@ def check_usable(store: Store) -> None:
     if endpoint:
         parsed = urllib.parse.urlsplit(endpoint)
         try:
-            socket.create_connection((parsed.hostname, parsed.port or (443 if parsed.scheme == "https" else 80)),
-                                     timeout=CONNECT_TIMEOUT_SECONDS).close()
+            socket.create_connection(
+                (parsed.hostname, parsed.port or (443 if parsed.scheme == "https" else 80)),
+                timeout=CONNECT_TIMEOUT_SECONDS,
+            ).close()
         except OSError as error:
             raise StoreUnavailable(f"{store.url}: cannot connect to the endpoint {endpoint} ({error})") from None
     store.fs.invalidate_cache()
@@ -217,7 +232,7 @@ def look(store: Store) -> Listing:
     listing = Listing(objects=len(found), root_is_file=found.get(store.root, {}).get("type") == "file")
     names: dict[str, dict[str, int]] = {}
     for path, info in found.items():
-        child, _, inside = path[len(store.root):].lstrip("/").partition("/")
+        child, _, inside = path[len(store.root) :].lstrip("/").partition("/")
         if parse_version(child) is not None and inside and not inside.endswith("/"):
             names.setdefault(child, {})[inside] = int(info.get("size") or 0)
         elif child == RECORDS and "/" not in inside:
@@ -227,8 +242,12 @@ def look(store: Store) -> Listing:
     for name in sorted(names):
         version = parse_version(name)
         if version in listing.versions:
-            log.warning("Duplicate version directories detected. Version %d will be loaded from %s, %s will be "
-                        "ignored.", version, name, listing.versions[version].name)
+            log.warning(
+                "Duplicate version directories detected. Version %d will be loaded from %s, %s will be ignored.",
+                version,
+                name,
+                listing.versions[version].name,
+            )
         listing.versions[version] = Version(name, names[name])
     return listing
 
@@ -263,6 +282,8 @@ def fetch_version(store: Store, version: Version, target: Path, stop: threading.
         local.parent.mkdir(parents=True, exist_ok=True)
         store.bounded(store.fs.get_file, store.path(version.name, inside), str(local), timeout=FILE_TIMEOUT_SECONDS)
         if local.stat().st_size != version.files[inside]:
-            raise StoreUnavailable(f"{store.url}: {version.name}/{inside} arrived with {local.stat().st_size} "
-                                   f"bytes, the listing said {version.files[inside]}")
+            raise StoreUnavailable(
+                f"{store.url}: {version.name}/{inside} arrived with {local.stat().st_size} "
+                f"bytes, the listing said {version.files[inside]}"
+            )
     return True

@@ -18,7 +18,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from serving.store.layout import (
-    Publication, PublicationRefused, fingerprint, parse_version, process_alive, versions_to_retire,
+    Publication,
+    PublicationRefused,
+    fingerprint,
+    parse_version,
+    process_alive,
+    versions_to_retire,
 )
 
 LOCK_NAME = ".publish.lock"
@@ -101,8 +106,13 @@ def retire(directory, version: int) -> None:
     shutil.rmtree(hidden)
 
 
-def publish(saved_model: Path, directory, keep_versions: int, protected: set[int] = frozenset(),
-            still_blessed: Callable[[Path | None], tuple[bool, str]] | None = None) -> Publication:
+def publish(
+    saved_model: Path,
+    directory,
+    keep_versions: int,
+    protected: set[int] = frozenset(),
+    still_blessed: Callable[[Path | None], tuple[bool, str]] | None = None,
+) -> Publication:
     """Make `saved_model` the newest version in `directory` unless it already is; apply retention.
 
     The copy is staged under a hidden name before the lock is taken; the

@@ -34,8 +34,12 @@ class MirrorResult:
     kept: list[int]
 
 
-def mirror(url: str, destination: str, wanted: Callable[[set[int]], set[int]] | None = None,
-           stop: threading.Event | None = None) -> MirrorResult:
+def mirror(
+    url: str,
+    destination: str,
+    wanted: Callable[[set[int]], set[int]] | None = None,
+    stop: threading.Event | None = None,
+) -> MirrorResult:
     """Makes ``destination`` hold exactly the wanted complete versions of the remote base path ``url``.
 
     ``wanted`` picks among the complete versions (default: all of them). New
@@ -61,9 +65,13 @@ def mirror(url: str, destination: str, wanted: Callable[[set[int]], set[int]] | 
         if version not in keep:
             _remove(destination, name)
             removed.append(version)
-            log.info("Removed version %d from %s: %s at %s", version, destination,
-                     "deleted or incomplete" if version not in complete else "not wanted by the version policy",
-                     url)
+            log.info(
+                "Removed version %d from %s: %s at %s",
+                version,
+                destination,
+                "deleted or incomplete" if version not in complete else "not wanted by the version policy",
+                url,
+            )
     return MirrorResult(added=added, removed=removed, kept=sorted(keep & set(present)))
 
 
@@ -83,8 +91,15 @@ def _copy_version(url: str, version: Version, destination: str, stop: threading.
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
-    log.info("Mirrored version %s of %s into %s (%d files, %d bytes) in %.2f s", version.name, url,
-             destination, len(version.files), sum(version.files.values()), time.monotonic() - started)
+    log.info(
+        "Mirrored version %s of %s into %s (%d files, %d bytes) in %.2f s",
+        version.name,
+        url,
+        destination,
+        len(version.files),
+        sum(version.files.values()),
+        time.monotonic() - started,
+    )
     return True
 
 

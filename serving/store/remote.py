@@ -21,13 +21,20 @@ from pathlib import Path
 
 from serving.store.client import Listing, Store, check_usable, describe, fetch_version, look, open_store
 from serving.store.layout import (
-    MODEL_CARD_FILE, SAVED_MODEL_FILE, Publication, PublicationRefused, StoreError, fingerprint, join,
-    process_alive, versions_to_retire,
+    MODEL_CARD_FILE,
+    SAVED_MODEL_FILE,
+    Publication,
+    PublicationRefused,
+    StoreError,
+    fingerprint,
+    join,
+    process_alive,
+    versions_to_retire,
 )
 
-STALE_SECONDS = 600.0       # a publisher silent this long is dead (it heartbeats every HEARTBEAT_SECONDS)
+STALE_SECONDS = 600.0  # a publisher silent this long is dead (it heartbeats every HEARTBEAT_SECONDS)
 HEARTBEAT_SECONDS = 10.0
-WAIT_SECONDS = 3600.0       # longest wait for lower-numbered publications to settle
+WAIT_SECONDS = 3600.0  # longest wait for lower-numbered publications to settle
 POLL_SECONDS = 0.5
 MAX_CLAIM_ATTEMPTS = 100
 
@@ -53,8 +60,11 @@ def claim_number(store: Store, owner: Owner, new_fingerprint: str) -> int:
     number = look(store).highest_number() + 1
     for _ in range(MAX_CLAIM_ATTEMPTS):
         try:
-            store.write_json(store.record(number, "claim"), {**owner.as_dict(), "started": time.time(),
-                                                             "fingerprint": new_fingerprint}, exclusive=True)
+            store.write_json(
+                store.record(number, "claim"),
+                {**owner.as_dict(), "started": time.time(), "fingerprint": new_fingerprint},
+                exclusive=True,
+            )
             return number
         except FileExistsError:
             number = max(number + 1, look(store).highest_number() + 1)
@@ -96,8 +106,7 @@ def settle(store: Store, number: int, listing: Listing, stale_seconds: float) ->
         return True
     if not _owner_dead(store, number, kinds, stale_seconds):
         return False
-    abandoned = {"outcome": "abandoned", "reason": "its publisher died before the upload finished",
-                 "at": time.time()}
+    abandoned = {"outcome": "abandoned", "reason": "its publisher died before the upload finished", "at": time.time()}
     if outcome is None:
         try:
             store.write_json(store.record(number, "outcome"), abandoned, exclusive=True)
@@ -138,8 +147,11 @@ def wait_for_lower(store: Store, number: int, stale_seconds: float, wait_seconds
     deadline = time.monotonic() + wait_seconds
     while True:
         listing = look(store)
-        pending = [lower for lower in sorted(listing.records) if lower < number
-                   and not settle(store, lower, listing, stale_seconds)]
+        pending = [
+            lower
+            for lower in sorted(listing.records)
+            if lower < number and not settle(store, lower, listing, stale_seconds)
+        ]
         if not pending:
             return look(store)  # settling may have removed files
         if time.monotonic() > deadline:
@@ -162,9 +174,16 @@ def upload(store: Store, saved_model: Path, number: int, names: list[str]) -> No
         store.fs.put_file(str(saved_model / name), store.path(str(number), name))
 
 
-def finish(store: Store, number: int, saved_model: Path, names: list[str], new_fingerprint: str,
-           listing: Listing, still_blessed: Callable[[Path | None], tuple[bool, str]] | None,
-           end: Callable[[str, str], None]) -> tuple[int, bool]:
+def finish(
+    store: Store,
+    number: int,
+    saved_model: Path,
+    names: list[str],
+    new_fingerprint: str,
+    listing: Listing,
+    still_blessed: Callable[[Path | None], tuple[bool, str]] | None,
+    end: Callable[[str, str], None],
+) -> tuple[int, bool]:
     """Decide publication `number` against the newest complete version below it and carry it out;
     returns (the version serving the model, whether it is new).
 
@@ -194,9 +213,15 @@ def finish(store: Store, number: int, saved_model: Path, names: list[str], new_f
     return number, True
 
 
-def publish(saved_model: Path, url: str, keep_versions: int, protected: set[int] = frozenset(),
-            still_blessed: Callable[[Path | None], tuple[bool, str]] | None = None,
-            stale_seconds: float = STALE_SECONDS, wait_seconds: float = WAIT_SECONDS) -> Publication:
+def publish(
+    saved_model: Path,
+    url: str,
+    keep_versions: int,
+    protected: set[int] = frozenset(),
+    still_blessed: Callable[[Path | None], tuple[bool, str]] | None = None,
+    stale_seconds: float = STALE_SECONDS,
+    wait_seconds: float = WAIT_SECONDS,
+) -> Publication:
     """Make `saved_model` the newest version at `url` unless it already is; apply retention.
 
     `still_blessed` is asked with a local copy of the newest complete version
@@ -215,37 +240,48 @@ def publish(saved_model: Path, url: str, keep_versions: int, protected: set[int]
     decided = []  # the outcome, once written
 
     def end(outcome: str, reason: str, exclusive: bool = True) -> None:
-        store.write_json(store.record(number, "outcome"), {"outcome": outcome, "reason": reason,
-                                                           "fingerprint": new_fingerprint, "at": time.time()},
-                         exclusive=exclusive)
+        store.write_json(
+            store.record(number, "outcome"),
+            {"outcome": outcome, "reason": reason, "fingerprint": new_fingerprint, "at": time.time()},
+            exclusive=exclusive,
+        )
         decided.append(outcome)
 
     try:
         with heartbeat(store, number):
             listing = wait_for_lower(store, number, stale_seconds, wait_seconds)
-            version, created = finish(store, number, saved_model, names, new_fingerprint, listing, still_blessed,
-                                      end)
+            version, created = finish(store, number, saved_model, names, new_fingerprint, listing, still_blessed, end)
             if created:
-                store.write_json(store.record(number, "complete"), {
-                    "fingerprint": new_fingerprint, "at": time.time(),
-                    "files": {name: (saved_model / name).stat().st_size for name in names}})
+                store.write_json(
+                    store.record(number, "complete"),
+                    {
+                        "fingerprint": new_fingerprint,
+                        "at": time.time(),
+                        "files": {name: (saved_model / name).stat().st_size for name in names},
+                    },
+                )
     except FileExistsError:
         # our outcome was written by another publication: it took us for dead
         store.remove(store.path(str(number)))
-        raise StoreError(f"{store.url}: publication {number} was settled as abandoned by another publisher "
-                         f"(silent for over {stale_seconds:.0f} s); nothing published") from None
+        raise StoreError(
+            f"{store.url}: publication {number} was settled as abandoned by another publisher "
+            f"(silent for over {stale_seconds:.0f} s); nothing published"
+        ) from None
     except BaseException as error:
         # leave nothing half-uploaded, and settle the number if the store still answers
         try:
-            if not decided or (decided == ["published"]
-                               and not store.fs.exists(store.path(str(number), SAVED_MODEL_FILE))):
+            if not decided or (
+                decided == ["published"] and not store.fs.exists(store.path(str(number), SAVED_MODEL_FILE))
+            ):
                 end("abandoned", f"publication failed: {describe(error)}", exclusive=not decided)
                 store.remove(store.path(str(number)))
         except Exception:  # noqa: BLE001
             pass  # the next publication settles it once this process is gone
         if isinstance(error, Exception) and not isinstance(error, (StoreError, PublicationRefused, ValueError)):
-            raise StoreError(f"{store.url}: publication {number} failed, nothing published "
-                             f"({type(error).__name__}: {describe(error)})") from error
+            raise StoreError(
+                f"{store.url}: publication {number} failed, nothing published "
+                f"({type(error).__name__}: {describe(error)})"
+            ) from error
         raise
     listing = look(store)
     retired = versions_to_retire(listing.complete(), keep_versions, set(protected))

@@ -37,17 +37,33 @@ def free_port() -> int:
 class ServerProcess:
     """One model server subprocess with its ports and log file."""
 
-    def __init__(self, log_dir: Path, *flags: str, rest: bool = True, launcher: tuple = (),
-                 channel_credentials: grpc.ChannelCredentials | None = None):
+    def __init__(
+        self,
+        log_dir: Path,
+        *flags: str,
+        rest: bool = True,
+        launcher: tuple = (),
+        channel_credentials: grpc.ChannelCredentials | None = None,
+    ):
         self.port = free_port()
         self.rest_port = free_port() if rest else 0
         self.log_path = log_dir / f"server-{self.port}.log"
-        command = [*launcher, sys.executable, "-m", "serving.model_server", f"--port={self.port}",
-                   f"--rest_api_port={self.rest_port}", *flags]
+        command = [
+            *launcher,
+            sys.executable,
+            "-m",
+            "serving.model_server",
+            f"--port={self.port}",
+            f"--rest_api_port={self.rest_port}",
+            *flags,
+        ]
         self._log = open(self.log_path, "wb")
         self.process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=self._log, stderr=subprocess.STDOUT)
-        self.channel = (grpc.secure_channel(f"127.0.0.1:{self.port}", channel_credentials) if channel_credentials
-                        else grpc.insecure_channel(f"127.0.0.1:{self.port}"))
+        self.channel = (
+            grpc.secure_channel(f"127.0.0.1:{self.port}", channel_credentials)
+            if channel_credentials
+            else grpc.insecure_channel(f"127.0.0.1:{self.port}")
+        )
         self.predict_stub = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
         self._wait_until_up()
 
@@ -121,14 +137,18 @@ def model_factory(tmp_path_factory):
         module.factor = tf.Variable(factor, dtype=tf.float32)
         signatures = {}
         if kind == "linear":
+
             @tf.function(input_signature=[tf.TensorSpec([None, 1], tf.float32, name="x")])
             def serve(x):
                 return {"y": x * module.factor}
+
             signatures["serving_default"] = serve
         elif kind == "batch_probe":
+
             @tf.function(input_signature=[tf.TensorSpec([None, 1], tf.float32, name="x")])
             def serve(x):  # answers the size of the batch the request ran in
                 return {"batch_size": tf.zeros_like(x) + tf.cast(tf.shape(x)[0], tf.float32) * module.factor}
+
             module.weights = tf.Variable(tf.random.uniform([384, 384]) / 384.0)
 
             @tf.function(input_signature=[tf.TensorSpec([None, 1], tf.float32, name="x")])
@@ -137,6 +157,7 @@ def model_factory(tmp_path_factory):
                 for _ in range(40):
                     state = tf.tanh(tf.matmul(state, module.weights))
                 return {"y": x + tf.reduce_mean(state) * 0.0}
+
             signatures["serving_default"] = serve
             signatures["slow"] = slow
         else:
@@ -148,8 +169,17 @@ def model_factory(tmp_path_factory):
     return build
 
 
-def check_predict(stub, expected: float, version: int, model: str = "default", signature: str = "serving_default",
-                  output_filter: tuple = ("y",), shape: tuple = (1,), alias: str = "x", output: str = "y") -> None:
+def check_predict(
+    stub,
+    expected: float,
+    version: int,
+    model: str = "default",
+    signature: str = "serving_default",
+    output_filter: tuple = ("y",),
+    shape: tuple = (1,),
+    alias: str = "x",
+    output: str = "y",
+) -> None:
     """Predict x = 2.0 and check the answer as TF Serving's own harness does (``VerifyPredictRequest``).
 
     In: a PredictionService stub, the one float expected in ``output`` and the version expected to answer.
@@ -170,7 +200,10 @@ def check_predict(stub, expected: float, version: int, model: str = "default", s
     assert response.outputs[output].dtype == types_pb2.DT_FLOAT
     assert list(response.outputs[output].float_val) == [expected]
     assert (response.model_spec.name, response.model_spec.signature_name, response.model_spec.version.value) == (
-        model, signature, version)
+        model,
+        signature,
+        version,
+    )
 
 
 def install_version(base_path: Path, version: int, source: Path) -> Path:

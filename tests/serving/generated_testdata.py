@@ -78,7 +78,9 @@ def _save_tf1_model(export_dir: Path, intercept: float, record_shapes: bool) -> 
         def signature(inputs, outputs, method):
             return v1.saved_model.signature_def_utils.build_signature_def(
                 {key: info(value) for key, value in inputs.items()},
-                {key: info(value) for key, value in outputs.items()}, method)
+                {key: info(value) for key, value in outputs.items()},
+                method,
+            )
 
         signatures = {
             "serving_default": signature({"x": x}, {"y": y}, PREDICT),
@@ -96,8 +98,9 @@ def _save_tf1_model(export_dir: Path, intercept: float, record_shapes: bool) -> 
 
 def _write_warmup_file(version_dir: Path) -> None:
     def example(value):
-        return tf.train.Example(features=tf.train.Features(
-            feature={"x": tf.train.Feature(float_list=tf.train.FloatList(value=[value]))}))
+        return tf.train.Example(
+            features=tf.train.Features(feature={"x": tf.train.Feature(float_list=tf.train.FloatList(value=[value]))})
+        )
 
     records = []
     predict = prediction_log_pb2.PredictionLog()
@@ -121,12 +124,15 @@ def _write_warmup_file(version_dir: Path) -> None:
 def _metadata_json(model_name: str, signatures: dict) -> dict:
     """The REST GetModelMetadata answer for version 123, as TF Serving prints it."""
     signature_map = {
-        name: json_format.MessageToDict(signature, always_print_fields_with_no_presence=True,
-                                        preserving_proto_field_name=True)
+        name: json_format.MessageToDict(
+            signature, always_print_fields_with_no_presence=True, preserving_proto_field_name=True
+        )
         for name, signature in signatures.items()
     }
-    return {"model_spec": {"name": model_name, "signature_name": "", "version": "123"},
-            "metadata": {"signature_def": {"signature_def": signature_map}}}
+    return {
+        "model_spec": {"name": model_name, "signature_name": "", "version": "123"},
+        "metadata": {"signature_def": {"signature_def": signature_map}},
+    }
 
 
 def build_testdata(directory: Path) -> Path:
@@ -141,17 +147,21 @@ def build_testdata(directory: Path) -> Path:
     _save_tf1_model(directory / "saved_model_half_plus_three" / "00000123", 3.0, record_shapes=False)
 
     (directory / "half_plus_two_model_metadata.json").write_text(
-        json.dumps(_metadata_json("default", signatures), indent=1))
+        json.dumps(_metadata_json("default", signatures), indent=1)
+    )
     (directory / "saved_model_half_plus_two_2_versions_metadata.json").write_text(
-        json.dumps(_metadata_json("saved_model_half_plus_two_2_versions", signatures), indent=1))
+        json.dumps(_metadata_json("saved_model_half_plus_two_2_versions", signatures), indent=1)
+    )
     (directory / "good_model_config.txt").write_text(
-        'model_config_list: {\n'
+        "model_config_list: {\n"
         '  config: { name: "half_plus_two", base_path: "${TEST_HALF_PLUS_TWO_DIR}", model_platform: "tensorflow" },\n'
         '  config: { name: "half_plus_three", base_path: "${TEST_HALF_PLUS_THREE_DIR}", model_platform: "tensorflow" }\n'
-        '}\n')
+        "}\n"
+    )
     (directory / "bad_model_config.txt").write_text("improperly formatted file")
     (directory / "monitoring_config.txt").write_text(
-        'prometheus_config: {\n  enable: true,\n  path: "/monitoring/prometheus/metrics"\n}\n')
+        'prometheus_config: {\n  enable: true,\n  path: "/monitoring/prometheus/metrics"\n}\n'
+    )
     return directory
 
 
@@ -163,14 +173,24 @@ def _save_half_plus_two_tf2(export_dir: Path) -> None:
     module.slope = tf.Variable(0.5)
     module.intercept = tf.Variable(2.0)
     examples = tf.TensorSpec([None], tf.string, name="inputs")
-    module.predict = tf.function(lambda x: {"y": module.slope * x + module.intercept},
-                                 input_signature=[tf.TensorSpec([1], tf.float32, name="x")])
-    module.classify = tf.function(lambda inputs: {"scores": module.slope * parse_x(inputs) + module.intercept},
-                                  input_signature=[examples])
-    module.regress = tf.function(lambda inputs: {"outputs": module.slope * parse_x(inputs) + module.intercept},
-                                 input_signature=[examples])
-    tf.saved_model.save(module, str(export_dir), signatures={
-        "serving_default": module.predict, "classify_x_to_y": module.classify, "regress_x_to_y": module.regress})
+    module.predict = tf.function(
+        lambda x: {"y": module.slope * x + module.intercept}, input_signature=[tf.TensorSpec([1], tf.float32, name="x")]
+    )
+    module.classify = tf.function(
+        lambda inputs: {"scores": module.slope * parse_x(inputs) + module.intercept}, input_signature=[examples]
+    )
+    module.regress = tf.function(
+        lambda inputs: {"outputs": module.slope * parse_x(inputs) + module.intercept}, input_signature=[examples]
+    )
+    tf.saved_model.save(
+        module,
+        str(export_dir),
+        signatures={
+            "serving_default": module.predict,
+            "classify_x_to_y": module.classify,
+            "regress_x_to_y": module.regress,
+        },
+    )
 
 
 def _save_checkpoint_models(directory: Path) -> None:
@@ -179,28 +199,38 @@ def _save_checkpoint_models(directory: Path) -> None:
     root.v1 = tf.Variable(3.0)
     root.v2 = tf.Variable(2.0)
     root.f = tf.function(lambda x: {"y": root.v1 * root.v2 * x})
-    tf.saved_model.save(root, str(directory / "tf_saved_model_save" / "00000123"),
-                        signatures=root.f.get_concrete_function(tf.TensorSpec(None, tf.float32)))
+    tf.saved_model.save(
+        root,
+        str(directory / "tf_saved_model_save" / "00000123"),
+        signatures=root.f.get_concrete_function(tf.TensorSpec(None, tf.float32)),
+    )
 
     two = tf.train.Checkpoint()
     unknown_rank = [tf.TensorSpec(None, tf.float32)]
     two.f = tf.function(lambda x: {"y": 1.0}, input_signature=unknown_rank)
     two.g = tf.function(lambda x: {"y": 2.0}, input_signature=unknown_rank)
-    tf.saved_model.save(two, str(directory / "tf_saved_model_save_multiple_signatures" / "00000123"),
-                        signatures={"serving_default": two.f, "custom_signature_key": two.g})
+    tf.saved_model.save(
+        two,
+        str(directory / "tf_saved_model_save_multiple_signatures" / "00000123"),
+        signatures={"serving_default": two.f, "custom_signature_key": two.g},
+    )
 
 
 def _save_keras_models(directory: Path) -> None:
-    identity = tf.keras.Sequential([tf.keras.layers.Input(shape=(1,), dtype="float32", name="x"),
-                                    tf.keras.layers.Lambda(lambda x: x, name="y")])
+    identity = tf.keras.Sequential(
+        [tf.keras.layers.Input(shape=(1,), dtype="float32", name="x"), tf.keras.layers.Lambda(lambda x: x, name="y")]
+    )
     tf.saved_model.save(identity, str(directory / "keras_sequential" / "00000123"))
 
     strategy = tf.distribute.MirroredStrategy(devices=["/cpu:0", "/cpu:1"])
     with strategy.scope():
-        dense = tf.keras.Sequential([
-            tf.keras.layers.Input(shape=(1,), dtype="float32", name="x"),
-            tf.keras.layers.Dense(1, kernel_initializer="ones", bias_initializer="zeros"),
-            tf.keras.layers.Lambda(lambda x: x, name="y")])
+        dense = tf.keras.Sequential(
+            [
+                tf.keras.layers.Input(shape=(1,), dtype="float32", name="x"),
+                tf.keras.layers.Dense(1, kernel_initializer="ones", bias_initializer="zeros"),
+                tf.keras.layers.Lambda(lambda x: x, name="y"),
+            ]
+        )
     tf.saved_model.save(dense, str(directory / "keras_distributed" / "00000123"))
 
 
@@ -217,8 +247,13 @@ def build_tf2_testdata(directory: Path) -> Path:
 
 def build_tf2_testdata_in_subprocess(directory: Path, cwd: Path) -> Path:
     """``build_tf2_testdata`` in a fresh Python process (see the module docstring); raises if it fails."""
-    result = subprocess.run([sys.executable, "-m", "tests.serving.generated_testdata", str(directory)],
-                            cwd=cwd, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "tests.serving.generated_testdata", str(directory)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     if result.returncode != 0:
         raise RuntimeError(f"building the TF2 test models failed:\n{result.stderr[-4000:]}")
     return directory

@@ -36,8 +36,14 @@ def server(model_factory, tmp_path_factory):
     shutil.copytree(model_factory("batch_probe", 1.0), base / "1")
     parameters = directory / "batching.config"
     parameters.write_text(BATCHING_PARAMETERS)
-    process = ServerProcess(directory, "--model_name=probe", f"--model_base_path={base}", "--enable_batching",
-                            f"--batching_parameters_file={parameters}", rest=False)
+    process = ServerProcess(
+        directory,
+        "--model_name=probe",
+        f"--model_base_path={base}",
+        "--enable_batching",
+        f"--batching_parameters_file={parameters}",
+        rest=False,
+    )
     yield process
     assert process.stop(signal_number=signal.SIGINT) == 0  # Ctrl-C stops as cleanly as SIGTERM
     assert "ModelServer stopped." in process.log_text()
@@ -81,20 +87,27 @@ def test_full_queue_answers_unavailable(server):
     refused = [outcome for outcome in outcomes if outcome != "OK"]
     assert outcomes.count("OK") >= 8
     assert refused, "expected some requests to find the queue full"
-    assert set(refused) == {(grpc.StatusCode.UNAVAILABLE,
-                             "The batch scheduling queue to which this task was submitted is full")}
+    assert set(refused) == {
+        (grpc.StatusCode.UNAVAILABLE, "The batch scheduling queue to which this task was submitted is full")
+    }
     assert call(server, 1).shape == (1, 1)  # still serving afterwards
 
 
 def test_the_asynchronous_server_answers_every_service_and_error_as_the_threaded_one(server):
     """With batching the gRPC server runs on an event loop; the other RPCs and the errors must not change."""
     status = model_service_pb2_grpc.ModelServiceStub(server.channel).GetModelStatus(
-        get_model_status_pb2.GetModelStatusRequest(model_spec=model_pb2.ModelSpec(name="probe")), timeout=10)
+        get_model_status_pb2.GetModelStatusRequest(model_spec=model_pb2.ModelSpec(name="probe")), timeout=10
+    )
     assert [(entry.version, entry.state) for entry in status.model_version_status] == [
-        (1, get_model_status_pb2.ModelVersionStatus.AVAILABLE)]
+        (1, get_model_status_pb2.ModelVersionStatus.AVAILABLE)
+    ]
 
-    metadata = server.predict_stub.GetModelMetadata(get_model_metadata_pb2.GetModelMetadataRequest(
-        model_spec=model_pb2.ModelSpec(name="probe"), metadata_field=["signature_def"]), timeout=10)
+    metadata = server.predict_stub.GetModelMetadata(
+        get_model_metadata_pb2.GetModelMetadataRequest(
+            model_spec=model_pb2.ModelSpec(name="probe"), metadata_field=["signature_def"]
+        ),
+        timeout=10,
+    )
     assert metadata.model_spec.version.value == 1
 
     def predict_error(name="probe", alias="x", signature=""):
@@ -106,11 +119,16 @@ def test_the_asynchronous_server_answers_every_service_and_error_as_the_threaded
             server.predict_stub.Predict(request, timeout=10)
         return caught.value.code(), caught.value.details()
 
-    assert predict_error(name="missing") == (grpc.StatusCode.NOT_FOUND,
-                                             "Servable not found for request: Latest(missing)")
-    assert predict_error(signature="nope") == (grpc.StatusCode.FAILED_PRECONDITION,
-                                               'Serving signature key "nope" not found.')
-    assert predict_error(alias="z") == (grpc.StatusCode.INVALID_ARGUMENT,
-                                        "input tensor alias not found in signature: z. "
-                                        "Inputs expected to be in the set {x}.")
+    assert predict_error(name="missing") == (
+        grpc.StatusCode.NOT_FOUND,
+        "Servable not found for request: Latest(missing)",
+    )
+    assert predict_error(signature="nope") == (
+        grpc.StatusCode.FAILED_PRECONDITION,
+        'Serving signature key "nope" not found.',
+    )
+    assert predict_error(alias="z") == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "input tensor alias not found in signature: z. Inputs expected to be in the set {x}.",
+    )
     assert call(server, 1).shape == (1, 1)

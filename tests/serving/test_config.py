@@ -34,19 +34,24 @@ model_config_list {{
 
 
 def good_config_text(testdata) -> str:
-    return ((testdata / "good_model_config.txt").read_text()
-            .replace("${TEST_HALF_PLUS_TWO_DIR}", str(testdata / "saved_model_half_plus_two_cpu"))
-            .replace("${TEST_HALF_PLUS_THREE_DIR}", str(testdata / "saved_model_half_plus_three")))
+    return (
+        (testdata / "good_model_config.txt")
+        .read_text()
+        .replace("${TEST_HALF_PLUS_TWO_DIR}", str(testdata / "saved_model_half_plus_two_cpu"))
+        .replace("${TEST_HALF_PLUS_THREE_DIR}", str(testdata / "saved_model_half_plus_three"))
+    )
 
 
 @pytest.fixture(scope="module")
 def server(testdata, tmp_path_factory):
     directory = tmp_path_factory.mktemp("config")
     config_path = directory / "models.config"
-    config_path.write_text(TWO_VERSIONS_CONFIG.format(two=testdata / "saved_model_half_plus_two_2_versions",
-                                                      three=testdata / "saved_model_half_plus_three"))
-    process = ServerProcess(directory, f"--model_config_file={config_path}",
-                            "--model_config_file_poll_wait_seconds=1")
+    config_path.write_text(
+        TWO_VERSIONS_CONFIG.format(
+            two=testdata / "saved_model_half_plus_two_2_versions", three=testdata / "saved_model_half_plus_three"
+        )
+    )
+    process = ServerProcess(directory, f"--model_config_file={config_path}", "--model_config_file_poll_wait_seconds=1")
     process.config_path = config_path
     yield process
     assert process.stop() == 0
@@ -107,7 +112,9 @@ def test_tf1_only_model_is_fed_like_tf_servings_session_run(server):
 
 def test_warmup_records_are_replayed(server, testdata):
     """Our generated 124 carries a warm-up file of 3 records; TF Serving's copy has none."""
-    warmup = testdata / "saved_model_half_plus_two_2_versions" / "00000124" / "assets.extra" / "tf_serving_warmup_requests"
+    warmup = (
+        testdata / "saved_model_half_plus_two_2_versions" / "00000124" / "assets.extra" / "tf_serving_warmup_requests"
+    )
     replayed = sum(1 for _ in tf.data.TFRecordDataset(str(warmup))) if warmup.exists() else 0
     line = f"Finished reading warmup data for model at {warmup}. Number of warmup records read: {replayed}."
     assert (line in server.log_text()) == (replayed > 0)
@@ -115,20 +122,23 @@ def test_warmup_records_are_replayed(server, testdata):
 
 
 def test_reload_rejects_label_on_unavailable_version_and_keeps_serving(server, testdata):
-    bad = TWO_VERSIONS_CONFIG.format(two=testdata / "saved_model_half_plus_two_2_versions",
-                                     three=testdata / "saved_model_half_plus_three").replace("value: 124", "value: 999")
+    bad = TWO_VERSIONS_CONFIG.format(
+        two=testdata / "saved_model_half_plus_two_2_versions", three=testdata / "saved_model_half_plus_three"
+    ).replace("value: 124", "value: 999")
     with pytest.raises(grpc.RpcError) as caught:
         reload(server, bad)
     assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert caught.value.details() == ("Request to assign label to version 999 of model two, "
-                                      "which is not currently available for inference")
+    assert caught.value.details() == (
+        "Request to assign label to version 999 of model two, which is not currently available for inference"
+    )
     assert predict(server, "two", label="canary")[0] == 124
     with pytest.raises(grpc.RpcError) as caught:
         reload(server, 'model_config_list { config { name: "x" base_path: "" } }')
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     # Relabelling without a restart: "stable" moves to 124.
-    relabelled = TWO_VERSIONS_CONFIG.format(two=testdata / "saved_model_half_plus_two_2_versions",
-                                            three=testdata / "saved_model_half_plus_three").replace("value: 123", "value: 124")
+    relabelled = TWO_VERSIONS_CONFIG.format(
+        two=testdata / "saved_model_half_plus_two_2_versions", three=testdata / "saved_model_half_plus_three"
+    ).replace("value: 123", "value: 124")
     assert reload(server, relabelled).status.error_code == 0
     assert predict(server, "two", label="stable")[0] == 124
 
@@ -152,7 +162,8 @@ def test_reload_by_rpc_then_by_polling_the_config_file(server, testdata):
     # A specific version policy in a good file is picked up without a restart.
     server.config_path.write_text(
         f'model_config_list {{ config {{ name: "pinned" base_path: "{testdata / "saved_model_half_plus_two_2_versions"}" '
-        'model_platform: "tensorflow" model_version_policy { specific { versions: 123 } } } }')
+        'model_platform: "tensorflow" model_version_policy { specific { versions: 123 } } } }'
+    )
     wait_for(lambda: _served(server, "pinned"), message="pinned model served")
     assert predict(server, "pinned") == (123, 2.5)
     assert set(_version_states(server, "pinned")) == {123}
@@ -169,13 +180,20 @@ def _version_states(server, name) -> dict:
     request = get_model_status_pb2.GetModelStatusRequest()
     request.model_spec.name = name
     response = model_service_pb2_grpc.ModelServiceStub(server.channel).GetModelStatus(request, timeout=10)
-    return {status.version: get_model_status_pb2.ModelVersionStatus.State.Name(status.state)
-            for status in response.model_version_status}
+    return {
+        status.version: get_model_status_pb2.ModelVersionStatus.State.Name(status.state)
+        for status in response.model_version_status
+    }
 
 
 def run_server_to_exit(*flags: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "serving.model_server", "--port=0", *flags],
-                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=180)
+    return subprocess.run(
+        [sys.executable, "-m", "serving.model_server", "--port=0", *flags],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
 
 
 def test_unknown_flag_is_an_error():
@@ -186,9 +204,15 @@ def test_unknown_flag_is_an_error():
 
 def test_startup_fails_like_tf_serving_when_the_model_cannot_load(tmp_path):
     (tmp_path / "broken" / "1").mkdir(parents=True)
-    failed = run_server_to_exit("--model_name=broken", f"--model_base_path={tmp_path / 'broken'}",
-                                "--max_num_load_retries=1", "--load_retry_interval_micros=1000")
+    failed = run_server_to_exit(
+        "--model_name=broken",
+        f"--model_base_path={tmp_path / 'broken'}",
+        "--max_num_load_retries=1",
+        "--load_retry_interval_micros=1000",
+    )
     assert failed.returncode != 0
-    assert ("Failed to start server. Error: UNKNOWN: 1 servable(s) did not become available: "
-            "{{{name: broken version: 1} due to error: NOT_FOUND: SavedModel file does not exist at: ") in failed.stderr
+    assert (
+        "Failed to start server. Error: UNKNOWN: 1 servable(s) did not become available: "
+        "{{{name: broken version: 1} due to error: NOT_FOUND: SavedModel file does not exist at: "
+    ) in failed.stderr
     assert "Retrying load on servable version {name: broken version: 1} retry: 1" in failed.stderr

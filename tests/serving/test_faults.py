@@ -59,11 +59,28 @@ CLIENTS = 8
 
 
 # ------------------------------------------------------------ version names
-@pytest.mark.parametrize("name, version", [
-    ("1", 1), ("00000123", 123), (" 7", 7), ("7\t", 7), ("+5", 5), ("-1", -1),
-    ("9223372036854775807", 2**63 - 1), ("9223372036854775808", None), ("²", None), ("٣", None),
-    ("1e3", None), ("0x10", None), ("1.0", None), ("1 2", None), ("", None), ("-", None), ("abc", None),
-])
+@pytest.mark.parametrize(
+    "name, version",
+    [
+        ("1", 1),
+        ("00000123", 123),
+        (" 7", 7),
+        ("7\t", 7),
+        ("+5", 5),
+        ("-1", -1),
+        ("9223372036854775807", 2**63 - 1),
+        ("9223372036854775808", None),
+        ("²", None),
+        ("٣", None),
+        ("1e3", None),
+        ("0x10", None),
+        ("1.0", None),
+        ("1 2", None),
+        ("", None),
+        ("-", None),
+        ("abc", None),
+    ],
+)
 def test_version_names_parse_as_in_tf_serving(name, version):
     assert parse_version(name) == version
 
@@ -77,6 +94,7 @@ def test_polling_survives_any_exception_and_logs_once_per_streak(tmp_path, monke
     manager = ModelManager(ManagerOptions(file_system_poll_wait_seconds=0.02))
     manager.apply_config(config)
     from serving import manager as manager_module
+
     real_listing, polls = manager_module.version_directories, []
 
     def failing_for_a_while(path):
@@ -120,8 +138,10 @@ def statuses(channel) -> dict:
     request = get_model_status_pb2.GetModelStatusRequest()
     request.model_spec.name = MODEL
     response = model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(request, timeout=10)
-    return {status.version: (status.state, status.status.error_code, status.status.error_message)
-            for status in response.model_version_status}
+    return {
+        status.version: (status.state, status.status.error_code, status.status.error_message)
+        for status in response.model_version_status
+    }
 
 
 class Clients:
@@ -131,8 +151,10 @@ class Clients:
         self.stub, self.sent, self.failures, self.versions = stub, 0, [], set()
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, args=(max_requests_each, time.monotonic() + max_seconds),
-                                          daemon=True) for _ in range(CLIENTS)]
+        self._threads = [
+            threading.Thread(target=self._run, args=(max_requests_each, time.monotonic() + max_seconds), daemon=True)
+            for _ in range(CLIENTS)
+        ]
         for thread in self._threads:
             thread.start()
 
@@ -184,9 +206,16 @@ def test_fault_catalogue_loses_no_request(model_factory, tmp_path):
     base = tmp_path / MODEL
     base.mkdir()
     install_version(base, 1, model_factory("linear", 1.0))
-    server = ServerProcess(tmp_path, f"--model_name={MODEL}", f"--model_base_path={base}",
-                           "--file_system_poll_wait_seconds=1", f"--max_num_load_retries={RETRIES}",
-                           "--load_retry_interval_micros=100000", rest=False, launcher=_drop_file_access_override())
+    server = ServerProcess(
+        tmp_path,
+        f"--model_name={MODEL}",
+        f"--model_base_path={base}",
+        "--file_system_poll_wait_seconds=1",
+        f"--max_num_load_retries={RETRIES}",
+        "--load_retry_interval_micros=100000",
+        rest=False,
+        launcher=_drop_file_access_override(),
+    )
     started = time.monotonic()
     faults, serving = [], 1
     clients = Clients(server.predict_stub)
@@ -216,8 +245,10 @@ def test_fault_catalogue_loses_no_request(model_factory, tmp_path):
         _, code, message = state(version)
         assert code != 0 and error_text in message, (kind, code, message)
         if retried:
-            assert f"Retrying load on servable version {{name: {MODEL} version: {version}}} retry: {RETRIES}" \
-                in server.log_text(), kind
+            assert (
+                f"Retrying load on servable version {{name: {MODEL} version: {version}}} retry: {RETRIES}"
+                in server.log_text()
+            ), kind
         assert predict(server.predict_stub) == (serving, float(serving)), kind
         assert state(serving)[0] == AVAILABLE, kind
 
@@ -295,8 +326,10 @@ def test_fault_catalogue_loses_no_request(model_factory, tmp_path):
         if (base / "10").exists():
             os.chmod(base / "10", 0o755)
     seconds = time.monotonic() - started
-    print(f"\nfault catalogue: {len(faults)} faults tried, {clients.sent} requests sent, "
-          f"{len(clients.failures)} requests lost, versions served {sorted(clients.versions)}, {seconds:.0f} s")
+    print(
+        f"\nfault catalogue: {len(faults)} faults tried, {clients.sent} requests sent, "
+        f"{len(clients.failures)} requests lost, versions served {sorted(clients.versions)}, {seconds:.0f} s"
+    )
     assert clients.failures == []
     assert clients.sent > 1000
     assert {14, 3, 4, 6, 8, 10, 12}.isdisjoint(clients.versions)
@@ -308,8 +341,15 @@ def test_fault_catalogue_loses_no_request(model_factory, tmp_path):
 def rest_server():
     """The real HTTP server and REST API over a manager with no models, with a 1 s I/O timeout."""
     manager = ModelManager(ManagerOptions(file_system_poll_wait_seconds=0))
-    server = RestServer(RestApi(manager, Metrics(), None), "127.0.0.1", 0, num_threads=2, timeout_ms=5000,
-                        enable_cors=False, io_timeout_seconds=1.0)
+    server = RestServer(
+        RestApi(manager, Metrics(), None),
+        "127.0.0.1",
+        0,
+        num_threads=2,
+        timeout_ms=5000,
+        enable_cors=False,
+        io_timeout_seconds=1.0,
+    )
     server.start()
     yield server
     server.stop()
@@ -365,9 +405,11 @@ def test_rest_refuses_oversized_and_malformed_requests(rest_server):
 def test_rest_disconnects_stalled_clients_and_keeps_answering(rest_server):
     port = rest_server.port
     stalled = []
-    for prefix in (PREDICT + b"Content-Length: 100\r\n\r\n{\"inst",  # body cut short
-                   PREDICT + b"Content-Length: 100\r\n",  # headers never end
-                   b""):  # connects, says nothing
+    for prefix in (
+        PREDICT + b'Content-Length: 100\r\n\r\n{"inst',  # body cut short
+        PREDICT + b"Content-Length: 100\r\n",  # headers never end
+        b"",
+    ):  # connects, says nothing
         sock = socket.create_connection(("127.0.0.1", port), timeout=10)
         sock.sendall(prefix)
         stalled.append(sock)
@@ -384,18 +426,31 @@ def test_rest_disconnects_stalled_clients_and_keeps_answering(rest_server):
 
 
 # ------------------------------------------------------------ gRPC limits
-@pytest.mark.parametrize("channel_arguments, oversized_code", [
-    ([], grpc.StatusCode.NOT_FOUND),  # TF Serving's INT_MAX limit: 5 MB reaches the handler
-    ([("grpc.max_receive_message_length", 1 << 20)], grpc.StatusCode.RESOURCE_EXHAUSTED),
-])
+@pytest.mark.parametrize(
+    "channel_arguments, oversized_code",
+    [
+        ([], grpc.StatusCode.NOT_FOUND),  # TF Serving's INT_MAX limit: 5 MB reaches the handler
+        ([("grpc.max_receive_message_length", 1 << 20)], grpc.StatusCode.RESOURCE_EXHAUSTED),
+    ],
+)
 def test_grpc_message_size_limit(channel_arguments, oversized_code):
     manager = ModelManager(ManagerOptions(file_system_poll_wait_seconds=0))
-    server = GrpcServer(manager, Metrics(), "127.0.0.1", free_port(), "", channel_arguments, max_threads=4,
-                        enable_health=False, asynchronous=False)
+    server = GrpcServer(
+        manager,
+        Metrics(),
+        "127.0.0.1",
+        free_port(),
+        "",
+        channel_arguments,
+        max_threads=4,
+        enable_health=False,
+        asynchronous=False,
+    )
     server.start()
     channel = grpc.insecure_channel(server.addresses[0], options=[("grpc.max_send_message_length", -1)])
     stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
     try:
+
         def predict_bytes(size):
             request = predict_pb2.PredictRequest()
             request.model_spec.name = "absent"
@@ -421,24 +476,30 @@ HUGE_ROWS = 5_000_000  # the [1e8, 1] probe scaled by 1/20: 20 MB in, 20 MB out
 
 @pytest.fixture(scope="module")
 def half_plus_two(generated_testdata, tmp_path_factory):
-    server = ServerProcess(tmp_path_factory.mktemp("abuse"), "--model_name=half",
-                           f"--model_base_path={generated_testdata / 'saved_model_half_plus_two_cpu'}",
-                           f"--max_tensor_bytes={MAX_TENSOR_BYTES}")
+    server = ServerProcess(
+        tmp_path_factory.mktemp("abuse"),
+        "--model_name=half",
+        f"--model_base_path={generated_testdata / 'saved_model_half_plus_two_cpu'}",
+        f"--max_tensor_bytes={MAX_TENSOR_BYTES}",
+    )
     yield server
     server.stop()
 
 
 def test_huge_promised_tensor_costs_about_its_reply_and_the_cap_refuses_more(half_plus_two):
-    channel = grpc.insecure_channel(f"127.0.0.1:{half_plus_two.port}",
-                                    options=[("grpc.max_receive_message_length", -1)])
+    channel = grpc.insecure_channel(
+        f"127.0.0.1:{half_plus_two.port}", options=[("grpc.max_receive_message_length", -1)]
+    )
     with channel, abuse.PeakRssGrowth(half_plus_two.process.pid) as growth:
         stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
         response = stub.Predict(abuse.huge_shape_request("half", HUGE_ROWS), timeout=60)
     reply = tf.make_ndarray(response.outputs["y"])
     assert reply.shape == (HUGE_ROWS, 1) and np.all(reply == 2.0)  # zero-filled input, as in TF Serving
     tensor_bytes = HUGE_ROWS * 4
-    print(f"\n[{HUGE_ROWS}, 1] Predict: peak RSS growth {growth.bytes / 1e6:.0f} MB "
-          f"for a {tensor_bytes / 1e6:.0f} MB reply")
+    print(
+        f"\n[{HUGE_ROWS}, 1] Predict: peak RSS growth {growth.bytes / 1e6:.0f} MB "
+        f"for a {tensor_bytes / 1e6:.0f} MB reply"
+    )
     # Full size (benchmark) bound: 2.5 GB for 400 MB, i.e. 6.25 times the tensor; Python lists took over 12.
     assert growth.bytes < 6.25 * tensor_bytes
     with pytest.raises(grpc.RpcError) as refused:
@@ -456,19 +517,20 @@ def test_echoed_json_is_cut_and_client_mistakes_are_400s_without_tracebacks(half
     for probe, path, request_body in abuse.bad_requests("half"):
         status, body = abuse.post(half_plus_two.rest_port, path, request_body)
         assert status == 400 and len(body) < 4096, (probe, status, body[:300])
-    status, body = abuse.post(half_plus_two.rest_port, "/v1/models/half:predict",
-                              b'{"instances": [[' + b"9" * 400 + b"]]}")
+    status, body = abuse.post(
+        half_plus_two.rest_port, "/v1/models/half:predict", b'{"instances": [[' + b"9" * 400 + b"]]}"
+    )
     assert b"Number too big to be stored in double. at offset: 16" in body
-    status, body = abuse.post(half_plus_two.rest_port, "/v1/models/half:predict",
-                              b'{"signature_name": "\\ud800"}')
+    status, body = abuse.post(half_plus_two.rest_port, "/v1/models/half:predict", b'{"signature_name": "\\ud800"}')
     assert b"The surrogate pair in string is invalid. at offset: 20" in body
     added = half_plus_two.log_text()[log_size:]
     assert "Traceback" not in added and len(added) < 1000, added
     # The numeric fast path answers as the per-element one: values, and errors when it declines.
     status, body = abuse.post(half_plus_two.rest_port, "/v1/models/half:predict", b'{"instances": [[1], [2.5]]}')
     assert (status, body) == (200, b'{"predictions":[[2.5],[3.25]]}')
-    status, body = abuse.post(half_plus_two.rest_port, "/v1/models/half:predict",
-                              b'{"instances": [[1.0], [16777217]]}')  # a double first, then float32, as GetFloat
+    status, body = abuse.post(
+        half_plus_two.rest_port, "/v1/models/half:predict", b'{"instances": [[1.0], [16777217]]}'
+    )  # a double first, then float32, as GetFloat
     assert (status, body) == (200, b'{"predictions":[[2.5],[8.38861e+06]]}')
     status, body = abuse.post(half_plus_two.rest_port, "/v1/models/half:predict", b'{"instances": [[1.0], ["a"]]}')
     assert status == 400 and b'JSON Value: \\"a\\" Type: String is not of expected type: float' in body, body
@@ -477,8 +539,10 @@ def test_echoed_json_is_cut_and_client_mistakes_are_400s_without_tracebacks(half
 def test_a_burst_of_new_connections_is_answered_in_full(rest_server):
     results = abuse.burst(rest_server.port, "/v1/models/absent", clients=150)
     statuses = [status for status, _ in results]
-    print(f"\n150 simultaneous connections: {statuses.count(404)} answered, "
-          f"worst {max(seconds for _, seconds in results) * 1000:.0f} ms")
+    print(
+        f"\n150 simultaneous connections: {statuses.count(404)} answered, "
+        f"worst {max(seconds for _, seconds in results) * 1000:.0f} ms"
+    )
     assert statuses == [404] * 150
 
 

@@ -59,8 +59,12 @@ class FleetClients:
 
 def seconds_until_all_serve(replicas, version: int, timeout: float = 60) -> float:
     started = time.monotonic()
-    wait_for(lambda: all(served_version(replica.predict_stub)[0] == version for replica in replicas),
-             timeout=timeout, interval=0.05, message=f"every replica serving version {version}")
+    wait_for(
+        lambda: all(served_version(replica.predict_stub)[0] == version for replica in replicas),
+        timeout=timeout,
+        interval=0.05,
+        message=f"every replica serving version {version}",
+    )
     return time.monotonic() - started
 
 
@@ -70,16 +74,29 @@ def test_fleet_switches_versions_together_without_failed_requests(s3_server, mod
     version_two = model_factory("linear", 2.0)
     synced = tmp_path / "synced"
     sync_log = open(tmp_path / "sync.log", "w")
-    sync = subprocess.Popen([sys.executable, "-m", "serving.sync", base, str(synced), f"--poll_seconds={POLL_SECONDS}"],
-                            cwd=REPO_ROOT, env=os_environment_with(s3_server), stderr=sync_log)
+    sync = subprocess.Popen(
+        [sys.executable, "-m", "serving.sync", base, str(synced), f"--poll_seconds={POLL_SECONDS}"],
+        cwd=REPO_ROOT,
+        env=os_environment_with(s3_server),
+        stderr=sync_log,
+    )
     replicas = []
     try:
         wait_for(lambda: (synced / "1" / "saved_model.pb").exists(), timeout=30, message="sync mirrors version 1")
         paths = [base, base, str(synced)]
         with ThreadPoolExecutor(3) as starting:
-            replicas = list(starting.map(
-                lambda path: ServerProcess(tmp_path, "--model_name=linear", f"--model_base_path={path}",
-                                           f"--file_system_poll_wait_seconds={POLL_SECONDS}", rest=False), paths))
+            replicas = list(
+                starting.map(
+                    lambda path: ServerProcess(
+                        tmp_path,
+                        "--model_name=linear",
+                        f"--model_base_path={path}",
+                        f"--file_system_poll_wait_seconds={POLL_SECONDS}",
+                        rest=False,
+                    ),
+                    paths,
+                )
+            )
         clients = FleetClients(replicas)
         try:
             assert seconds_until_all_serve(replicas, 1) < 5
@@ -93,13 +110,17 @@ def test_fleet_switches_versions_together_without_failed_requests(s3_server, mod
             delete_seconds = time.monotonic() - rollback_started
             rollback_seconds = seconds_until_all_serve(replicas, 1)
             for replica in replicas:
-                wait_for(lambda: statuses(replica).get(2, (None,))[0] == END, message="version 2 unloaded")
+                wait_for(
+                    lambda replica=replica: statuses(replica).get(2, (None,))[0] == END, message="version 2 unloaded"
+                )
         finally:
             clients.stop()
-        print(f"\nfleet of 3 (2 direct s3://, 1 via serving.sync), poll {POLL_SECONDS} s, {CLIENTS} clients, "
-              f"{clients.count} requests: publish v2 {publish_seconds:.2f} s, publish-to-all-serving "
-              f"{rollout_seconds:.2f} s; delete v2 {delete_seconds:.2f} s, delete-to-all-back-on-v1 "
-              f"{rollback_seconds:.2f} s")
+        print(
+            f"\nfleet of 3 (2 direct s3://, 1 via serving.sync), poll {POLL_SECONDS} s, {CLIENTS} clients, "
+            f"{clients.count} requests: publish v2 {publish_seconds:.2f} s, publish-to-all-serving "
+            f"{rollout_seconds:.2f} s; delete v2 {delete_seconds:.2f} s, delete-to-all-back-on-v1 "
+            f"{rollback_seconds:.2f} s"
+        )
         assert clients.failures == []
         assert all({1, 2} <= seen for seen in clients.versions.values()), clients.versions
         assert [served_version(replica.predict_stub) for replica in replicas] == [(1, 1.0)] * 3

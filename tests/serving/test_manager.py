@@ -59,8 +59,10 @@ def served_version(manager) -> int:
 
 
 def states(manager) -> dict:
-    return {status.version: (status.state, status.error.message if status.error else "")
-            for status in manager.model_status(model_pb2.ModelSpec(name="m"))}
+    return {
+        status.version: (status.state, status.error.message if status.error else "")
+        for status in manager.model_status(model_pb2.ModelSpec(name="m"))
+    }
 
 
 def test_a_version_deleted_while_it_loads_never_serves(manager, tmp_path):

@@ -20,8 +20,13 @@ from tests.serving.test_config import good_config_text
 
 pytestmark = pytest.mark.slow
 
-TF2_MODELS = ("saved_model_half_plus_two_tf2_cpu", "tf_saved_model_save", "tf_saved_model_save_multiple_signatures",
-              "keras_sequential", "keras_distributed")
+TF2_MODELS = (
+    "saved_model_half_plus_two_tf2_cpu",
+    "tf_saved_model_save",
+    "tf_saved_model_save_multiple_signatures",
+    "keras_sequential",
+    "keras_distributed",
+)
 
 
 @pytest.fixture(scope="module")
@@ -31,12 +36,20 @@ def server(generated_testdata, tmp_path_factory):
     good_config = good_config_text(generated_testdata).rstrip()
     assert good_config.endswith("}")
     config = directory / "models.config"
-    config.write_text(good_config[:-1] + "".join(
-        f'  config: {{ name: "{name}", base_path: "{directory / "models" / name}", model_platform: "tensorflow" }}\n'
-        for name in TF2_MODELS) + "}\n")
-    process = ServerProcess(directory, f"--model_config_file={config}", "--model_config_file_poll_wait_seconds=0",
-                            "--grpc_channel_arguments=grpc.max_connection_age_ms=2000,grpc.lb_policy_name=grpclb,"
-                            "grpc.so_reuseaddr=1")
+    config.write_text(
+        good_config[:-1]
+        + "".join(
+            f'  config: {{ name: "{name}", base_path: "{directory / "models" / name}", model_platform: "tensorflow" }}\n'
+            for name in TF2_MODELS
+        )
+        + "}\n"
+    )
+    process = ServerProcess(
+        directory,
+        f"--model_config_file={config}",
+        "--model_config_file_poll_wait_seconds=0",
+        "--grpc_channel_arguments=grpc.max_connection_age_ms=2000,grpc.lb_policy_name=grpclb,grpc.so_reuseaddr=1",
+    )
     process.config_path = config
     yield process
     assert process.stop() == 0
@@ -74,8 +87,10 @@ def test_classify_regress_and_multi_inference_on_a_tf2_model(server):
     assert_model_spec(result.model_spec, model, "regress_x_to_y")
 
     multi = inference_pb2.MultiInferenceRequest()
-    for signature, method in (("regress_x_to_y", "tensorflow/serving/regress"),
-                              ("classify_x_to_y", "tensorflow/serving/classify")):
+    for signature, method in (
+        ("regress_x_to_y", "tensorflow/serving/regress"),
+        ("classify_x_to_y", "tensorflow/serving/classify"),
+    ):
         task = multi.tasks.add(method_name=method)
         task.model_spec.name = model
         task.model_spec.signature_name = signature
@@ -109,13 +124,15 @@ def test_keras_sequential_models(server, model):
     TensorFlow 2.21 is Keras 3, whose ``tf.saved_model.save`` names them ``inputs`` and ``output_0``:
     a request for ``x`` gets TF Serving's own error, and the request with Keras 3's names answers.
     """
-    check_predict(server.predict_stub, 2.0, 123, model=model, shape=(1, 1), alias="inputs", output="output_0",
-                  output_filter=())
+    check_predict(
+        server.predict_stub, 2.0, 123, model=model, shape=(1, 1), alias="inputs", output="output_0", output_filter=()
+    )
     with pytest.raises(grpc.RpcError) as caught:
         check_predict(server.predict_stub, 2.0, 123, model=model, shape=(1, 1), output_filter=())
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert caught.value.details() == ("input tensor alias not found in signature: x. "
-                                      "Inputs expected to be in the set {inputs}.")
+    assert caught.value.details() == (
+        "input tensor alias not found in signature: x. Inputs expected to be in the set {inputs}."
+    )
 
 
 # ------------------------------------------------------- a model config file

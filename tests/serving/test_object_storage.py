@@ -70,16 +70,24 @@ def test_model_config_file_mixes_remote_and_local_base_paths(s3_server, model_fa
         server.stop()
 
 
-@pytest.mark.parametrize("base_path, message", [
-    ("ftp://models/linear", "ftp://models/linear: unknown scheme 'ftp'; use s3://, gs:// or a local path"),
-    ("s3://no-such-bucket/linear", "s3://no-such-bucket/linear: bucket 'no-such-bucket' does not exist"),
-    ("s3://models/linear/1/saved_model.pb", "is a file, not a directory of numbered versions"),
-])
+@pytest.mark.parametrize(
+    "base_path, message",
+    [
+        ("ftp://models/linear", "ftp://models/linear: unknown scheme 'ftp'; use s3://, gs:// or a local path"),
+        ("s3://no-such-bucket/linear", "s3://no-such-bucket/linear: bucket 'no-such-bucket' does not exist"),
+        ("s3://models/linear/1/saved_model.pb", "is a file, not a directory of numbered versions"),
+    ],
+)
 def test_bad_remote_base_paths_stop_the_server_with_a_clear_error(s3_server, model_factory, base_path, message):
     s3_server.create_bucket("models")
     upload_version("s3://models/linear", 1, model_factory("linear", 1.0))
-    done = subprocess.run([sys.executable, "-m", "serving.model_server", "--port=0", f"--model_base_path={base_path}"],
-                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "serving.model_server", "--port=0", f"--model_base_path={base_path}"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 1
     assert "Failed to start server. Error: " in done.stderr and message in done.stderr, done.stderr
 
@@ -101,8 +109,12 @@ def test_store_outage_and_a_killed_upload(s3_server, model_factory, tmp_path):
         forget_clients()
 
         # An upload killed midway: a publisher process dies after some of version 2's files.
-        uploader = subprocess.Popen([sys.executable, "-c", KILLED_UPLOADER, base, str(model_factory("linear", 2.0))],
-                                    cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True)
+        uploader = subprocess.Popen(
+            [sys.executable, "-c", KILLED_UPLOADER, base, str(model_factory("linear", 2.0))],
+            cwd=REPO_ROOT,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         assert uploader.stdout.readline().startswith("uploaded"), "the uploader started"
         uploader.kill()
         uploader.wait()

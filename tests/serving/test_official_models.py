@@ -67,8 +67,13 @@ def rpc_error(call, request):
 
 
 def example(**features):
-    return tf.train.Example(features=tf.train.Features(feature={
-        key: tf.train.Feature(float_list=tf.train.FloatList(value=[value])) for key, value in features.items()}))
+    return tf.train.Example(
+        features=tf.train.Features(
+            feature={
+                key: tf.train.Feature(float_list=tf.train.FloatList(value=[value])) for key, value in features.items()
+            }
+        )
+    )
 
 
 # ---------------------------------------------------------------- REST facts
@@ -80,8 +85,7 @@ def test_rest_predict_row_and_columnar_match_tf_serving(server):
     assert row.json() == {"predictions": [3.0, 3.5, 4.0]}
     columnar = requests.post(f"{server.rest}/v1/models/default:predict", json={"inputs": [2.0, 3.0, 4.0]})
     assert columnar.json() == {"outputs": [3.0, 3.5, 4.0]}
-    nested = requests.post(f"{server.rest}/v1/models/default/versions/123:predict",
-                           json={"instances": [[2.0], [5.0]]})
+    nested = requests.post(f"{server.rest}/v1/models/default/versions/123:predict", json={"instances": [[2.0], [5.0]]})
     assert nested.json() == {"predictions": [[3.0], [4.5]]}
 
 
@@ -89,8 +93,11 @@ def test_rest_status_matches_tf_serving(server):
     """tensorflow_model_server_test.py::testGetStatusREST."""
     answer = requests.get(f"{server.rest}/v1/models/default")
     assert answer.status_code == 200
-    assert answer.json() == {"model_version_status": [
-        {"version": "123", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}]}
+    assert answer.json() == {
+        "model_version_status": [
+            {"version": "123", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}
+        ]
+    }
     assert requests.get(f"{server.rest}/v1/models/default/versions/123").json() == answer.json()
 
 
@@ -105,20 +112,25 @@ def test_rest_metadata_is_tf_servings_exact_answer(server, testdata):
 def test_rest_regress_and_classify(server):
     """tensorflow_model_server_test.py::testRegressREST,
     tensorflow_model_server_test.py::testClassifyREST."""
-    regress = requests.post(f"{server.rest}/v1/models/default:regress",
-                            json={"signature_name": "regress_x_to_y", "examples": [{"x": 2.0}, {"x": 4.0}]})
+    regress = requests.post(
+        f"{server.rest}/v1/models/default:regress",
+        json={"signature_name": "regress_x_to_y", "examples": [{"x": 2.0}, {"x": 4.0}]},
+    )
     assert regress.status_code == 200, regress.text
     assert regress.json() == {"results": [3.0, 4.0]}
     for x, y in ((2.0, 3.0), (6.0, 5.0)):
-        classify = requests.post(f"{server.rest}/v1/models/default:classify",
-                                 json={"signature_name": "classify_x_to_y", "examples": [{"x": x}]})
+        classify = requests.post(
+            f"{server.rest}/v1/models/default:classify",
+            json={"signature_name": "classify_x_to_y", "examples": [{"x": x}]},
+        )
         assert classify.status_code == 200, classify.text
         assert classify.json() == {"results": [[["", y]]]}
 
 
 def test_rest_nan_and_infinity_pass_through(server):
-    answer = requests.post(f"{server.rest}/v1/models/default:predict",
-                           data='{"instances": [[NaN], [Infinity], [-Infinity]]}')
+    answer = requests.post(
+        f"{server.rest}/v1/models/default:predict", data='{"instances": [[NaN], [Infinity], [-Infinity]]}'
+    )
     assert answer.status_code == 200
     assert "NaN" in answer.text and "-Infinity" in answer.text
     values = [row[0] for row in json.loads(answer.text)["predictions"]]
@@ -130,37 +142,63 @@ def test_rest_writes_floats_like_tf_serving(server):
     assert answer.text.replace(" ", "").replace("\n", "") == '{"predictions":[[2.05],[3.0]]}'
 
 
-@pytest.mark.parametrize("method, path, status, wording", [
-    ("GET", "/v1/models", 400, "Missing model name in request."),
-    ("GET", "/v1/foo", 400, "Malformed request: GET /v1/foo"),
-    ("GET", "/v1/models/default:predict", 400, "Malformed request"),
-    ("POST", "/v1/models/default/metadata", 400, "Malformed request"),
-    ("POST", "/v1/models/default/versions/18446744073709551615:regress", 400, "Failed to convert version"),
-])
+@pytest.mark.parametrize(
+    "method, path, status, wording",
+    [
+        ("GET", "/v1/models", 400, "Missing model name in request."),
+        ("GET", "/v1/foo", 400, "Malformed request: GET /v1/foo"),
+        ("GET", "/v1/models/default:predict", 400, "Malformed request"),
+        ("POST", "/v1/models/default/metadata", 400, "Malformed request"),
+        ("POST", "/v1/models/default/versions/18446744073709551615:regress", 400, "Failed to convert version"),
+    ],
+)
 def test_rest_routes_tf_serving_rejects(server, method, path, status, wording):
     answer = requests.request(method, f"{server.rest}{path}", data="{}")
     assert answer.status_code == status
     assert wording in answer.json()["error"]
 
 
-@pytest.mark.parametrize("path, body, status, wording", [
-    ("/v1/models/default:predict", "", 400, "JSON Parse error: The document is empty"),
-    ("/v1/models/default:predict", "instances = [1, 2]", 400, "JSON Parse error: Invalid value"),
-    ("/v1/models/default:predict", '{"signature_name": 100}', 400, "'signature_name' key must be a string value."),
-    ("/v1/models/default:predict", '{"instances": [[1.0], [1.0, 2.0]]}', 400,
-     "Failed to process element: 1 of 'instances' list. Error: INVALID_ARGUMENT: Expecting tensor size: 1 but got: 2"),
-    ("/v1/models/default:predict", "{\"instances\": [1.0", 400, "JSON Parse error"),
-    ("/v1/models/default:predict", '{"instances": ["a"]}', 400,
-     'JSON Value: "a" Type: String is not of expected type: float'),
-    ("/v1/models/default:predict", '{"values": [1.0]}', 400, "Missing 'inputs' or 'instances' key"),
-    ("/v1/models/missing:predict", '{"instances": [1.0]}', 404, "Servable not found for request: Latest(missing)"),
-    ("/v1/models/default/versions/7:predict", '{"instances": [1.0]}', 404,
-     "Servable not found for request: Specific(default, 7)"),
-    ("/v1/models/default/labels/nope:predict", '{"instances": [1.0]}', 400,
-     "Unrecognized servable version label: nope"),
-    ("/v1/models/default:predict", '{"signature_name": "nope", "instances": [1.0]}', 400,
-     'Serving signature name: "nope" not found in signature def'),
-])
+@pytest.mark.parametrize(
+    "path, body, status, wording",
+    [
+        ("/v1/models/default:predict", "", 400, "JSON Parse error: The document is empty"),
+        ("/v1/models/default:predict", "instances = [1, 2]", 400, "JSON Parse error: Invalid value"),
+        ("/v1/models/default:predict", '{"signature_name": 100}', 400, "'signature_name' key must be a string value."),
+        (
+            "/v1/models/default:predict",
+            '{"instances": [[1.0], [1.0, 2.0]]}',
+            400,
+            "Failed to process element: 1 of 'instances' list. Error: INVALID_ARGUMENT: Expecting tensor size: 1 but got: 2",
+        ),
+        ("/v1/models/default:predict", '{"instances": [1.0', 400, "JSON Parse error"),
+        (
+            "/v1/models/default:predict",
+            '{"instances": ["a"]}',
+            400,
+            'JSON Value: "a" Type: String is not of expected type: float',
+        ),
+        ("/v1/models/default:predict", '{"values": [1.0]}', 400, "Missing 'inputs' or 'instances' key"),
+        ("/v1/models/missing:predict", '{"instances": [1.0]}', 404, "Servable not found for request: Latest(missing)"),
+        (
+            "/v1/models/default/versions/7:predict",
+            '{"instances": [1.0]}',
+            404,
+            "Servable not found for request: Specific(default, 7)",
+        ),
+        (
+            "/v1/models/default/labels/nope:predict",
+            '{"instances": [1.0]}',
+            400,
+            "Unrecognized servable version label: nope",
+        ),
+        (
+            "/v1/models/default:predict",
+            '{"signature_name": "nope", "instances": [1.0]}',
+            400,
+            'Serving signature name: "nope" not found in signature def',
+        ),
+    ],
+)
 def test_rest_errors_use_tf_serving_codes_and_wording(server, path, body, status, wording):
     answer = requests.post(f"{server.rest}{path}", data=body)
     assert answer.status_code == status
@@ -219,8 +257,13 @@ def test_grpc_metadata(server, testdata):
     response = server.predict_stub.GetModelMetadata(request, timeout=10)
     signatures = get_model_metadata_pb2.SignatureDefMap()
     response.metadata["signature_def"].Unpack(signatures)
-    assert set(signatures.signature_def) == {"serving_default", "classify_x_to_y", "regress_x_to_y",
-                                             "regress_x_to_y2", "regress_x2_to_y3"}
+    assert set(signatures.signature_def) == {
+        "serving_default",
+        "classify_x_to_y",
+        "regress_x_to_y",
+        "regress_x_to_y2",
+        "regress_x2_to_y3",
+    }
     assert signatures.signature_def["serving_default"].inputs["x"].name == "x:0"
     assert response.model_spec.version.value == 123
     request.metadata_field[:] = ["bogus"]
@@ -236,7 +279,8 @@ def test_grpc_model_status(server):
     request.model_spec.name = "default"
     response = stub.GetModelStatus(request, timeout=10)
     assert [(status.version, status.state, status.status.error_code) for status in response.model_version_status] == [
-        (123, get_model_status_pb2.ModelVersionStatus.AVAILABLE, 0)]
+        (123, get_model_status_pb2.ModelVersionStatus.AVAILABLE, 0)
+    ]
     request.model_spec.version.value = 5
     error = rpc_error(stub.GetModelStatus, request)
     assert error.code() == grpc.StatusCode.NOT_FOUND
@@ -254,12 +298,17 @@ def test_grpc_classify_regress_and_multi_inference(server):
     result = server.predict_stub.Classify(classify, timeout=10)
     assert [[c.score for c in classes.classes] for classes in result.result.classifications] == [[3.0]]
     assert (result.model_spec.name, result.model_spec.signature_name, result.model_spec.version.value) == (
-        "default", "classify_x_to_y", 123)
+        "default",
+        "classify_x_to_y",
+        123,
+    )
 
     classify.model_spec.signature_name = "nope"
     error = rpc_error(server.predict_stub.Classify, classify)
-    assert (error.code(), error.details()) == (grpc.StatusCode.INVALID_ARGUMENT,
-                                               "No signature was found with the name: nope")
+    assert (error.code(), error.details()) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "No signature was found with the name: nope",
+    )
 
     regress = regression_pb2.RegressionRequest()
     regress.model_spec.name = "default"
@@ -268,12 +317,17 @@ def test_grpc_classify_regress_and_multi_inference(server):
     result = server.predict_stub.Regress(regress, timeout=10)
     assert [regression.value for regression in result.result.regressions] == [4.0]
     assert (result.model_spec.name, result.model_spec.signature_name, result.model_spec.version.value) == (
-        "default", "regress_x_to_y", 123)
+        "default",
+        "regress_x_to_y",
+        123,
+    )
 
     multi = inference_pb2.MultiInferenceRequest()
     multi.input.example_list.examples.add().CopyFrom(example(x=2.0))
-    for signature, method in (("regress_x_to_y", "tensorflow/serving/regress"),
-                              ("classify_x_to_y", "tensorflow/serving/classify")):
+    for signature, method in (
+        ("regress_x_to_y", "tensorflow/serving/regress"),
+        ("classify_x_to_y", "tensorflow/serving/classify"),
+    ):
         task = multi.tasks.add(method_name=method)
         task.model_spec.name = "default"
         task.model_spec.signature_name = signature
@@ -281,23 +335,43 @@ def test_grpc_classify_regress_and_multi_inference(server):
     assert len(response.results) == 2
     assert response.results[0].regression_result.regressions[0].value == 3.0
     assert response.results[1].classification_result.classifications[0].classes[0].score == 3.0
-    assert [(result.model_spec.name, result.model_spec.signature_name, result.model_spec.version.value)
-            for result in response.results] == [("default", "regress_x_to_y", 123), ("default", "classify_x_to_y", 123)]
+    assert [
+        (result.model_spec.name, result.model_spec.signature_name, result.model_spec.version.value)
+        for result in response.results
+    ] == [("default", "regress_x_to_y", 123), ("default", "classify_x_to_y", 123)]
 
 
-@pytest.mark.parametrize("build, code, wording", [
-    (lambda: predict_request([[1.0]], name="missing"), grpc.StatusCode.NOT_FOUND,
-     "Servable not found for request: Latest(missing)"),
-    (lambda: predict_request([[1.0]], name=""), grpc.StatusCode.INVALID_ARGUMENT, "ModelSpec has no name"),
-    (lambda: predict_request([[1.0]], alias="z"), grpc.StatusCode.INVALID_ARGUMENT,
-     "input tensor alias not found in signature: z. Inputs expected to be in the set {x}."),
-    (lambda: predict_request([[1.0]], dtype=tf.float64), grpc.StatusCode.INVALID_ARGUMENT,
-     "Expects arg[0] to be float but double is provided"),
-    (lambda: predict_request([b"not an Example"], signature="classify_x_to_y", alias="inputs", dtype=tf.string),
-     grpc.StatusCode.INVALID_ARGUMENT, "Could not parse example input, value: 'not an Example'"),
-    (lambda: predict_request([[1.0]], signature="nope"), grpc.StatusCode.FAILED_PRECONDITION,
-     'Serving signature key "nope" not found.'),
-])
+@pytest.mark.parametrize(
+    "build, code, wording",
+    [
+        (
+            lambda: predict_request([[1.0]], name="missing"),
+            grpc.StatusCode.NOT_FOUND,
+            "Servable not found for request: Latest(missing)",
+        ),
+        (lambda: predict_request([[1.0]], name=""), grpc.StatusCode.INVALID_ARGUMENT, "ModelSpec has no name"),
+        (
+            lambda: predict_request([[1.0]], alias="z"),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "input tensor alias not found in signature: z. Inputs expected to be in the set {x}.",
+        ),
+        (
+            lambda: predict_request([[1.0]], dtype=tf.float64),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "Expects arg[0] to be float but double is provided",
+        ),
+        (
+            lambda: predict_request([b"not an Example"], signature="classify_x_to_y", alias="inputs", dtype=tf.string),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "Could not parse example input, value: 'not an Example'",
+        ),
+        (
+            lambda: predict_request([[1.0]], signature="nope"),
+            grpc.StatusCode.FAILED_PRECONDITION,
+            'Serving signature key "nope" not found.',
+        ),
+    ],
+)
 def test_grpc_predict_errors(server, build, code, wording):
     error = rpc_error(server.predict_stub.Predict, build())
     assert error.code() == code
@@ -313,8 +387,10 @@ def test_tf1_graph_is_fed_like_tf_servings_session_run(server):
     # TF Serving's own REST test: [[1.0, 2.0]] into the [-1, 1] input broadcasts.
     answer = requests.post(f"{server.rest}/v1/models/default:predict", json={"instances": [[1.0, 2.0]]})
     assert (answer.status_code, answer.json()) == (200, {"predictions": [[2.5, 3.0]]})
-    answer = requests.post(f"{server.rest}/v1/models/default:predict",
-                           json={"signature_name": "classify_x_to_y", "inputs": {"inputs": [{"b64": "bm90IGFuIEV4YW1wbGU="}]}})
+    answer = requests.post(
+        f"{server.rest}/v1/models/default:predict",
+        json={"signature_name": "classify_x_to_y", "inputs": {"inputs": [{"b64": "bm90IGFuIEV4YW1wbGU="}]}},
+    )
     assert answer.status_code == 400
     assert "Could not parse example input" in answer.json()["error"]
 
@@ -334,8 +410,7 @@ def test_grpc_missing_and_extra_inputs(server):
 def test_health_service_and_metrics(server):
     """tensorflow_model_server_test.py::testPrometheusEndpoint (``# TYPE`` lines), and the health service."""
     health = health_pb2_grpc.HealthStub(server.channel)
-    answer = health.Check(health_pb2.HealthCheckRequest(service="tensorflow.serving.PredictionService"),
-                          timeout=10)
+    answer = health.Check(health_pb2.HealthCheckRequest(service="tensorflow.serving.PredictionService"), timeout=10)
     assert answer.status == health_pb2.HealthCheckResponse.SERVING
     metrics = requests.get(f"{server.rest}/monitoring/prometheus/metrics")
     assert metrics.status_code == 200

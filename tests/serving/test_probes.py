@@ -22,10 +22,15 @@ SERVED_MODEL = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())["serving"
 
 
 def probe_paths(model_name: str) -> dict[str, str]:
-    (serving,) = [item for item in yaml.safe_load(DEPLOYMENT.read_text())["spec"]["template"]["spec"]["containers"]
-                  if item["name"] == "tensorflow-serving"]
-    return {probe: serving[probe]["httpGet"]["path"].replace(f"/{SERVED_MODEL}", f"/{model_name}")
-            for probe in ("startupProbe", "readinessProbe", "livenessProbe")}
+    (serving,) = [
+        item
+        for item in yaml.safe_load(DEPLOYMENT.read_text())["spec"]["template"]["spec"]["containers"]
+        if item["name"] == "tensorflow-serving"
+    ]
+    return {
+        probe: serving[probe]["httpGet"]["path"].replace(f"/{SERVED_MODEL}", f"/{model_name}")
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe")
+    }
 
 
 def passes(response) -> bool:
@@ -38,8 +43,9 @@ def test_readiness_fails_until_a_version_is_available_while_liveness_passes_duri
     assert paths["livenessProbe"] == "/v1/models/linear"
     base = tmp_path / "linear"
     base.mkdir()
-    server = ServerProcess(tmp_path, "--model_name=linear", f"--model_base_path={base}",
-                           "--file_system_poll_wait_seconds=1")
+    server = ServerProcess(
+        tmp_path, "--model_name=linear", f"--model_base_path={base}", "--file_system_poll_wait_seconds=1"
+    )
     try:
         ready = lambda: requests.get(server.rest + paths["readinessProbe"], timeout=5)  # noqa: E731
         alive = lambda: requests.get(server.rest + paths["livenessProbe"], timeout=5)  # noqa: E731

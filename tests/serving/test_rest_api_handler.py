@@ -31,7 +31,8 @@ def server(generated_testdata, tmp_path_factory):
     config.write_text(
         f'model_config_list {{ config {{ name: "{MODEL}" base_path: "{generated_testdata / MODEL}" '
         f'model_platform: "tensorflow" model_version_policy {{ specific {{ versions: 123 }} }} '
-        f'version_labels {{ key: "{LABEL}" value: 123 }} }} }}\n')
+        f'version_labels {{ key: "{LABEL}" value: 123 }} }} }}\n'
+    )
     process = ServerProcess(log_dir, f"--model_config_file={config}")
     yield process
     assert process.stop() == 0
@@ -67,22 +68,25 @@ def test_path_regex(server):
         assert headers["Connection"] == "close"
 
 
-@pytest.mark.parametrize("method, path, wording", [
-    ("GET", "/v1/foo", "Malformed request"),
-    ("POST", "/v1/foo", "Malformed request"),
-    ("GET", "/v1/models", "Missing model name"),
-    ("GET", "/v1/models/debug/model_name", "Malformed request"),
-    ("POST", "/v1/models", "Malformed request"),
-    ("GET", "/v1/models/foo:predict", "Malformed request"),
-    ("GET", "/v1/models/foo/version/50:predict", "Malformed request"),
-    ("POST", "/v1/models/foo/version/50:regress", "Malformed request"),
-    ("POST", "/v1/models/foo/versions/HELLO:regress", "Malformed request"),
-    ("POST", "/v1/models/foo/versions/18446744073709551615:regress", "Failed to convert version"),
-    ("POST", "/v1/models/foo/metadata", "Malformed request"),
-    ("POST", "/v1/models/foo/label/some_label:regress", "Malformed request"),
-    ("POST", "/v1/models/foo/versions/50/labels/some_label:regress", "Malformed request"),
-    ("POST", "/v1/models/foo/versions/some_label:regress", "Malformed request"),
-])
+@pytest.mark.parametrize(
+    "method, path, wording",
+    [
+        ("GET", "/v1/foo", "Malformed request"),
+        ("POST", "/v1/foo", "Malformed request"),
+        ("GET", "/v1/models", "Missing model name"),
+        ("GET", "/v1/models/debug/model_name", "Malformed request"),
+        ("POST", "/v1/models", "Malformed request"),
+        ("GET", "/v1/models/foo:predict", "Malformed request"),
+        ("GET", "/v1/models/foo/version/50:predict", "Malformed request"),
+        ("POST", "/v1/models/foo/version/50:regress", "Malformed request"),
+        ("POST", "/v1/models/foo/versions/HELLO:regress", "Malformed request"),
+        ("POST", "/v1/models/foo/versions/18446744073709551615:regress", "Failed to convert version"),
+        ("POST", "/v1/models/foo/metadata", "Malformed request"),
+        ("POST", "/v1/models/foo/label/some_label:regress", "Malformed request"),
+        ("POST", "/v1/models/foo/versions/50/labels/some_label:regress", "Malformed request"),
+        ("POST", "/v1/models/foo/versions/some_label:regress", "Malformed request"),
+    ],
+)
 def test_unsupported_api_calls(server, method, path, wording):
     """HttpRestApiHandlerTest.UnsupportedApiCalls"""
     status, message = error_of(server, method, path)
@@ -93,24 +97,33 @@ def test_unsupported_api_calls_name_the_request(server):
     """http_rest_api_handler.cc's wording: the method and the path, query string included, as received."""
     assert error_of(server, "PUT", "/v1/models/foo") == (400, "Malformed request: PUT /v1/models/foo")
     assert error_of(server, "POST", f"/v1/models/{MODEL}:predict?x=1") == (
-        400, f"Malformed request: POST /v1/models/{MODEL}:predict?x=1")
+        400,
+        f"Malformed request: POST /v1/models/{MODEL}:predict?x=1",
+    )
 
 
-@pytest.mark.parametrize("path", ["/v1/models/foo:predict", "/v1/models/foo/versions/50:predict",
-                                  f"/v1/models/{MODEL}99:predict"])
+@pytest.mark.parametrize(
+    "path", ["/v1/models/foo:predict", "/v1/models/foo/versions/50:predict", f"/v1/models/{MODEL}99:predict"]
+)
 def test_predict_model_name_version_errors(server, path):
     """HttpRestApiHandlerTest.PredictModelNameVersionErrors"""
     assert error_of(server, "POST", path, '{ "instances": [1] }')[0] == 404
 
 
-@pytest.mark.parametrize("path, body, wording", [
-    (f"/v1/models/{MODEL}:predict", "", "JSON Parse error: The document is empty"),
-    (f"/v1/models/{MODEL}:predict", "instances = [1, 2]", "JSON Parse error: Invalid value"),
-    (f"/v1/models/{MODEL}:predict", '{ "instances": ["x", "y"] }', "not of expected type: float"),
-    (f"/v1/models/{MODEL}/labels/Version_Nonexistent:predict", '{ "instances": ["x", "y"] }',
-     "Unrecognized servable version label"),
-    (f"/v1/models/{MODEL}:predict", '{ "signature_name": 100 }', "'signature_name' key must be a string value."),
-])
+@pytest.mark.parametrize(
+    "path, body, wording",
+    [
+        (f"/v1/models/{MODEL}:predict", "", "JSON Parse error: The document is empty"),
+        (f"/v1/models/{MODEL}:predict", "instances = [1, 2]", "JSON Parse error: Invalid value"),
+        (f"/v1/models/{MODEL}:predict", '{ "instances": ["x", "y"] }', "not of expected type: float"),
+        (
+            f"/v1/models/{MODEL}/labels/Version_Nonexistent:predict",
+            '{ "instances": ["x", "y"] }',
+            "Unrecognized servable version label",
+        ),
+        (f"/v1/models/{MODEL}:predict", '{ "signature_name": 100 }', "'signature_name' key must be a string value."),
+    ],
+)
 def test_predict_request_errors(server, path, body, wording):
     """HttpRestApiHandlerTest.PredictRequestErrors"""
     status, message = error_of(server, "POST", path, body)
@@ -120,22 +133,31 @@ def test_predict_request_errors(server, path, body, wording):
 def test_predict(server):
     """HttpRestApiHandlerTest.Predict"""
     assert answer_of(server, f"/v1/models/{MODEL}:predict", '{"instances": [[1.0, 2.0], [3.0, 4.0]]}') == {
-        "predictions": [[2.5, 3.0], [3.5, 4.0]]}
+        "predictions": [[2.5, 3.0], [3.5, 4.0]]
+    }
     for spec in ("/versions/123", f"/labels/{LABEL}"):
         assert answer_of(server, f"/v1/models/{MODEL}{spec}:predict", '{"instances": [1.0, 2.0]}') == {
-            "predictions": [2.5, 3.0]}
-    assert answer_of(server, f"/v1/models/{MODEL}/versions/123:predict",
-                     '{"signature_name": "serving_default", "instances": [3.0, 4.0]}') == {"predictions": [3.5, 4.0]}
-    assert answer_of(server, f"/v1/models/{MODEL}/versions/123:predict",
-                     '{"signature_name": "serving_default", "inputs": [3.0, 4.0]}') == {"outputs": [3.5, 4.0]}
+            "predictions": [2.5, 3.0]
+        }
+    assert answer_of(
+        server,
+        f"/v1/models/{MODEL}/versions/123:predict",
+        '{"signature_name": "serving_default", "instances": [3.0, 4.0]}',
+    ) == {"predictions": [3.5, 4.0]}
+    assert answer_of(
+        server,
+        f"/v1/models/{MODEL}/versions/123:predict",
+        '{"signature_name": "serving_default", "inputs": [3.0, 4.0]}',
+    ) == {"outputs": [3.5, 4.0]}
 
 
 def test_gzip_bodies_are_inflated(server):
     """evhttp_request.cc's ReadRequestGzipBytes: a body sent with Content-Encoding gzip is inflated; one that
     does not inflate reads as empty."""
     path = f"{server.rest}/v1/models/{MODEL}:predict"
-    answer = requests.post(path, data=gzip.compress(b'{"instances": [1.0, 2.0]}'),
-                           headers={"Content-Encoding": "gzip"}, timeout=30)
+    answer = requests.post(
+        path, data=gzip.compress(b'{"instances": [1.0, 2.0]}'), headers={"Content-Encoding": "gzip"}, timeout=30
+    )
     assert (answer.status_code, answer.json()) == (200, {"predictions": [2.5, 3.0]})
     refused = requests.post(path, data=b'{"instances": [1.0]}', headers={"Content-Encoding": "gzip"}, timeout=30)
     assert (refused.status_code, refused.json()) == (400, {"error": "JSON Parse error: The document is empty"})
@@ -150,18 +172,23 @@ def test_regress(server):
 
 def test_classify(server):
     """HttpRestApiHandlerTest.Classify"""
-    assert answer_of(server, f"/v1/models/{MODEL}:classify",
-                     '{"signature_name": "classify_x_to_y", "examples": [ { "x": 20.0 } ] }') == {
-        "results": [[["", 12]]]}
-    assert answer_of(server, f"/v1/models/{MODEL}/labels/{LABEL}:classify",
-                     '{"signature_name": "classify_x_to_y", "examples": [ { "x": 10.0 } ] }') == {
-        "results": [[["", 7]]]}
+    assert answer_of(
+        server, f"/v1/models/{MODEL}:classify", '{"signature_name": "classify_x_to_y", "examples": [ { "x": 20.0 } ] }'
+    ) == {"results": [[["", 12]]]}
+    assert answer_of(
+        server,
+        f"/v1/models/{MODEL}/labels/{LABEL}:classify",
+        '{"signature_name": "classify_x_to_y", "examples": [ { "x": 10.0 } ] }',
+    ) == {"results": [[["", 7]]]}
 
 
 def test_get_status(server):
     """HttpRestApiHandlerTest.GetStatus"""
-    expected = {"model_version_status": [
-        {"version": "123", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}]}
+    expected = {
+        "model_version_status": [
+            {"version": "123", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}
+        ]
+    }
     for spec in ("", "/versions/123", f"/labels/{LABEL}"):
         assert answer_of(server, f"/v1/models/{MODEL}{spec}", method="GET") == expected
 
@@ -175,22 +202,29 @@ def test_get_model_metadata(server, generated_testdata):
 def test_errors_are_json_with_the_message_as_is(server):
     """MakeJsonFromTensors.StatusError: double and single quotes in a message survive the JSON."""
     assert error_of(server, "POST", f"/v1/models/{MODEL}:predict", '{"signature_name": "nope", "instances": [1]}') == (
-        400, 'Serving signature name: "nope" not found in signature def')
+        400,
+        'Serving signature name: "nope" not found in signature def',
+    )
     assert error_of(server, "POST", f"/v1/models/{MODEL}:predict", '{"values": [1]}') == (
-        400, "Missing 'inputs' or 'instances' key")
+        400,
+        "Missing 'inputs' or 'instances' key",
+    )
 
 
 def test_classify_body_is_read_before_the_model_is_looked_up(server):
     """http_rest_api_handler.cc fills the whole request from JSON before it asks for the servable."""
     assert error_of(server, "POST", "/v1/models/missing:classify", '{"examples": 5}') == (
-        400, "JSON Value: {\n    \"examples\": 5\n} Expecting 'examples' value to be an list/array")
+        400,
+        "JSON Value: {\n    \"examples\": 5\n} Expecting 'examples' value to be an list/array",
+    )
 
 
 def test_model_name_and_label_are_percent_decoded(server):
     """http_rest_api_util.cc decodes the name and the label with curl_easy_unescape."""
     name = MODEL.replace("_", "%5F")
     assert answer_of(server, f"/v1/models/{name}/labels/Version%5FLabel:predict", '{"instances": [1.0]}') == {
-        "predictions": [2.5]}
+        "predictions": [2.5]
+    }
 
 
 # --------------------------------------------- http_server.cc routing, in process
@@ -198,15 +232,19 @@ def test_model_name_and_label_are_percent_decoded(server):
 def routing_server():
     """The HTTP server with CORS support and the metrics path, over a manager with no models."""
     manager = ModelManager(ManagerOptions(file_system_poll_wait_seconds=0))
-    server = RestServer(RestApi(manager, Metrics(), "/metrics"), "127.0.0.1", 0, num_threads=2, timeout_ms=5000,
-                        enable_cors=True)
+    server = RestServer(
+        RestApi(manager, Metrics(), "/metrics"), "127.0.0.1", 0, num_threads=2, timeout_ms=5000, enable_cors=True
+    )
     server.start()
     yield f"http://127.0.0.1:{server.port}"
     server.stop()
 
 
-CORS_HEADERS = {"Access-Control-Allow-Origin": "*", "Access-Control-Allow-Methods": "POST, GET",
-                "Access-Control-Allow-Headers": "Content-Type"}
+CORS_HEADERS = {
+    "Access-Control-Allow-Origin": "*",
+    "Access-Control-Allow-Methods": "POST, GET",
+    "Access-Control-Allow-Headers": "Content-Type",
+}
 
 
 def test_cors_preflight_and_headers(routing_server):
@@ -235,4 +273,6 @@ def test_methods_libevent_refuses(routing_server):
         response = http.client.HTTPResponse(sock)
         response.begin()
         assert (response.status, response.read().decode()) == (501, libevent_error_page(501))
-    assert requests.delete(f"{routing_server}/v1/models/x").json() == {"error": "Malformed request: DELETE /v1/models/x"}
+    assert requests.delete(f"{routing_server}/v1/models/x").json() == {
+        "error": "Malformed request: DELETE /v1/models/x"
+    }

@@ -29,8 +29,15 @@ pytestmark = pytest.mark.slow
 MODEL_NAME = "jena_temperature"
 CLIENTS = 8
 POLL_SECONDS = 0.05
-TINY_MODEL = {"cell": "gru", "layers": 1, "units": 4, "dropout": 0.0, "recurrent_dropout": 0.0, "residual": True,
-              "quantiles": [0.1, 0.5, 0.9]}
+TINY_MODEL = {
+    "cell": "gru",
+    "layers": 1,
+    "units": 4,
+    "dropout": 0.0,
+    "recurrent_dropout": 0.0,
+    "residual": True,
+    "quantiles": [0.1, 0.5, 0.9],
+}
 
 
 def exported_model(windows, directory: Path, seed: int) -> Path:
@@ -74,8 +81,9 @@ class Traffic:
         while not self.stopping.is_set():
             states = stub.GetModelStatus(request, timeout=10).model_version_status
             now = time.monotonic()
-            self.available.append((now, {s.version for s in states
-                                         if s.state == get_model_status_pb2.ModelVersionStatus.AVAILABLE}))
+            self.available.append(
+                (now, {s.version for s in states if s.state == get_model_status_pb2.ModelVersionStatus.AVAILABLE})
+            )
             time.sleep(POLL_SECONDS)
 
     def latest_version(self):
@@ -105,8 +113,13 @@ def test_publish_and_rollback_under_load_lose_no_request(tmp_path):
     second = exported_model(windows, tmp_path / "export-2", seed=2)
     assert publish(first, versions_dir, keep_versions=5).version == 1
 
-    server = ServerProcess(tmp_path, f"--model_name={MODEL_NAME}", f"--model_base_path={versions_dir}",
-                           "--file_system_poll_wait_seconds=1", rest=False)
+    server = ServerProcess(
+        tmp_path,
+        f"--model_name={MODEL_NAME}",
+        f"--model_base_path={versions_dir}",
+        "--file_system_poll_wait_seconds=1",
+        rest=False,
+    )
     traffic = None
     try:
         history, timestamps = windows.history(windows.starts["test"][:1])

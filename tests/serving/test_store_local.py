@@ -15,13 +15,18 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import REPO_ROOT
 from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
-from conftest import REPO_ROOT
 from pipeline.published import labelled_versions, read_model_card
 from serving.store import (
-    PublicationRefused, complete_versions, fingerprint, publish, retire, versions_to_retire,
+    PublicationRefused,
+    complete_versions,
+    fingerprint,
+    publish,
+    retire,
+    versions_to_retire,
 )
 from serving.store.local import LAST_VERSION_NAME
 from tests.exports_helper import fake_export, labelled_config
@@ -225,8 +230,15 @@ def test_parallel_publications_get_distinct_consecutive_versions(tmp_path):
     exports = [fake_export(tmp_path / f"export-{i}", f"model {i}", variables_bytes=1_000_000) for i in range(5)]
     start = time.time() + 2.0  # all processes publish at the same moment
     environment = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
-    processes = [subprocess.Popen([sys.executable, "-c", PUBLISH_ONE, str(export), str(served), str(start)],
-                                  stdout=subprocess.PIPE, text=True, env=environment) for export in exports]
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", PUBLISH_ONE, str(export), str(served), str(start)],
+            stdout=subprocess.PIPE,
+            text=True,
+            env=environment,
+        )
+        for export in exports
+    ]
     versions = [int(process.communicate(timeout=60)[0]) for process in processes]
     assert all(process.returncode == 0 for process in processes)
     assert sorted(versions) == [1, 2, 3, 4, 5]

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import fsspec
 import pytest
-
 from conftest import REPO_ROOT
+
 from pipeline import export
 from pipeline.published import model_directory
 from serving import store
@@ -33,7 +33,7 @@ def files_under(url: str) -> list[str]:
     fs, root = fsspec.core.url_to_fs(url)
     fs.invalidate_cache()
     try:
-        return sorted(path[len(root):].lstrip("/") for path in fs.find(root))
+        return sorted(path[len(root) :].lstrip("/") for path in fs.find(root))
     except FileNotFoundError:
         return []
 
@@ -79,15 +79,17 @@ def test_first_publication_uploads_saved_model_pb_after_every_other_file(model_u
     names = [path.rsplit("/team/jena_temperature/", 1)[1] for path in writes]
     version_files = [name for name in names if name.startswith("1/")]
     assert version_files[-1] == "1/saved_model.pb"
-    assert sorted(version_files) == sorted(f"1/{path.relative_to(exported).as_posix()}"
-                                           for path in exported.rglob("*") if path.is_file())
+    assert sorted(version_files) == sorted(
+        f"1/{path.relative_to(exported).as_posix()}" for path in exported.rglob("*") if path.is_file()
+    )
     # claim first; the decision before any file of the version; the completion record after the last
     assert names[0] == ".publications/1.claim"
     assert names.index(".publications/1.outcome") < names.index(version_files[0])
     assert names.index("1/saved_model.pb") < names.index(".publications/1.complete")
     assert store.complete_versions(model_url) == [1]
-    complete = json.loads(fsspec.core.url_to_fs(model_url)[0].cat_file(
-        f"{fsspec.core.url_to_fs(model_url)[1]}/.publications/1.complete"))
+    complete = json.loads(
+        fsspec.core.url_to_fs(model_url)[0].cat_file(f"{fsspec.core.url_to_fs(model_url)[1]}/.publications/1.complete")
+    )
     assert complete["fingerprint"] == result.fingerprint
     assert set(complete["files"]) == {name.removeprefix("1/") for name in version_files}
 
@@ -132,8 +134,10 @@ def test_identical_model_is_not_published_again_and_numbers_are_never_reused(mod
 
 
 def test_retention_keeps_the_newest_and_the_labelled_versions(model_url, tmp_path):
-    results = [store.publish(fake_export(tmp_path / str(n), f"w{n}"), model_url, keep_versions=2, protected={1})
-               for n in range(4)]
+    results = [
+        store.publish(fake_export(tmp_path / str(n), f"w{n}"), model_url, keep_versions=2, protected={1})
+        for n in range(4)
+    ]
     assert [result.version for result in results] == [1, 2, 3, 4]
     # as locally: the labelled version 1 stays and counts among the newest two while it is one of them
     assert [result.retired for result in results] == [[], [], [], [2]]
@@ -145,12 +149,24 @@ def test_the_export_stage_publishes_and_records_on_a_store(model_url, tmp_path):
     """export.publication with an s3:// or gs:// base path: labels from serving.config_file protect, the
     record names the URL, and a model outrun by a better publication since its evaluation is refused."""
     base_path = model_url.rsplit("/", 1)[0]
-    serving = {"base_path": base_path, "model_name": "jena_temperature", "keep_versions": 1,
-               "config_file": str(labelled_config(tmp_path / "models.config", {"stable": 1}))}
+    serving = {
+        "base_path": base_path,
+        "model_name": "jena_temperature",
+        "keep_versions": 1,
+        "config_file": str(labelled_config(tmp_path / "models.config", {"stable": 1})),
+    }
     assert model_directory(serving) == model_url
-    metrics = {"test_mae_degC": 2.0, "persistence_mae_degC": 2.5, "skill_vs_persistence": 0.2,
-               "skill_interval": [0.15, 0.25], "blessed": True, "blessing_reason": "beats persistence",
-               "published_version": None, "test_samples": 100, "test_data_fingerprint": "test data"}
+    metrics = {
+        "test_mae_degC": 2.0,
+        "persistence_mae_degC": 2.5,
+        "skill_vs_persistence": 0.2,
+        "skill_interval": [0.15, 0.25],
+        "blessed": True,
+        "blessing_reason": "beats persistence",
+        "published_version": None,
+        "test_samples": 100,
+        "test_data_fingerprint": "test data",
+    }
 
     first = export.publication(fake_export(tmp_path / "v1", "first", test_mae=2.0), metrics, serving, EVALUATE)
     assert (first["published"], first["version"], first["path"]) == (True, 1, f"{model_url}/1")
@@ -160,8 +176,9 @@ def test_the_export_stage_publishes_and_records_on_a_store(model_url, tmp_path):
 
     # evaluated against version 1 (blessed: 1.9 <= 2.0 + 0.05), but version 2 (1.5) landed since
     evaluated_against_1 = {**metrics, "test_mae_degC": 1.9, "published_version": 1}
-    refused = export.publication(fake_export(tmp_path / "v3", "third", test_mae=1.9), evaluated_against_1, serving,
-                                 EVALUATE)
+    refused = export.publication(
+        fake_export(tmp_path / "v3", "third", test_mae=1.9), evaluated_against_1, serving, EVALUATE
+    )
     assert refused["published"] is False and refused["version"] is None
     assert "no longer blessed against the newest published version" in refused["reason"]
     assert "published version 2's 1.500 C" in refused["reason"]
@@ -172,13 +189,29 @@ def test_the_export_stage_publishes_and_records_on_a_store(model_url, tmp_path):
 
 def test_publication_json_from_the_export_stage_names_the_store(model_url, tmp_path, monkeypatch):
     """`python -m pipeline.export`'s record, here through export.main's own steps on a store."""
-    serving = {"base_path": model_url.rsplit("/", 1)[0], "model_name": "jena_temperature", "keep_versions": 3,
-               "config_file": str(REPO_ROOT / "serving/models.config")}
-    metrics = {"test_mae_degC": 1.0, "persistence_mae_degC": 2.5, "skill_vs_persistence": 0.6,
-               "skill_interval": [0.55, 0.65], "blessed": True, "blessing_reason": "ok"}
+    serving = {
+        "base_path": model_url.rsplit("/", 1)[0],
+        "model_name": "jena_temperature",
+        "keep_versions": 3,
+        "config_file": str(REPO_ROOT / "serving/models.config"),
+    }
+    metrics = {
+        "test_mae_degC": 1.0,
+        "persistence_mae_degC": 2.5,
+        "skill_vs_persistence": 0.6,
+        "skill_interval": [0.55, 0.65],
+        "blessed": True,
+        "blessing_reason": "ok",
+    }
     record = export.publication(fake_export(tmp_path / "e", "e"), metrics, serving, EVALUATE)
-    assert record == {**record, "published": True, "created": True, "version": 1, "path": f"{model_url}/1",
-                      "reason": "published as version 1"}
+    assert record == {
+        **record,
+        "published": True,
+        "created": True,
+        "version": 1,
+        "path": f"{model_url}/1",
+        "reason": "published as version 1",
+    }
     assert json.loads(json.dumps(record)) == record  # what write_json puts into models/publication.json
 
 
@@ -239,8 +272,13 @@ print(result.version)
 
 def publisher(exported: Path, url: str, server) -> subprocess.Popen:
     environment = {**os_environment_with(server), "PYTHONPATH": str(REPO_ROOT)}
-    return subprocess.Popen([sys.executable, "-c", PUBLISH_IN_A_PROCESS, str(exported), url], env=environment,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", PUBLISH_IN_A_PROCESS, str(exported), url],
+        env=environment,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def test_two_processes_publishing_at_once_get_distinct_numbers(s3_server, tmp_path):
@@ -255,8 +293,7 @@ def test_two_processes_publishing_at_once_get_distinct_numbers(s3_server, tmp_pa
 # --- a killed upload ----------------------------------------------------------------------------
 
 
-def test_a_killed_upload_is_never_loadable_and_is_cleaned_up_by_the_next_publication(object_store, model_url,
-                                                                                       tmp_path):
+def test_a_killed_upload_is_never_loadable_and_is_cleaned_up_by_the_next_publication(object_store, model_url, tmp_path):
     process = publisher(fake_export(tmp_path / "slow", "slow", assets=400), model_url, object_store)
     deadline = time.monotonic() + 60
     while len([name for name in files_under(model_url) if name.startswith("1/")]) < 10:
@@ -280,8 +317,10 @@ def test_a_killed_upload_is_never_loadable_and_is_cleaned_up_by_the_next_publica
 def claim_by_hand(url: str, number: int, pid: int, started: float, files=("variables/variables.index",)) -> None:
     """What a publisher in the middle of its upload leaves: a claim and some files, no saved_model.pb."""
     fs, root = fsspec.core.url_to_fs(url)
-    fs.pipe_file(f"{root}/.publications/{number}.claim", json.dumps(
-        {"host": "another-machine", "pid": pid, "token": "t", "started": started}).encode())
+    fs.pipe_file(
+        f"{root}/.publications/{number}.claim",
+        json.dumps({"host": "another-machine", "pid": pid, "token": "t", "started": started}).encode(),
+    )
     for name in files:
         fs.pipe_file(f"{root}/{number}/{name}", b"half")
 
@@ -342,8 +381,15 @@ def test_the_recheck_sees_the_newest_complete_version_as_a_local_directory(model
 
 def test_junk_names_in_the_model_directory_are_ignored(model_url, tmp_path):
     fs, root = fsspec.core.url_to_fs(model_url)
-    for junk in ("latest/saved_model.pb", "v7/x", "0x10/x", "README", ".publications/notes.txt",
-                 ".publications/x.claim", "12a/saved_model.pb"):
+    for junk in (
+        "latest/saved_model.pb",
+        "v7/x",
+        "0x10/x",
+        "README",
+        ".publications/notes.txt",
+        ".publications/x.claim",
+        "12a/saved_model.pb",
+    ):
         fs.pipe_file(f"{root}/{junk}", b"junk")
     result = store.publish(fake_export(tmp_path / "e", "e"), model_url, keep_versions=1)
     assert (result.version, result.retired) == (1, [])
@@ -361,11 +407,14 @@ def unchanged_after(call, bucket_url: str):
     return message
 
 
-@pytest.mark.parametrize("base_path, expected", [
-    ("ftp://models/team", "unknown scheme 'ftp'; use s3://, gs:// or a local path"),
-    ("{scheme}://no-such-bucket/team", "bucket 'no-such-bucket' does not exist"),
-    ("{bucket}/team/a-file", "/team/a-file is a file, not a directory"),
-])
+@pytest.mark.parametrize(
+    "base_path, expected",
+    [
+        ("ftp://models/team", "unknown scheme 'ftp'; use s3://, gs:// or a local path"),
+        ("{scheme}://no-such-bucket/team", "bucket 'no-such-bucket' does not exist"),
+        ("{bucket}/team/a-file", "/team/a-file is a file, not a directory"),
+    ],
+)
 def test_bad_base_paths_are_one_line_errors_that_change_nothing(object_store, tmp_path, base_path, expected):
     bucket = object_store.create_bucket("models")
     fs, _ = fsspec.core.url_to_fs(bucket)
@@ -383,6 +432,7 @@ def test_missing_s3_credentials_are_named(s3_server, tmp_path, monkeypatch):
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     from tests.object_storage import forget_clients
+
     forget_clients()
     with pytest.raises(store.StoreError, match="no usable credentials .*AWS_ACCESS_KEY_ID"):
         store.publish(fake_export(tmp_path / "e", "e"), f"{bucket}/jena", keep_versions=3)

@@ -28,8 +28,11 @@ def fake_saved_model(directory: Path, files: int = 2, tag: str = "v") -> Path:
 
 
 def tree(directory: Path) -> dict[str, str]:
-    return {path.relative_to(directory).as_posix(): path.read_text()
-            for path in sorted(directory.rglob("*")) if path.is_file()}
+    return {
+        path.relative_to(directory).as_posix(): path.read_text()
+        for path in sorted(directory.rglob("*"))
+        if path.is_file()
+    }
 
 
 def stable_tree(directory: Path) -> dict[str, str] | None:
@@ -43,8 +46,14 @@ def stable_tree(directory: Path) -> dict[str, str] | None:
 
 
 def run_sync(server, *arguments, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "serving.sync", *map(str, arguments)], cwd=REPO_ROOT,
-                          env=os_environment_with(server), capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "serving.sync", *map(str, arguments)],
+        cwd=REPO_ROOT,
+        env=os_environment_with(server),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def test_once_mirrors_complete_versions_and_ignores_the_rest(object_store, tmp_path):
@@ -104,14 +113,27 @@ def test_exit_codes_name_the_problem(s3_server, tmp_path):
     empty = run_sync(s3_server, f"{bucket}/nothing-yet", dest, "--once")
     assert empty.returncode == 4 and "No objects under base path" in empty.stderr
 
-    anonymous = {name: value for name, value in os_environment_with(s3_server).items() if "AWS_" not in name
-                 or name == "AWS_ENDPOINT_URL"}
-    no_credentials = subprocess.run([sys.executable, "-m", "serving.sync", f"{bucket}/jena", str(dest), "--once"],
-                                    cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
-                                    env={**anonymous, "AWS_EC2_METADATA_DISABLED": "true",
-                                         "AWS_CONFIG_FILE": "/dev/null", "AWS_SHARED_CREDENTIALS_FILE": "/dev/null"})
-    assert no_credentials.returncode == 3 and "Unable to locate credentials" in no_credentials.stderr, \
+    anonymous = {
+        name: value
+        for name, value in os_environment_with(s3_server).items()
+        if "AWS_" not in name or name == "AWS_ENDPOINT_URL"
+    }
+    no_credentials = subprocess.run(
+        [sys.executable, "-m", "serving.sync", f"{bucket}/jena", str(dest), "--once"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={
+            **anonymous,
+            "AWS_EC2_METADATA_DISABLED": "true",
+            "AWS_CONFIG_FILE": "/dev/null",
+            "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
+        },
+    )
+    assert no_credentials.returncode == 3 and "Unable to locate credentials" in no_credentials.stderr, (
         no_credentials.stderr
+    )
 
     s3_server.stop()
     started = time.monotonic()
@@ -131,8 +153,12 @@ def test_loop_is_atomic_survives_an_outage_and_stops_on_sigterm(s3_server, tmp_p
     fsspec.filesystem("s3").pipe(f"{base}/publication.json", b"{}")  # not a version, but the prefix exists
     log_path = tmp_path / "sync.log"
     with open(log_path, "w") as log_file:
-        sync = subprocess.Popen([sys.executable, "-m", "serving.sync", base, str(dest), "--poll_seconds", "0.2"],
-                                cwd=REPO_ROOT, env=os_environment_with(s3_server), stderr=log_file)
+        sync = subprocess.Popen(
+            [sys.executable, "-m", "serving.sync", base, str(dest), "--poll_seconds", "0.2"],
+            cwd=REPO_ROOT,
+            env=os_environment_with(s3_server),
+            stderr=log_file,
+        )
     seen, incomplete, watching = [], [], threading.Event()
 
     def watch():  # what a TF Serving poll of DEST would see, as often as possible
@@ -179,10 +205,19 @@ def test_a_copy_stopped_midway_leaves_nothing_half_written(s3_server, tmp_path):
     base = s3_server.create_bucket("models") + "/jena"
     upload_version(base, 1, fake_saved_model(tmp_path / "model", files=400))
     dest = tmp_path / "dest"
-    sync = subprocess.Popen([sys.executable, "-m", "serving.sync", base, str(dest), "--poll_seconds", "30"],
-                            cwd=REPO_ROOT, env=os_environment_with(s3_server), stderr=subprocess.PIPE, text=True)
-    wait_for(lambda: dest.exists() and any(name.startswith(".partial-") for name in os.listdir(dest)),
-             timeout=30, interval=0.01, message="the copy to start")
+    sync = subprocess.Popen(
+        [sys.executable, "-m", "serving.sync", base, str(dest), "--poll_seconds", "30"],
+        cwd=REPO_ROOT,
+        env=os_environment_with(s3_server),
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wait_for(
+        lambda: dest.exists() and any(name.startswith(".partial-") for name in os.listdir(dest)),
+        timeout=30,
+        interval=0.01,
+        message="the copy to start",
+    )
     sync.send_signal(signal.SIGTERM)
     assert sync.wait(timeout=30) == 0, sync.stderr.read()
     assert os.listdir(dest) == [], "a stopped copy is neither published nor left behind"

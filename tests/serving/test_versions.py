@@ -30,8 +30,10 @@ def statuses(server) -> dict:
     request = get_model_status_pb2.GetModelStatusRequest()
     request.model_spec.name = "linear"
     response = stub.GetModelStatus(request, timeout=10)
-    return {status.version: (status.state, status.status.error_code, status.status.error_message)
-            for status in response.model_version_status}
+    return {
+        status.version: (status.state, status.status.error_code, status.status.error_message)
+        for status in response.model_version_status
+    }
 
 
 def with_warmup_requests(source, staging, requests_count: int):
@@ -78,9 +80,15 @@ def test_version_lifecycle_without_failed_requests(model_factory, tmp_path):
     base.mkdir()
     install_version(base, 1, model_factory("linear", 1.0))
     (base / "not-a-version").mkdir()
-    server = ServerProcess(tmp_path, "--model_name=linear", f"--model_base_path={base}",
-                           "--file_system_poll_wait_seconds=1", "--max_num_load_retries=1",
-                           "--load_retry_interval_micros=200000", rest=False)
+    server = ServerProcess(
+        tmp_path,
+        "--model_name=linear",
+        f"--model_base_path={base}",
+        "--file_system_poll_wait_seconds=1",
+        "--max_num_load_retries=1",
+        "--load_retry_interval_micros=200000",
+        rest=False,
+    )
     client = SteadyClient(server.predict_stub)
     try:
         assert served_version(server.predict_stub) == (1, 1.0)

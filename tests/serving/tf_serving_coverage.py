@@ -19,9 +19,11 @@ import sys
 from pathlib import Path
 
 PYTHON_TEST_FILE = "tensorflow_serving/model_servers/tensorflow_model_server_test.py"
-TEST_FILES = ("tensorflow_serving/util/json_tensor_test.cc",
-              "tensorflow_serving/model_servers/http_rest_api_handler_test.cc",
-              PYTHON_TEST_FILE)
+TEST_FILES = (
+    "tensorflow_serving/util/json_tensor_test.cc",
+    "tensorflow_serving/model_servers/http_rest_api_handler_test.cc",
+    PYTHON_TEST_FILE,
+)
 _CASE = re.compile(r"^\s*(?:TYPED_)?TEST(?:_F)?\(\s*(\w+)\s*,\s*(\w+)\s*\)", re.MULTILINE)
 _PYTHON_CASE = re.compile(r"^\s+def (test\w*)\s*\(\s*self\b", re.MULTILINE)
 OUR_TESTS = Path(__file__).resolve().parent
@@ -48,15 +50,15 @@ def cases_of(path: str, source: str) -> list[str]:
 
 def cited_in(texts: list[str], cases: list[str]) -> set[str]:
     """The cases that some text names in full (not as a prefix of a longer name)."""
-    return {case for case in cases
-            if any(re.search(re.escape(case) + r"(?!\w)", text) for text in texts)}
+    return {case for case in cases if any(re.search(re.escape(case) + r"(?!\w)", text) for text in texts)}
 
 
 def read_test_file(checkout: Path, path: str, ref: str | None) -> str:
     if ref is None:
         return (checkout / path).read_text()
-    return subprocess.run(["git", "-C", str(checkout), "show", f"{ref}:{path}"], check=True,
-                          capture_output=True, text=True).stdout
+    return subprocess.run(
+        ["git", "-C", str(checkout), "show", f"{ref}:{path}"], check=True, capture_output=True, text=True
+    ).stdout
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,8 +79,10 @@ def main(argv: list[str] | None = None) -> int:
         not_applicable = cited_in(readme, cases) - tested
         missing = [case for case in cases if case not in tested | not_applicable]
         missing_total += len(missing)
-        print(f"{path}: {len(cases)} cases, {len(tested)} cited by our tests, "
-              f"{len(not_applicable)} only in serving/README.md, {len(missing)} not covered")
+        print(
+            f"{path}: {len(cases)} cases, {len(tested)} cited by our tests, "
+            f"{len(not_applicable)} only in serving/README.md, {len(missing)} not covered"
+        )
         for case in missing:
             print(f"  not covered: {case}")
     return 1 if missing_total else 0
