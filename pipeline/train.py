@@ -15,11 +15,12 @@ Out: models/model.keras, the model with the best validation MAE (the
 
 The loss is the pinball (quantile) loss of every hour +1 .. +horizon and every
 quantile, averaged; the +horizon hour, the forecast the model is judged on,
-gets the share `train.final_hour_share` of it and the other hours share the
-rest equally, so that learning the whole day does not dilute the day-ahead
-accuracy. The metric `mae` (and early stopping on `val_mae`) is the MAE of the
-median at +horizon hours in degC, the same number as before the model
-forecast every hour.
+gets the share `train.final_hour_share` of it, so that learning the whole day
+does not dilute the day-ahead accuracy, and the other hours share the rest:
+with `train.balance_hours` in proportion to 1 / sqrt of each hour's typical
+error (persistence's MAE at that hour on the training split), so that the
+near hours' small errors still count, else equally. The metric `mae` (and
+early stopping on `val_mae`) is the MAE of the median at +horizon hours in degC.
 
 After fitting, the band is calibrated on the validation split
 (`pipeline.model.calibration_factors`): each hour's spreads are widened or
@@ -83,13 +84,22 @@ def make_dataset(
     return dataset.batch(batch_size).map(gather, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
-def hour_weights(horizon: int, final_hour_share: float) -> list[float]:
-    """Loss weight of each hour +1 .. +horizon: the last gets `final_hour_share`, the others the rest equally."""
+def hour_weights(horizon: int, final_hour_share: float, hour_errors=None) -> list[float]:
+    """Loss weight of each hour +1 .. +horizon: the last gets `final_hour_share`, the others share the rest,
+    equally or, given `hour_errors` (each hour's typical error), in proportion to 1 / sqrt(error): a near
+    hour's small errors would otherwise hardly move the loss beside the far hours' large ones."""
     if not 0 <= final_hour_share <= 1:
         raise ValueError(f"train.final_hour_share must lie in [0, 1], got {final_hour_share}")
     if horizon == 1:
         return [1.0]
-    return [(1 - final_hour_share) / (horizon - 1)] * (horizon - 1) + [float(final_hour_share)]
+    balance = np.ones(horizon - 1) if hour_errors is None else 1 / np.sqrt(np.asarray(hour_errors[:-1], float))
+    return [float(weight) for weight in (1 - final_hour_share) * balance / balance.sum()] + [float(final_hour_share)]
+
+
+def persistence_errors(windows: Windows, starts: np.ndarray) -> np.ndarray:
+    """Each hour's typical error [horizon]: persistence's MAE at +1 .. +horizon h on the given samples."""
+    last = windows.hourly[np.asarray(starts) + windows.lookback - 1, TEMPERATURE_INDEX].astype(np.float64)
+    return np.mean(np.abs(windows.paths(starts) - last[:, None]), axis=0)
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -158,18 +168,24 @@ def learning_rate(train_params: dict, epochs: int, steps_per_epoch: int):
 
 
 def compile_model(
-    model: keras.Model, quantiles, horizon: int, train_params: dict, epochs: int = 1, steps_per_epoch: int = 1
+    model: keras.Model,
+    quantiles,
+    horizon: int,
+    train_params: dict,
+    epochs: int = 1,
+    steps_per_epoch: int = 1,
+    hour_errors=None,
 ) -> keras.Model:
     """Attach the optimizer (`train.optimizer`, with `learning_rate`'s rate or schedule over `epochs`
-    of `steps_per_epoch` batches), the pinball loss (weighted by `train.final_hour_share`) and the
-    +horizon median MAE metric."""
+    of `steps_per_epoch` batches), the pinball loss (weighted by `train.final_hour_share` and, given,
+    each hour's typical error: see `hour_weights`) and the +horizon median MAE metric."""
     optimizer = keras.optimizers.get(
         {
             "class_name": train_params["optimizer"],
             "config": {"learning_rate": learning_rate(train_params, epochs, steps_per_epoch)},
         }
     )
-    loss = PinballLoss(quantiles, hour_weights(horizon, train_params["final_hour_share"]))
+    loss = PinballLoss(quantiles, hour_weights(horizon, train_params["final_hour_share"], hour_errors))
     model.compile(optimizer=optimizer, loss=loss, metrics=[FinalHourMedianMAE(median_position(quantiles))])
     return model
 
@@ -182,6 +198,7 @@ def train(windows: Windows, params: dict, callbacks=(), verbose: int | str = "au
     seed_everything(params["seed"])
     train_params = params["train"]
     steps_per_epoch = -(-len(windows.starts["train"]) // train_params["batch_size"])
+    balanced = train_params.get("balance_hours", False)
     model = compile_model(
         build_model(windows.normalization, params["model"]),
         params["model"]["quantiles"],
@@ -189,6 +206,7 @@ def train(windows: Windows, params: dict, callbacks=(), verbose: int | str = "au
         train_params,
         params["epochs"],
         steps_per_epoch,
+        persistence_errors(windows, windows.starts["train"]) if balanced else None,
     )
     training = make_dataset(windows, windows.starts["train"], train_params["batch_size"], shuffle_seed=params["seed"])
     validation = make_dataset(windows, windows.starts["validation"], train_params["batch_size"])

@@ -165,6 +165,9 @@ def test_median_pinball_loss_is_half_the_absolute_error():
 
 def test_hour_weights_give_the_last_hour_its_share_and_the_others_the_rest():
     assert hour_weights(4, 0.5) == pytest.approx([1 / 6, 1 / 6, 1 / 6, 0.5])
+    # balanced: the others in proportion to 1 / sqrt(error); the last hour's error does not matter
+    balanced = hour_weights(4, 0.5, hour_errors=[1.0, 4.0, 16.0, 99.0])
+    assert balanced == pytest.approx([0.5 * 4 / 7, 0.5 * 2 / 7, 0.5 * 1 / 7, 0.5])
     assert hour_weights(1, 0.3) == [1.0]
     with pytest.raises(ValueError, match="final_hour_share"):
         hour_weights(4, 1.5)
@@ -381,3 +384,23 @@ def test_training_calibrates_the_band_on_the_validation_split_and_saves_it(windo
     save_model(model, path)
     reloaded = keras.saving.load_model(path).get_layer("temperature_quantiles_degC")
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(reloaded.calibration), factors)
+
+
+def test_persistence_errors_are_each_hours_mean_absolute_change(windows):
+    starts = windows.starts["train"][:50]
+    last = windows.hourly[starts + windows.lookback - 1, TEMPERATURE_INDEX]
+    expected = [np.mean(np.abs(windows.paths(starts)[:, hour] - last)) for hour in range(windows.horizon)]
+    errors = train_stage.persistence_errors(windows, starts)
+    np.testing.assert_allclose(errors, expected, rtol=1e-6)
+    assert errors[0] < errors[-1]  # the weather drifts away from the last reading
+
+
+def test_balanced_training_weighs_the_loss_by_the_training_splits_hour_errors(windows):
+    model, _ = train(windows, make_params(epochs=1), verbose=0)  # no balance_hours: equal weights
+    assert model.loss.weights == pytest.approx(hour_weights(windows.horizon, 0.5))
+    params = make_params(epochs=1)
+    params["train"]["balance_hours"] = True
+    model, _ = train(windows, params, verbose=0)
+    errors = train_stage.persistence_errors(windows, windows.starts["train"])
+    assert model.loss.weights == pytest.approx(hour_weights(windows.horizon, 0.5, errors))
+    assert model.loss.weights[0] > model.loss.weights[-2]
