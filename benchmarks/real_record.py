@@ -33,33 +33,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import yaml
+from repository import copy_repository
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CSV = REPO_ROOT.parent / "shared" / "data" / "jena_real_hourly_2009_2016.csv"
 STAGE_LINE = re.compile(r"Running stage '(\w+)'")
-IDENTITY = ["-c", "user.name=benchmark", "-c", "user.email=benchmark@example.com"]
-
-
-def copy_repository(destination: Path, csv: Path) -> None:
-    """The repository's files as git sees them, with `data.url` pointing at `csv`, committed afresh."""
-    listed = subprocess.run(
-        ["git", "ls-files", "-co", "--exclude-standard", "-z"],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split("\0")
-    for name in filter(None, listed):
-        if (REPO_ROOT / name).is_file():
-            (destination / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO_ROOT / name, destination / name)
-    params_file = destination / "params.yaml"
-    params = yaml.safe_load(params_file.read_text())
-    params["data"].update(source="jena", url=csv.resolve().as_uri())
-    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
-    for command in (["init", "-q"], [*IDENTITY, "add", "-A"], [*IDENTITY, "commit", "-q", "-m", "real record"]):
-        subprocess.run(["git", *command], cwd=destination, check=True)
 
 
 def timed_run(root: Path, *args) -> tuple[int, dict[str, float], float, str]:
@@ -146,7 +124,7 @@ def main(argv=None) -> int:
     try:
         for seed in args.seeds:
             root = scratch / f"seed-{seed}"
-            copy_repository(root, args.csv)
+            copy_repository(root, {"source": "jena", "url": args.csv.resolve().as_uri()})
             code, seconds, total, _ = timed_run(root, "exp", "run", "-S", f"seed={seed}")
             results.append((seed, code, seconds, total, figures(root)))
         if args.refusal:

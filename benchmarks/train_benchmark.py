@@ -43,6 +43,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import yaml
+from repository import copy_repository
 
 from pipeline.evaluate import forecasts, mae
 from pipeline.model import build_model
@@ -54,28 +55,6 @@ CONFIGURATIONS = {
     "single": {"model": {"quantiles": [0.5]}, "train": {"final_hour_share": 1.0}},
     "hourly": {},  # the default params
 }
-
-
-def copy_repository(destination: Path) -> None:
-    """The repository's files as git sees them (tracked and untracked, not ignored), committed afresh."""
-    listed = subprocess.run(
-        ["git", "ls-files", "-co", "--exclude-standard", "-z"],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split("\0")
-    for name in filter(None, listed):
-        if (REPO_ROOT / name).is_file():
-            (destination / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO_ROOT / name, destination / name)
-    params_file = destination / "params.yaml"
-    params = yaml.safe_load(params_file.read_text())
-    params["data"]["source"] = "synthetic"
-    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
-    identity = ["-c", "user.name=benchmark", "-c", "user.email=benchmark@example.com"]
-    for command in (["init", "-q"], [*identity, "add", "-A"], [*identity, "commit", "-q", "-m", "benchmark"]):
-        subprocess.run(["git", *command], cwd=destination, check=True)
 
 
 def timed_dvc(root: Path, *args) -> float:
@@ -243,7 +222,7 @@ def main() -> None:
     runs = {name: [] for name in CONFIGURATIONS}
     try:
         root = scratch / "repo"
-        copy_repository(root)
+        copy_repository(root, {"source": "synthetic"})
         data_seconds = timed_dvc(root, "repro", "window")
         params = yaml.safe_load((root / "params.yaml").read_text())
         windows = load_windows(root / "data" / "windows")
