@@ -19,6 +19,7 @@ down cleanly: servers stop accepting, in-flight requests finish, models unload.
 
 import argparse
 import atexit
+import dataclasses
 import logging
 import os
 import shutil
@@ -310,17 +311,24 @@ def _check_remote_base_paths(server_config) -> None:
                 )
 
 
-def main(argv=None) -> int:
-    flags = build_parser().parse_args(argv)
-    if flags.version:
-        print(f"TensorFlow ModelServer: {SERVER_VERSION}\nTensorFlow Library: {tf.__version__}")
-        return 0
-    _configure_logging()
-    log.info(
-        "Flags accepted for compatibility that have no effect here: %s",
-        ", ".join(f"--{name}" for name, _, _ in NO_EFFECT_FLAGS),
-    )
-    try:  # every flag and file is checked before a model loads or a port opens
+class StartupFailure(Exception):
+    """The server cannot start; the message follows TF Serving's `Failed to start server. Error: `."""
+
+
+@dataclasses.dataclass
+class Startup:
+    """Everything the flags and their files say, checked before a model loads or a port opens."""
+
+    server_config: object
+    batching: object
+    monitoring: object
+    channel_arguments: list
+    credentials: object
+
+
+def read_startup(flags) -> Startup:
+    """Check every flag and read every file they name; `StartupFailure` with TF Serving's status otherwise."""
+    try:
         _check_flags(flags)
         _configure_tensorflow(flags)
         if flags.model_config_file:
@@ -336,27 +344,33 @@ def main(argv=None) -> int:
             raise config_files.ConfigError(
                 "Both server_options.model_base_path and server_options.model_config_file are empty!"
             )
-        batching = (
-            config_files.parse_batching_parameters(flags.batching_parameters_file) if flags.enable_batching else None
+        startup = Startup(
+            server_config=server_config,
+            batching=(
+                config_files.parse_batching_parameters(flags.batching_parameters_file)
+                if flags.enable_batching
+                else None
+            ),
+            monitoring=config_files.parse_monitoring_config(flags.monitoring_config_file),
+            channel_arguments=config_files.parse_grpc_channel_arguments(flags.grpc_channel_arguments),
+            credentials=_server_credentials(flags),
         )
-        monitoring = config_files.parse_monitoring_config(flags.monitoring_config_file)
-        channel_arguments = config_files.parse_grpc_channel_arguments(flags.grpc_channel_arguments)
-        credentials = _server_credentials(flags)
         _check_remote_base_paths(server_config)
+        return startup
     except config_files.ConfigError as error:
         if error.parse_error:  # what TF Serving's protobuf library logs before the status
             log.error("%s", error.parse_error)
-        print(f"Failed to start server. Error: {error.code}: {error}", file=sys.stderr)
-        return 1
+        raise StartupFailure(f"{error.code}: {error}") from None
     except BadBasePath as error:
-        print(f"Failed to start server. Error: INVALID_ARGUMENT: {error}", file=sys.stderr)
-        return 1
+        raise StartupFailure(f"INVALID_ARGUMENT: {error}") from None
 
+
+def build_manager(flags, startup: Startup, metrics: Metrics) -> ModelManager:
+    """The model manager with the configured models loaded (as TF Serving, startup waits for them), polling."""
     # Local copies of remote (s3://, gs://) versions; a directory of our own unless one is given.
     cache_dir = flags.model_cache_dir or tempfile.mkdtemp(prefix="model-cache-")
     if not flags.model_cache_dir:
         atexit.register(shutil.rmtree, cache_dir, ignore_errors=True)
-    metrics = Metrics()
     options = ManagerOptions(
         file_system_poll_wait_seconds=flags.file_system_poll_wait_seconds,
         max_num_load_retries=flags.max_num_load_retries,
@@ -366,23 +380,22 @@ def main(argv=None) -> int:
         saved_model_tags=frozenset(tag.strip() for tag in flags.saved_model_tags.split(",") if tag.strip()),
         allow_version_labels_for_unavailable_models=flags.allow_version_labels_for_unavailable_models,
         max_tensor_bytes=max(flags.max_tensor_bytes, 0),
-        batching=batching,
+        batching=startup.batching,
         on_load_attempt=metrics.record_load_attempt,
         local_base_path=ModelCache(cache_dir).local_base_path,
     )
     manager = ModelManager(options)
     try:
-        manager.apply_config(server_config)
+        manager.apply_config(startup.server_config)
     except ServingError as error:
-        print(f"Failed to start server. Error: {error.code_name}: {error.message}", file=sys.stderr)
         manager.stop()
-        return 1
+        raise StartupFailure(f"{error.code_name}: {error.message}") from None
     manager.start_polling()
+    return manager
 
-    stop_requested = threading.Event()
-    for signal_number in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signal_number, lambda number, frame: stop_requested.set())
 
+def start_servers(flags, startup: Startup, manager: ModelManager, metrics: Metrics):
+    """The gRPC server and, with --rest_api_port, the REST server, started: (gRPC server, REST server or None)."""
     try:
         grpc_server = GrpcServer(
             manager,
@@ -390,11 +403,11 @@ def main(argv=None) -> int:
             flags.host,
             flags.port,
             flags.grpc_socket_path,
-            channel_arguments,
+            startup.channel_arguments,
             flags.grpc_max_threads,
             flags.enable_grpc_healthcheck_service,
             asynchronous=flags.enable_batching,
-            credentials=credentials,
+            credentials=startup.credentials,
         )
         grpc_server.start()
         for address in grpc_server.addresses:
@@ -406,6 +419,7 @@ def main(argv=None) -> int:
                 "API. Skipped exporting HTTP/REST API."
             )
         elif flags.rest_api_port:
+            monitoring = startup.monitoring
             prometheus_path = monitoring.prometheus_path if monitoring.prometheus_enabled else None
             rest_server = RestServer(
                 RestApi(manager, metrics, prometheus_path),
@@ -420,19 +434,50 @@ def main(argv=None) -> int:
             host = "localhost" if flags.host in ("127.0.0.1", "localhost") else flags.host
             log.info("Exporting HTTP/REST API at:%s:%d ...", host, rest_server.port)
     except (OSError, RuntimeError) as error:
-        print(f"Failed to start server. Error: {error}", file=sys.stderr)
-        manager.stop()
+        raise StartupFailure(str(error)) from None
+    return grpc_server, rest_server
+
+
+def stop_on_signals() -> threading.Event:
+    """An event that SIGTERM or SIGINT sets (from now on: before, they end the process at once)."""
+    stop_requested = threading.Event()
+    for signal_number in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signal_number, lambda number, frame: stop_requested.set())
+    return stop_requested
+
+
+def main(argv=None) -> int:
+    flags = build_parser().parse_args(argv)
+    if flags.version:
+        print(f"TensorFlow ModelServer: {SERVER_VERSION}\nTensorFlow Library: {tf.__version__}")
+        return 0
+    _configure_logging()
+    log.info(
+        "Flags accepted for compatibility that have no effect here: %s",
+        ", ".join(f"--{name}" for name, _, _ in NO_EFFECT_FLAGS),
+    )
+    metrics = Metrics()
+    manager = None
+    try:
+        startup = read_startup(flags)
+        manager = build_manager(flags, startup, metrics)
+        stop_requested = stop_on_signals()
+        grpc_server, rest_server = start_servers(flags, startup, manager, metrics)
+    except StartupFailure as failure:
+        print(f"Failed to start server. Error: {failure}", file=sys.stderr)
+        if manager is not None:
+            manager.stop()
         return 1
 
     config_poller = None
     if flags.model_config_file and flags.model_config_file_poll_wait_seconds > 0:
         config_poller = ConfigFilePoller(
-            manager, flags.model_config_file, flags.model_config_file_poll_wait_seconds, server_config
+            manager, flags.model_config_file, flags.model_config_file_poll_wait_seconds, startup.server_config
         )
         config_poller.start()
-
     while not stop_requested.wait(0.5):
         pass
+
     log.info("Shutting down the ModelServer ...")
     if config_poller:
         config_poller.stop()
