@@ -48,19 +48,26 @@ SERVER_VERSION = "2.21.0-wetterfrosch"
 CPUS = os.cpu_count() or 1
 
 # Flags TensorFlow Serving has that change nothing a client or operator can rely on here:
-# tuning of TF Serving's own loader and runtime, and hardware this server does not use.
+# tuning of TF Serving's own loader and runtime, and hardware this server does not use
+# (flag, type, default, what it does in TF Serving, why it changes nothing here).
 NO_EFFECT_FLAGS = [
-    ("num_load_threads", int, 0),  # versions load on a thread each
-    ("num_unload_threads", int, 0),
-    ("flush_filesystem_caches", "bool", True),
-    ("remove_unused_fields_from_bundle_metagraph", "bool", True),
-    ("per_process_gpu_memory_fraction", float, 0.0),  # refused below if a GPU is visible
-    ("num_tflite_pools", int, 1),  # only with --prefer_tflite_model, which is refused
-    ("num_tflite_interpreters_per_pool", int, 1),
-    ("xla_cpu_compilation_enabled", "bool", False),
-    ("xla_gpu_compilation_enabled", "bool", False),
-    ("enable_profiler", "bool", True),  # no profiler service: its RPCs answer UNIMPLEMENTED
-    ("skip_initialize_tpu", "bool", False),
+    ("num_load_threads", int, 0, "threads that load versions", "versions load on a thread each"),
+    ("num_unload_threads", int, 0, "threads that unload versions", "versions unload on a thread each"),
+    ("flush_filesystem_caches", "bool", True, "flush file-system caches after the initial load", "no such caches"),
+    (
+        "remove_unused_fields_from_bundle_metagraph",
+        "bool",
+        True,
+        "drop unused MetaGraphDef fields to save memory",
+        "nothing kept to drop",
+    ),
+    ("per_process_gpu_memory_fraction", float, 0.0, "GPU memory share", "no GPU is used (refused if one is visible)"),
+    ("num_tflite_pools", int, 1, "TFLite interpreter pools", "only with --prefer_tflite_model, which is refused"),
+    ("num_tflite_interpreters_per_pool", int, 1, "TFLite interpreters per pool", "as --num_tflite_pools"),
+    ("xla_cpu_compilation_enabled", "bool", False, "XLA JIT on CPU", "graphs run as TensorFlow compiles them"),
+    ("xla_gpu_compilation_enabled", "bool", False, "XLA JIT on GPU", "no GPU"),
+    ("enable_profiler", "bool", True, "the profiler service", "no profiler service: its RPCs answer UNIMPLEMENTED"),
+    ("skip_initialize_tpu", "bool", False, "skip TPU initialisation", "no TPU"),
 ]
 
 # Flags that would change answers, security or resource limits and are not implemented:
@@ -86,40 +93,41 @@ UNSUPPORTED_FLAGS = [
     ),
 ]
 
+# Flags served as TF Serving serves them, and three of ours (flag, type, default, one-line help).
 IMPLEMENTED_FLAGS = [
-    ("port", int, 8500),
-    ("grpc_socket_path", str, ""),
-    ("rest_api_port", int, 0),
-    ("rest_api_num_threads", int, 4 * CPUS),
-    ("rest_api_timeout_in_ms", int, 30000),
-    ("rest_api_enable_cors_support", "bool", False),
-    ("enable_batching", "bool", False),
-    ("allow_version_labels_for_unavailable_models", "bool", False),
-    ("batching_parameters_file", str, ""),
-    ("model_config_file", str, ""),
-    ("model_config_file_poll_wait_seconds", int, 0),
-    ("model_name", str, "default"),
-    ("model_base_path", str, ""),
-    ("max_num_load_retries", int, 5),
-    ("load_retry_interval_micros", int, 60 * 1000 * 1000),
-    ("file_system_poll_wait_seconds", int, 1),
-    ("tensorflow_session_parallelism", int, 0),
-    ("tensorflow_intra_op_parallelism", int, 0),
-    ("tensorflow_inter_op_parallelism", int, 0),
-    ("saved_model_tags", str, "serve"),
-    ("grpc_channel_arguments", str, ""),
-    ("grpc_max_threads", int, max(64, 4 * CPUS)),
-    ("enable_model_warmup", "bool", True),
-    ("num_request_iterations_for_warmup", int, 1),
-    ("version", "bool", False),
-    ("monitoring_config_file", str, ""),
-    ("enable_grpc_healthcheck_service", "bool", False),
-    ("ssl_config_file", str, ""),
-    ("tensorflow_session_config_file", str, ""),
-    ("host", str, "127.0.0.1"),
-    ("model_cache_dir", str, ""),
-    ("max_tensor_bytes", int, 0),
-    ("rest_api_listen_backlog", int, 0),
+    ("port", int, 8500, "gRPC port"),
+    ("grpc_socket_path", str, "", "also serve gRPC on this UNIX socket"),
+    ("rest_api_port", int, 0, "REST port (0: no REST API)"),
+    ("rest_api_num_threads", int, 4 * CPUS, "REST worker threads"),
+    ("rest_api_timeout_in_ms", int, 30000, "REST request deadline; later answers are 504"),
+    ("rest_api_enable_cors_support", "bool", False, "answer CORS preflights and add CORS headers"),
+    ("enable_batching", "bool", False, "batch concurrent Predict requests"),
+    ("allow_version_labels_for_unavailable_models", "bool", False, "let labels point at versions not yet loaded"),
+    ("batching_parameters_file", str, "", "BatchingParameters text proto for --enable_batching"),
+    ("model_config_file", str, "", "ModelServerConfig text proto: models, version policies, labels"),
+    ("model_config_file_poll_wait_seconds", int, 0, "re-read --model_config_file this often (0: never)"),
+    ("model_name", str, "default", "the model's name, with --model_base_path"),
+    ("model_base_path", str, "", "directory (or s3://, gs:// URL) of the model's numbered versions"),
+    ("max_num_load_retries", int, 5, "retries of a version that fails to load"),
+    ("load_retry_interval_micros", int, 60 * 1000 * 1000, "wait between those retries"),
+    ("file_system_poll_wait_seconds", int, 1, "list the base paths for new versions this often (0: once)"),
+    ("tensorflow_session_parallelism", int, 0, "TensorFlow threads for both pools (0: TensorFlow's choice)"),
+    ("tensorflow_intra_op_parallelism", int, 0, "TensorFlow threads within an op"),
+    ("tensorflow_inter_op_parallelism", int, 0, "TensorFlow threads across ops"),
+    ("saved_model_tags", str, "serve", "comma-separated MetaGraph tags to load"),
+    ("grpc_channel_arguments", str, "", "comma-separated gRPC server channel arguments, key=value"),
+    ("grpc_max_threads", int, max(64, 4 * CPUS), "gRPC worker threads"),
+    ("enable_model_warmup", "bool", True, "replay assets.extra/tf_serving_warmup_requests before serving"),
+    ("num_request_iterations_for_warmup", int, 1, "times each warm-up request is replayed"),
+    ("version", "bool", False, "print the version and exit"),
+    ("monitoring_config_file", str, "", "MonitoringConfig text proto: the Prometheus endpoint"),
+    ("enable_grpc_healthcheck_service", "bool", False, "serve grpc.health.v1"),
+    ("ssl_config_file", str, "", "SSLConfig text proto: TLS on the gRPC port and socket"),
+    ("tensorflow_session_config_file", str, "", "ConfigProto text proto for TensorFlow sessions"),
+    ("host", str, "127.0.0.1", "address to listen on (ours: TF Serving listens on all)"),
+    ("model_cache_dir", str, "", "ours: local cache of s3:// and gs:// versions (default: a temporary directory)"),
+    ("max_tensor_bytes", int, 0, "ours: refuse larger request and reply tensors, RESOURCE_EXHAUSTED (0: no cap)"),
+    ("rest_api_listen_backlog", int, 0, "ours: REST connection queue (0: the system's maximum)"),
 ]
 
 
@@ -133,16 +141,36 @@ def _parse_bool(text: str) -> bool:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """TensorFlow Serving's flags, grouped as `--help` shows them: served, accepted without effect, refused."""
     parser = argparse.ArgumentParser(
         prog="python -m serving.model_server",
-        description="A ModelServer speaking TensorFlow Serving's gRPC and REST APIs.",
+        usage="%(prog)s [--flag=value ...]",
+        description="A ModelServer speaking TensorFlow Serving's gRPC and REST APIs, with its flags.",
         allow_abbrev=False,
     )
-    for name, kind, default, *_ in IMPLEMENTED_FLAGS + NO_EFFECT_FLAGS + UNSUPPORTED_FLAGS:
-        if kind == "bool":
-            parser.add_argument(f"--{name}", type=_parse_bool, nargs="?", const=True, default=default)
-        else:
-            parser.add_argument(f"--{name}", type=kind, default=default)
+    groups = [
+        ("served", "as TensorFlow Serving serves them", [(*flag[:3], flag[3]) for flag in IMPLEMENTED_FLAGS]),
+        (
+            "accepted without effect",
+            "they tune TensorFlow Serving's own runtime",
+            [(name, kind, default, f"{what}: {why}") for name, kind, default, what, why in NO_EFFECT_FLAGS],
+        ),
+        (
+            "refused",
+            "any value but the default stops the server at startup",
+            [(name, kind, default, why) for name, kind, default, why in UNSUPPORTED_FLAGS],
+        ),
+    ]
+    for title, description, flags in groups:
+        group = parser.add_argument_group(title, description)
+        for name, kind, default, help_text in flags:
+            shown = f"{help_text} (default: {default!r})"
+            if kind == "bool":
+                group.add_argument(
+                    f"--{name}", type=_parse_bool, nargs="?", const=True, default=default, metavar="BOOL", help=shown
+                )
+            else:
+                group.add_argument(f"--{name}", type=kind, default=default, metavar=kind.__name__.upper(), help=shown)
     return parser
 
 
@@ -454,7 +482,7 @@ def main(argv=None) -> int:
     _configure_logging()
     log.info(
         "Flags accepted for compatibility that have no effect here: %s",
-        ", ".join(f"--{name}" for name, _, _ in NO_EFFECT_FLAGS),
+        ", ".join(f"--{name}" for name, *_ in NO_EFFECT_FLAGS),
     )
     metrics = Metrics()
     manager = None

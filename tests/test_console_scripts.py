@@ -25,3 +25,22 @@ def test_each_script_runs_a_main_that_answers_help(script, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["--help"])
     assert exit_.value.code == 0 and capsys.readouterr().out.startswith("usage:")
+
+
+def test_the_model_servers_help_gives_every_flag_a_line_in_its_group(capsys):
+    from serving.model_server import IMPLEMENTED_FLAGS, NO_EFFECT_FLAGS, UNSUPPORTED_FLAGS, build_parser
+
+    text = build_parser().format_help()
+    served, no_effect, refused = (
+        text.index(f"\n{title}:\n") for title in ("served", "accepted without effect", "refused")
+    )
+    assert served < no_effect < refused
+    for flags, start, end in (
+        (IMPLEMENTED_FLAGS, served, no_effect),
+        (NO_EFFECT_FLAGS, no_effect, refused),
+        (UNSUPPORTED_FLAGS, refused, len(text)),
+    ):
+        for name, _, default, *_ in flags:
+            at = text.index(f"\n  --{name} ", start)
+            assert at < end, f"--{name} is not in its group"
+            assert f"(default: {default!r})" in " ".join(text[at + 3 :].split("\n  --")[0].split())
