@@ -11,7 +11,6 @@ root (our machines and CI have it; a fresh clone elsewhere need not).
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,16 +21,12 @@ import pytest
 from tensorflow.core.framework import types_pb2
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
+from pipeline.serving_check import free_port  # the one free_port, for every test
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SHARED_TESTDATA = REPO_ROOT.parent / "shared" / "tfserving-testdata"
 TESTDATA_SOURCES = ["generated"] + (["shared"] if SHARED_TESTDATA.is_dir() else [])
 STARTUP_TIMEOUT_SECONDS = 120
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 class ServerProcess:
