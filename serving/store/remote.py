@@ -72,7 +72,15 @@ def claim_number(store: Store, owner: Owner, new_fingerprint: str) -> int:
 
 
 def _outcome(store: Store, number: int, kinds: set[str]) -> dict | None:
-    return store.read_json(store.record(number, "outcome")) if "outcome" in kinds else None
+    """Publication `number`'s outcome, or None while none can be read: a listing is a snapshot, and an
+    outcome it shows may not be readable yet (a conditional write under way), so it counts as undecided
+    and the caller looks again."""
+    if "outcome" not in kinds:
+        return None
+    try:
+        return store.read_json(store.record(number, "outcome"))
+    except FileNotFoundError:
+        return None
 
 
 def _owner_dead(store: Store, number: int, kinds: set[str], stale_seconds: float) -> bool:
