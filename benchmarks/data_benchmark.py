@@ -21,8 +21,9 @@ import pandas as pd
 
 from pipeline import synthetic
 from pipeline.config import load_params
+from pipeline.dataset import save_windows
 from pipeline.prepare import prepare, read_raw_csv
-from pipeline.window import make_windows, save_windows
+from pipeline.window import make_windows
 
 
 def timed(work):

@@ -45,10 +45,10 @@ import numpy as np
 import yaml
 from repository import copy_repository
 
+from pipeline.dataset import load_windows, make_dataset
 from pipeline.evaluate import forecasts, mae
 from pipeline.model import build_model
-from pipeline.train import compile_model, make_dataset, seed_everything, train
-from pipeline.window import load_windows
+from pipeline.train import compile_model, seed_everything, train
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIGURATIONS = {

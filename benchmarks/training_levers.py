@@ -38,10 +38,10 @@ import keras
 import yaml
 
 from pipeline import schema
+from pipeline.dataset import load_windows
 from pipeline.evaluate import forecasts, mae
 from pipeline.model import median_position
 from pipeline.train import train
-from pipeline.window import load_windows
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

@@ -54,9 +54,10 @@ import numpy as np
 import tensorflow as tf
 from tensorflow_serving.apis import prediction_log_pb2
 
+from forecast.client import predict_request
 from pipeline import schema
 from pipeline.atomic import atomic_directory, write_json
-from pipeline.client import predict_request
+from pipeline.blessing import bless
 from pipeline.config import (
     EVALUATE_METRICS,
     EXPORT_DIR,
@@ -67,11 +68,10 @@ from pipeline.config import (
     load_params,
     stage_command_line,
 )
-from pipeline.evaluate import bless
+from pipeline.dataset import Windows, load_windows
 from pipeline.model import median_position  # importing pipeline.model registers its layers for load_model
 from pipeline.published import MODEL_CARD, labelled_versions, model_directory, read_model_card
 from pipeline.serving_check import CheckFailure, candidate_directory, check_served_model, served_by
-from pipeline.window import Windows, load_windows
 from serving.store import PublicationRefused, StoreError, fingerprint, publish
 
 WARMUP_FILE = Path("assets.extra/tf_serving_warmup_requests")

@@ -31,8 +31,8 @@ import tensorflow as tf
 from tensorflow.core.framework import types_pb2
 from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc
 
+from forecast.client import GrpcForecaster, RestForecaster
 from pipeline import schema
-from pipeline.client import GrpcForecaster, RestForecaster
 from pipeline.published import read_model_card
 from serving.store import is_remote
 

@@ -37,8 +37,8 @@ was expected and what came back. A server the stage started is always stopped.
 
 import json
 
+from forecast.client import tls_credentials
 from pipeline.atomic import write_json
-from pipeline.client import tls_credentials
 from pipeline.config import (
     EVALUATE_METRICS,
     EXPORT_DIR,
@@ -48,9 +48,9 @@ from pipeline.config import (
     load_params,
     stage_command_line,
 )
+from pipeline.dataset import load_windows
 from pipeline.published import model_directory, read_model_card
 from pipeline.serving_check import CheckFailure, candidate_directory, check_served_model, served_by
-from pipeline.window import load_windows
 from serving.store import StoreError, complete_versions, local_version
 
 

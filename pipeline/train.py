@@ -48,40 +48,14 @@ from pipeline import schema
 from pipeline.architecture import write_architecture
 from pipeline.atomic import atomic_path
 from pipeline.config import DVCLIVE_DIR, MODEL_PATH, WINDOWS_DIR, load_params, stage_command_line
+from pipeline.dataset import Windows, load_windows, make_dataset
 from pipeline.model import PACKAGE, TEMPERATURE_INDEX, build_model, calibration_factors, median_position
-from pipeline.window import Windows, load_windows
 
 
 def seed_everything(seed: int) -> None:
     """Seed Python, numpy and TensorFlow, and make TensorFlow's ops deterministic."""
     keras.utils.set_random_seed(seed)
     tf.config.experimental.enable_op_determinism()
-
-
-def make_dataset(
-    windows: Windows, starts: np.ndarray, batch_size: int, shuffle_seed: int | None = None
-) -> tf.data.Dataset:
-    """Batches of ({"history", "timestamps"}, target temperatures [batch, horizon]) for the given starts.
-
-    The series lives once in memory as a tensor; each batch gathers its rows
-    with one vectorised `tf.gather`. With `shuffle_seed` the starts are
-    reshuffled every epoch, in a seeded order.
-    """
-    hourly = tf.constant(np.asarray(windows.hourly, dtype=np.float32))
-    timestamps = tf.constant(np.asarray(windows.timestamps, dtype=np.int64))
-    offsets = tf.range(windows.lookback, dtype=tf.int64)
-    temperature = hourly[:, TEMPERATURE_INDEX]
-    target_offsets = windows.lookback + tf.range(windows.horizon, dtype=tf.int64)  # +1 .. +horizon h
-
-    def gather(batch_starts):
-        rows = batch_starts[:, None] + offsets
-        inputs = {schema.HISTORY_INPUT: tf.gather(hourly, rows), schema.TIMESTAMPS_INPUT: tf.gather(timestamps, rows)}
-        return inputs, tf.gather(temperature, batch_starts[:, None] + target_offsets)
-
-    dataset = tf.data.Dataset.from_tensor_slices(np.asarray(starts, dtype=np.int64))
-    if shuffle_seed is not None:
-        dataset = dataset.shuffle(len(starts), seed=shuffle_seed, reshuffle_each_iteration=True)
-    return dataset.batch(batch_size).map(gather, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
 def hour_weights(horizon: int, final_hour_share: float, hour_errors=None) -> list[float]:

@@ -17,20 +17,13 @@ look its rows up in the series, so memory stays near the size of the hourly
 table.
 """
 
-import json
-from dataclasses import dataclass
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 
 from pipeline import schema
-from pipeline.atomic import atomic_directory, write_json
 from pipeline.config import HOURLY_TABLE, WINDOWS_DIR, load_params, stage_command_line
+from pipeline.dataset import save_windows
 from pipeline.features import derive_features, feature_names
-
-SPLITS = ("train", "validation", "test")
-TARGET_INDEX = schema.column_index(schema.TEMPERATURE)
 
 
 def split_bounds(hours: int, train_fraction: float, val_fraction: float) -> dict[str, tuple[int, int]]:
@@ -90,70 +83,6 @@ def make_windows(hourly_table: pd.DataFrame, window_params: dict) -> dict:
     normalization = normalization_stats(hourly, timestamps, slice(*bounds["train"]), **switches)
     normalization.update(lookback_hours=lookback, horizon_hours=horizon, target=schema.TEMPERATURE, split_bounds=bounds)
     return {"hourly": hourly, "timestamps": timestamps, "starts": starts, "normalization": normalization}
-
-
-@dataclass
-class Windows:
-    """The window stage's output, loaded; samples are sliced on demand."""
-
-    hourly: np.ndarray
-    timestamps: np.ndarray
-    starts: dict[str, np.ndarray]
-    normalization: dict
-
-    @property
-    def lookback(self) -> int:
-        return self.normalization["lookback_hours"]
-
-    @property
-    def horizon(self) -> int:
-        return self.normalization["horizon_hours"]
-
-    def history(self, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Raw history [n, lookback, 14] and timestamps [n, lookback] of the given samples."""
-        rows = np.asarray(starts)[:, None] + np.arange(self.lookback)
-        return self.hourly[rows], self.timestamps[rows]
-
-    def target_rows(self, starts: np.ndarray) -> np.ndarray:
-        """Rows [n, horizon] of the hours +1 .. +horizon after each sample's last history row."""
-        return np.asarray(starts)[:, None] + self.lookback + np.arange(self.horizon)
-
-    @property
-    def target_paths(self) -> np.ndarray:
-        """A view [starts, horizon] of the temperature column: row s is sample s's targets.
-
-        Shares the series' memory; indexing it with start indices gathers a batch."""
-        temperature = self.hourly[:, TARGET_INDEX]
-        return np.lib.stride_tricks.sliding_window_view(temperature, self.horizon)[self.lookback :]
-
-    def paths(self, starts: np.ndarray) -> np.ndarray:
-        """Observed temperatures (degC) [n, horizon] at +1 .. +horizon h after each sample's last row."""
-        return self.target_paths[np.asarray(starts)]
-
-    def targets(self, starts: np.ndarray) -> np.ndarray:
-        """Observed temperature (degC) `horizon` hours after each sample's last row."""
-        return self.hourly[np.asarray(starts) + self.lookback - 1 + self.horizon, TARGET_INDEX]
-
-
-def save_windows(windows: dict, directory: Path) -> None:
-    """Write the window outputs into `directory`, atomically as a whole."""
-    with atomic_directory(directory) as temporary:
-        np.save(temporary / "hourly.npy", windows["hourly"])
-        np.save(temporary / "timestamps.npy", windows["timestamps"])
-        for name, split_starts in windows["starts"].items():
-            np.save(temporary / f"{name}_starts.npy", split_starts)
-        write_json(temporary / "normalization.json", windows["normalization"])
-
-
-def load_windows(directory: Path = WINDOWS_DIR) -> Windows:
-    """Load the window stage's output; the arrays are memory-mapped, not copied."""
-    directory = Path(directory)
-    return Windows(
-        hourly=np.load(directory / "hourly.npy", mmap_mode="r"),
-        timestamps=np.load(directory / "timestamps.npy", mmap_mode="r"),
-        starts={name: np.load(directory / f"{name}_starts.npy") for name in SPLITS},
-        normalization=json.loads((directory / "normalization.json").read_text(encoding="utf-8")),
-    )
 
 
 def main() -> None:

@@ -9,8 +9,7 @@ import pandas as pd
 import pytest
 from conftest import REPO_ROOT, make_readings, to_csv_text
 
-from pipeline import schema
-from pipeline.client import (
+from forecast.client import (
     Forecast,
     ForecastError,
     forecast_answer,
@@ -21,7 +20,8 @@ from pipeline.client import (
     tensor_proto,
     to_array,
 )
-from pipeline.client import main as client_main
+from forecast.client import main as client_main
+from pipeline import schema
 
 
 def test_latest_window_from_ten_minute_rows():
@@ -142,7 +142,7 @@ def test_tensor_protos_round_trip_as_tensorflow_reads_them(array):
 
 def run_client(*args):
     return subprocess.run(
-        [sys.executable, "-m", "pipeline.client", "--model-name", "m", *args],
+        [sys.executable, "-m", "forecast.client", "--model-name", "m", *args],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
@@ -225,7 +225,7 @@ def test_a_card_that_is_missing_broken_or_reads_other_measurements_is_named(tmp_
 
 def test_cli_needs_a_model_name_or_card(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "pipeline.client", str(tmp_path / "recent.csv")],
+        [sys.executable, "-m", "forecast.client", str(tmp_path / "recent.csv")],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,

@@ -12,13 +12,13 @@ import yaml
 from windows_helper import small_windows
 
 from pipeline import evaluate, export
+from pipeline.blessing import bless, coverage_verdict
+from pipeline.dataset import save_windows
 from pipeline.evaluate import (
     band_coverage,
-    bless,
     calendar,
     climatology_forecast,
     climatology_table,
-    coverage_verdict,
     errors_by_horizon,
     evaluation_metrics,
     judged_metrics,
@@ -35,7 +35,6 @@ from pipeline.evaluate import (
 )
 from pipeline.model import build_model
 from pipeline.train import save_model
-from pipeline.window import save_windows
 
 EVALUATE_PARAMS = {
     "margin": 0.05,

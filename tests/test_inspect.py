@@ -28,9 +28,9 @@ from windows_helper import small_windows
 from pipeline import architecture, export
 from pipeline import inspect as inspect_command
 from pipeline import train as train_stage
+from pipeline.dataset import save_windows
 from pipeline.model import build_model
 from pipeline.published import MODEL_CARD
-from pipeline.window import save_windows
 from serving.store import fingerprint, publish
 
 LOOKBACK, HORIZON = 24, 6

@@ -17,7 +17,7 @@ import pytest
 from conftest import QUICK_PARAMS, REPO_ROOT, run_stage, set_params
 from tensorflow.core.protobuf import meta_graph_pb2
 
-from pipeline.client import tls_credentials
+from forecast.client import tls_credentials
 from pipeline.serving_check import (
     CheckFailure,
     compare,
@@ -108,7 +108,7 @@ def test_forecast_client_asks_the_served_model(workspace):
         csv = str(workspace / "data/raw/jena_climate_2009_2016.csv")
         answers = [
             subprocess.run(
-                [sys.executable, "-m", "pipeline.client", csv, *flags],
+                [sys.executable, "-m", "forecast.client", csv, *flags],
                 cwd=REPO_ROOT,
                 capture_output=True,
                 text=True,
@@ -187,7 +187,7 @@ def test_the_client_still_reads_a_model_that_serves_only_the_day_ahead_temperatu
         csv = str(workspace / "data/raw/jena_climate_2009_2016.csv")
         answers = [
             subprocess.run(
-                [sys.executable, "-m", "pipeline.client", csv, "--model-name", "old", *flags],
+                [sys.executable, "-m", "forecast.client", csv, "--model-name", "old", *flags],
                 cwd=REPO_ROOT,
                 capture_output=True,
                 text=True,
@@ -402,7 +402,7 @@ def test_external_mode_and_the_client_over_mutual_tls(workspace, tmp_path):
                 [
                     sys.executable,
                     "-m",
-                    "pipeline.client",
+                    "forecast.client",
                     csv,
                     "--model-name",
                     "jena_temperature",

@@ -27,7 +27,7 @@ from conftest import REPO_ROOT
 
 DVC_YAML = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())
 PARAMS = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
-PACKAGES = ("pipeline", "serving")
+PACKAGES = ("pipeline", "serving", "forecast")
 LOADER = "pipeline.config"  # load_params hands all of params.yaml to the stage's main()
 SECTIONS = {name for name, value in PARAMS.items() if isinstance(value, dict)}
 
@@ -53,12 +53,19 @@ def imported_modules(module: str) -> set[str]:
 
 
 def import_closure(module: str) -> set[str]:
+    """`module` and every repository module importing it runs, the packages holding them included."""
     closure, todo = set(), [module]
     while todo:
         current = todo.pop()
         if current not in closure:
             closure.add(current)
             todo.extend(imported_modules(current))
+            parts = current.split(".")
+            todo.extend(
+                ".".join(parts[:depth])
+                for depth in range(1, len(parts))
+                if module_file(".".join(parts[:depth])).exists()
+            )
     return closure
 
 
@@ -209,6 +216,16 @@ def test_every_module_a_stage_imports_is_a_dep(name):
 
 
 @pytest.mark.parametrize("name", STAGES)
+def test_every_code_dep_is_code_the_stage_runs(name):
+    """A stage depends on no module it does not run, so editing one stage never makes another stale."""
+    module, stage = stage_of(name)
+    files = {str(module_file(m).relative_to(REPO_ROOT)) for m in import_closure(module)}
+    code_deps = [dep.split("#")[0].strip() for dep in stage["deps"] if dep.endswith(".py")]
+    unused = sorted(set(code_deps) - files)
+    assert not unused, f"dvc.yaml: stage {name} depends on {unused} but never imports them"
+
+
+@pytest.mark.parametrize("name", STAGES)
 def test_every_param_a_stage_reads_is_declared(name):
     module, stage = stage_of(name)
     declared = {tuple(param.split(".")) for param in stage.get("params", [])}
@@ -233,6 +250,34 @@ def test_every_declared_param_is_read(name):
         )
     ]
     assert not unused, f"dvc.yaml: stage {name} declares params {unused} that its code never reads"
+
+
+def test_no_stage_imports_another_stage():
+    """What stages share lives in library modules, so editing one stage never makes another stale."""
+    stage_modules = {stage_of(name)[0] for name in STAGES}
+    crossing = sorted(
+        f"{module} imports {other}"
+        for module in stage_modules
+        for other in imported_modules(module)
+        if other in stage_modules or other.rpartition(".")[0] in stage_modules
+    )
+    assert crossing == []
+
+
+def test_the_import_reader_finds_a_stage_importing_a_stage(tmp_path, monkeypatch):
+    """The check above reads real import statements, in any form and at any depth of the code."""
+    (tmp_path / "pipeline").mkdir()
+    sources = {
+        "evaluate": "from pipeline.train import make_dataset\ndef main():\n    import pipeline.window\n",
+        "train": "",
+        "window": "",
+        "model": "import numpy\n",
+    }
+    for name, code in sources.items():
+        (tmp_path / "pipeline" / f"{name}.py").write_text(code)
+    monkeypatch.setitem(globals(), "REPO_ROOT", tmp_path)
+    assert imported_modules("pipeline.evaluate") == {"pipeline.train", "pipeline.window"}
+    assert imported_modules("pipeline.model") == set()
 
 
 def test_the_finder_sees_aliases_section_arguments_and_wholesale_use():

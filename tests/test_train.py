@@ -9,6 +9,7 @@ import yaml
 from windows_helper import small_windows
 
 from pipeline import train as train_stage
+from pipeline.dataset import make_dataset, save_windows
 from pipeline.evaluate import pinball_loss
 from pipeline.features import derive_features
 from pipeline.model import (
@@ -26,11 +27,9 @@ from pipeline.train import (
     compile_model,
     hour_weights,
     learning_rate,
-    make_dataset,
     save_model,
     train,
 )
-from pipeline.window import save_windows
 
 MODEL_PARAMS = {
     "cell": "gru",

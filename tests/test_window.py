@@ -5,8 +5,9 @@ import pandas as pd
 import pytest
 
 from pipeline import schema
+from pipeline.dataset import load_windows, save_windows
 from pipeline.features import derive_features
-from pipeline.window import load_windows, make_windows, save_windows, split_bounds, window_starts
+from pipeline.window import make_windows, split_bounds, window_starts
 
 PARAMS = dict(
     lookback_hours=12, horizon_hours=6, train_fraction=0.5, val_fraction=0.25, time_features=True, wind_vector=True

@@ -10,7 +10,8 @@ import numpy as np
 import pandas as pd
 
 from pipeline import schema
-from pipeline.window import Windows, make_windows
+from pipeline.dataset import Windows
+from pipeline.window import make_windows
 
 
 def hourly_table(days: int, seed: int = 0, start: str = "2009-01-01") -> pd.DataFrame:

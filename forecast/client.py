@@ -1,6 +1,6 @@
 """Forecast client: ask a served Jena model for the next 24 hours, hour by hour, with a band.
 
-    python -m pipeline.client recent.csv --model-name jena_temperature
+    python -m forecast.client recent.csv --model-name jena_temperature
         [--target localhost:8500] [--rest] [--version N | --label stable]
         [--model-card VERSION_DIR] [--max-fill-hours H] [--brief | --json]
         [--tls] [--tls-ca ca.pem] [--tls-cert client.pem --tls-key client.key]
@@ -374,7 +374,7 @@ def forecast_table(answer: dict) -> str:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.client", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m forecast.client", description=__doc__.split("\n\n")[0])
     parser.add_argument("csv", help="Jena-format CSV with at least the model's history (the last 5 days)")
     parser.add_argument(
         "--model-name", help="the served model's name (params.yaml: serving.model_name); default: the model card's"
