@@ -1,6 +1,6 @@
 """The abuse probes of the fault catalogue at full size, against `python -m serving.model_server`.
 
-Serves TF Serving's half_plus_two (built by tests/serving/generated_testdata.py)
+Serves TF Serving's half_plus_two (built by tests/helpers/tfserving_testdata.py)
 on loopback and prints, per probe: status, time, reply bytes and the peak
 growth of the server process's resident memory (its own /proc VmHWM, reset
 before each probe, so other processes on the machine do not count):
@@ -31,9 +31,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import grpc  # noqa: E402
 from tensorflow_serving.apis import prediction_service_pb2_grpc  # noqa: E402
 
-from tests.serving import abuse  # noqa: E402
-from tests.serving.conftest import ServerProcess  # noqa: E402
-from tests.serving.generated_testdata import build_testdata  # noqa: E402
+from tests.helpers import abuse  # noqa: E402
+from tests.helpers.model_server import ServerProcess  # noqa: E402
+from tests.helpers.tfserving_testdata import build_testdata  # noqa: E402
 
 MODEL = "half"
 HUGE_ROWS = 100_000_000

@@ -38,7 +38,7 @@ from tensorflow_serving.apis import prediction_service_pb2_grpc  # noqa: E402
 
 sys.path.insert(0, str(REPO_ROOT))
 from serving.store import publish  # noqa: E402
-from tests.object_storage import GcsServer, S3Server, forget_clients  # noqa: E402
+from tests.helpers.object_storage import GcsServer, S3Server, forget_clients  # noqa: E402
 
 REQUEST_LINE = re.compile(r'"([A-Z]+) (\S+) HTTP/[0-9.]+"')
 # moto logs through werkzeug, the GCS emulator through its own logger: one line per request.

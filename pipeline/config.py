@@ -2,7 +2,7 @@
 
 Every stage runs from the repository root (DVC's working directory), reads
 `params.yaml` and writes to the paths below; `dvc.yaml` declares the same
-paths as deps and outs (tests/test_dvc_pipeline.py keeps the two in step).
+paths as deps and outs (tests/integration/test_dvc_pipeline.py keeps the two in step).
 """
 
 import argparse

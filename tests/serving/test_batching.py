@@ -16,7 +16,7 @@ from tensorflow_serving.apis import (
     predict_pb2,
 )
 
-from tests.serving.conftest import ServerProcess
+from tests.helpers.model_server import ServerProcess
 
 pytestmark = pytest.mark.slow
 

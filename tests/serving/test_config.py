@@ -14,7 +14,10 @@ import tensorflow as tf
 from google.protobuf import text_format
 from tensorflow_serving.apis import get_model_status_pb2, model_management_pb2, model_service_pb2_grpc, predict_pb2
 
-from tests.serving.conftest import REPO_ROOT, ServerProcess, wait_for
+from tests.helpers.model_server import ServerProcess
+from tests.helpers.repository import REPO_ROOT
+from tests.helpers.tfserving_testdata import good_config_text
+from tests.helpers.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -31,15 +34,6 @@ model_config_list {{
   config {{ name: "three" base_path: "{three}" model_platform: "tensorflow" }}
 }}
 """
-
-
-def good_config_text(testdata) -> str:
-    return (
-        (testdata / "good_model_config.txt")
-        .read_text()
-        .replace("${TEST_HALF_PLUS_TWO_DIR}", str(testdata / "saved_model_half_plus_two_cpu"))
-        .replace("${TEST_HALF_PLUS_THREE_DIR}", str(testdata / "saved_model_half_plus_three"))
-    )
 
 
 @pytest.fixture(scope="module")

@@ -42,12 +42,14 @@ from tensorflow_serving.apis import (
 )
 from tensorflow_serving.config import model_server_config_pb2
 
+from pipeline.serving_check import free_port
 from serving.grpc_server import GrpcServer
 from serving.manager import ManagerOptions, ModelManager, parse_version
 from serving.monitoring import Metrics
 from serving.rest_server import MAX_BODY_BYTES, CyclicGcPause, RestApi, RestServer
-from tests.serving import abuse
-from tests.serving.conftest import ServerProcess, free_port, install_version, wait_for
+from tests.helpers import abuse
+from tests.helpers.model_server import ServerProcess, install_version
+from tests.helpers.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 MODEL = "faulty"

@@ -17,9 +17,10 @@ import pytest
 from tensorflow_serving.apis import get_model_status_pb2
 
 from serving.store import publish, retire
-from tests.object_storage import os_environment_with
-from tests.serving.conftest import REPO_ROOT, ServerProcess, wait_for
-from tests.serving.test_versions import served_version, statuses
+from tests.helpers.model_server import ServerProcess, served_version, statuses
+from tests.helpers.object_storage import os_environment_with
+from tests.helpers.repository import REPO_ROOT
+from tests.helpers.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 POLL_SECONDS = 1

@@ -14,9 +14,9 @@ import grpc
 import pytest
 from tensorflow_serving.apis import classification_pb2, inference_pb2, regression_pb2
 
-from tests.serving.conftest import REPO_ROOT, ServerProcess, check_predict
-from tests.serving.generated_testdata import build_tf2_testdata_in_subprocess
-from tests.serving.test_config import good_config_text
+from tests.helpers.model_server import ServerProcess, check_predict
+from tests.helpers.repository import REPO_ROOT
+from tests.helpers.tfserving_testdata import build_tf2_testdata_in_subprocess, good_config_text
 
 pytestmark = pytest.mark.slow
 

@@ -13,9 +13,10 @@ import pytest
 import tensorflow as tf
 from tensorflow_serving.apis import get_model_status_pb2, predict_pb2
 
-from tests.object_storage import delete_version, forget_clients, upload_version
-from tests.serving.conftest import REPO_ROOT, ServerProcess, wait_for
-from tests.serving.test_versions import SteadyClient, served_version, statuses
+from tests.helpers.model_server import ServerProcess, SteadyClient, served_version, statuses
+from tests.helpers.object_storage import delete_version, forget_clients, upload_version
+from tests.helpers.repository import REPO_ROOT
+from tests.helpers.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 AVAILABLE = get_model_status_pb2.ModelVersionStatus.AVAILABLE
@@ -136,7 +137,7 @@ def test_store_outage_and_a_killed_upload(s3_server, model_factory, tmp_path):
 # Uploads a SavedModel's files one by one, saved_model.pb last, slowly: killed before it finishes.
 KILLED_UPLOADER = """
 import sys, time
-from tests.object_storage import version_files
+from tests.helpers.object_storage import version_files
 import fsspec
 base, model = sys.argv[1], sys.argv[2]
 store, _ = fsspec.core.url_to_fs(base)

@@ -1,6 +1,6 @@
 """TF Serving's test model saved_model_half_plus_two_cpu, over gRPC and REST.
 
-Runs on the model as ``generated_testdata.py`` builds it, and again on TF
+Runs on the model as ``tests/helpers/tfserving_testdata.py`` builds it, and again on TF
 Serving's own copy when ``../shared`` has it (the ``testdata`` fixture).
 One server per copy, started like TF Serving's integration-test
 harness (UNIX socket, channel arguments, REST timeout), plus monitoring and
@@ -27,7 +27,7 @@ from tensorflow_serving.apis import (
     regression_pb2,
 )
 
-from tests.serving.conftest import ServerProcess, check_predict
+from tests.helpers.model_server import ServerProcess, check_predict
 
 pytestmark = pytest.mark.slow
 

@@ -13,8 +13,9 @@ import pytest
 import requests
 import yaml
 
-from tests.serving.conftest import REPO_ROOT, ServerProcess, install_version, wait_for
-from tests.serving.test_versions import with_warmup_requests
+from tests.helpers.model_server import ServerProcess, install_version, with_warmup_requests
+from tests.helpers.repository import REPO_ROOT
+from tests.helpers.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 DEPLOYMENT = REPO_ROOT / "deploy/k8s/base/deployment.yaml"

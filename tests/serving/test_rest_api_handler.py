@@ -1,7 +1,7 @@
 """TF Serving's REST handler tests (model_servers/http_rest_api_handler_test.cc), over HTTP against our server.
 
 The C++ test serves half_plus_two as ``saved_model_half_plus_two_2_versions`` with version 123 only and
-the label ``Version_Label`` -> 123; so does ``server`` here, on the model ``generated_testdata.py``
+the label ``Version_Label`` -> 123; so does ``server`` here, on the model ``tests/helpers/tfserving_testdata.py``
 builds. Each test names the C++ test it ports (``Suite.Name``, matched by
 ``tests/serving/tf_serving_coverage.py``). The routing of TF Serving's HTTP server
 (``http_server.cc``: which paths reach the handler, CORS, methods) is checked on an in-process server.
@@ -18,7 +18,7 @@ import requests
 from serving.manager import ManagerOptions, ModelManager
 from serving.monitoring import Metrics
 from serving.rest_server import RestApi, RestServer, libevent_error_page
-from tests.serving.conftest import ServerProcess
+from tests.helpers.model_server import ServerProcess
 
 MODEL = "saved_model_half_plus_two_2_versions"
 LABEL = "Version_Label"

@@ -21,8 +21,9 @@ from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc
 from pipeline.export import write_export
 from pipeline.model import build_model
 from serving.store import publish, retire
-from tests.serving.conftest import ServerProcess, wait_for
-from tests.windows_helper import small_windows
+from tests.helpers.model_server import ServerProcess
+from tests.helpers.training import small_windows
+from tests.helpers.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import fsspec
 
-from tests.object_storage import delete_version, forget_clients, os_environment_with, upload_version
-from tests.serving.conftest import REPO_ROOT, wait_for
+from tests.helpers.object_storage import delete_version, forget_clients, os_environment_with, upload_version
+from tests.helpers.repository import REPO_ROOT
+from tests.helpers.waiting import wait_for
 
 
 def fake_saved_model(directory: Path, files: int = 2, tag: str = "v") -> Path:

@@ -1,6 +1,6 @@
 """The upgrade-path script: it finds TF Serving's test cases and which of them our tests cite."""
 
-from tests.serving.tf_serving_coverage import cases_in, cases_of, cited_in, python_cases_in
+from tests.helpers.tf_serving_coverage import cases_in, cases_of, cited_in, python_cases_in
 
 CPP = """
 TEST(JsontensorTest, SingleUnnamedTensor) {

@@ -2,7 +2,7 @@
 
 TF Serving applies its SSLConfig to every gRPC listening address (TCP port and
 UNIX socket) and leaves the REST API plain HTTP; so does this server. The
-certificates come from a throwaway CA made in the test (``tests/tls_helper.py``).
+certificates come from a throwaway CA made in the test (``tests/helpers/tls.py``).
 
 A server that must refuse to start (a config file that does not parse, an
 unsupported flag) says why on stderr, exits non-zero, and never binds its
@@ -21,8 +21,9 @@ import requests
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-from tests.serving.conftest import REPO_ROOT, ServerProcess
-from tests.tls_helper import make_tls_files
+from tests.helpers.model_server import ServerProcess
+from tests.helpers.repository import REPO_ROOT
+from tests.helpers.tls import make_tls_files
 
 pytestmark = pytest.mark.slow
 

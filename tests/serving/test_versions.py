@@ -4,75 +4,23 @@ A background client sends Predict requests through every step; none may fail.
 """
 
 import shutil
-import threading
 
 import pytest
-import tensorflow as tf
-from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc, predict_pb2, prediction_log_pb2
+from tensorflow_serving.apis import get_model_status_pb2
 
-from tests.serving.conftest import ServerProcess, install_version, wait_for
+from tests.helpers.model_server import (
+    ServerProcess,
+    SteadyClient,
+    install_version,
+    served_version,
+    statuses,
+    with_warmup_requests,
+)
+from tests.helpers.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 AVAILABLE = get_model_status_pb2.ModelVersionStatus.AVAILABLE
 END = get_model_status_pb2.ModelVersionStatus.END
-
-
-def served_version(stub) -> tuple[int, float]:
-    request = predict_pb2.PredictRequest()
-    request.model_spec.name = "linear"
-    request.inputs["x"].CopyFrom(tf.make_tensor_proto([[1.0]], dtype=tf.float32))
-    response = stub.Predict(request, timeout=10)
-    return response.model_spec.version.value, float(tf.make_ndarray(response.outputs["y"])[0][0])
-
-
-def statuses(server) -> dict:
-    stub = model_service_pb2_grpc.ModelServiceStub(server.channel)
-    request = get_model_status_pb2.GetModelStatusRequest()
-    request.model_spec.name = "linear"
-    response = stub.GetModelStatus(request, timeout=10)
-    return {
-        status.version: (status.state, status.status.error_code, status.status.error_message)
-        for status in response.model_version_status
-    }
-
-
-def with_warmup_requests(source, staging, requests_count: int):
-    """A copy of a SavedModel with assets.extra/tf_serving_warmup_requests (PredictionLogs)."""
-    shutil.copytree(source, staging)
-    (staging / "assets.extra").mkdir()
-    with tf.io.TFRecordWriter(str(staging / "assets.extra" / "tf_serving_warmup_requests")) as writer:
-        for _ in range(requests_count):
-            log = prediction_log_pb2.PredictionLog()
-            log.predict_log.request.model_spec.name = "linear"
-            log.predict_log.request.inputs["x"].CopyFrom(tf.make_tensor_proto([[1.0]], dtype=tf.float32))
-            writer.write(log.SerializeToString())
-    return staging
-
-
-class SteadyClient:
-    """Concurrent clients sending Predict in a loop, recording every failure and version seen."""
-
-    def __init__(self, stub, threads: int = 4):
-        self.stub, self.failures, self.versions, self.count = stub, [], set(), 0
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
-        for thread in self._threads:
-            thread.start()
-
-    def _run(self):
-        while not self._stop.is_set():
-            try:
-                version, value = served_version(self.stub)
-                assert value == float(version), (version, value)  # model v multiplies by v
-                self.versions.add(version)
-            except Exception as error:  # recorded, asserted on below
-                self.failures.append(repr(error))
-            self.count += 1
-
-    def stop(self):
-        self._stop.set()
-        for thread in self._threads:
-            thread.join()
 
 
 def test_version_lifecycle_without_failed_requests(model_factory, tmp_path):

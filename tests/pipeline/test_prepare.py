@@ -5,7 +5,6 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import run_stage, to_csv_text
 
 from pipeline import schema
 from pipeline.prepare import (
@@ -19,6 +18,8 @@ from pipeline.prepare import (
     run_lengths,
     to_hourly,
 )
+from tests.helpers.readings import to_csv_text
+from tests.helpers.repository import run_stage
 
 
 def write(tmp_path, text, name="raw.csv"):

@@ -18,9 +18,9 @@ import time
 
 import fsspec
 import pytest
-from conftest import QUICK_PARAMS, set_params
 
 from serving import store
+from tests.helpers.repository import QUICK_PARAMS, set_params
 
 pytestmark = pytest.mark.slow
 

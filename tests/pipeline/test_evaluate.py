@@ -9,7 +9,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from windows_helper import small_windows
 
 from pipeline import evaluate, export
 from pipeline.blessing import bless, coverage_verdict
@@ -35,6 +34,7 @@ from pipeline.evaluate import (
 )
 from pipeline.model import build_model
 from pipeline.train import save_model
+from tests.helpers.training import small_windows
 
 EVALUATE_PARAMS = {
     "margin": 0.05,

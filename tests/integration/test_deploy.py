@@ -24,10 +24,11 @@ from pathlib import Path
 import kubernetes_validate
 import pytest
 import yaml
-from conftest import REPO_ROOT
 from google.protobuf import text_format
 from packaging.requirements import Requirement
 from tensorflow_serving.config import model_server_config_pb2
+
+from tests.helpers.repository import REPO_ROOT
 
 K8S_DIR = REPO_ROOT / "deploy/k8s"
 KUSTOMIZATIONS = ["base", "overlays/gcs", "overlays/s3"]

@@ -6,7 +6,6 @@ import keras
 import numpy as np
 import pytest
 import yaml
-from windows_helper import small_windows
 
 from pipeline import train as train_stage
 from pipeline.dataset import make_dataset, save_windows
@@ -30,6 +29,7 @@ from pipeline.train import (
     save_model,
     train,
 )
+from tests.helpers.training import small_windows
 
 MODEL_PARAMS = {
     "cell": "gru",

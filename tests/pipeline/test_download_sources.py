@@ -6,7 +6,6 @@ import zipfile
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import make_readings, run_stage, to_csv_text
 
 from pipeline import schema
 from pipeline.download import (
@@ -18,6 +17,8 @@ from pipeline.download import (
     read_source,
 )
 from pipeline.prepare import count_conflicting_duplicates, prepare, read_raw_csv
+from tests.helpers.readings import make_readings, to_csv_text
+from tests.helpers.repository import run_stage
 
 # One row's values for the archives' 7 extra columns, a -9999 sentinel among them.
 EXTRA_VALUES = "0.00,0.00,-9999.00,12.30,15.10,21.45,428.10"

@@ -15,15 +15,15 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import REPO_ROOT
 from tensorflow_serving.apis import prediction_log_pb2
-from windows_helper import small_windows
 
 from pipeline import export, schema
 from pipeline.model import build_model
 from pipeline.published import MODEL_CARD, model_directory
 from serving.store import complete_versions, fingerprint, publish
-from tests.exports_helper import fake_export
+from tests.helpers.exports import fake_export
+from tests.helpers.repository import REPO_ROOT
+from tests.helpers.training import small_windows
 
 LOOKBACK = 24
 # Dropout on: its seed generators must export too (they once broke tf.saved_model.save).
@@ -197,7 +197,7 @@ import sys
 from pathlib import Path
 import keras
 from pipeline import export
-from windows_helper import small_windows
+from tests.helpers.training import small_windows
 keras.utils.set_random_seed(0)
 model = keras.saving.load_model(sys.argv[1])
 windows = small_windows(days=60, lookback=24, horizon=6)
@@ -210,9 +210,7 @@ def test_exporting_the_same_model_again_reproduces_its_fingerprint(model, tmp_pa
     model.save(tmp_path / "model.keras")
     fingerprints = []
     for hash_seed in ("1", "2"):
-        environment = dict(
-            os.environ, PYTHONHASHSEED=hash_seed, PYTHONPATH=os.pathsep.join([str(REPO_ROOT), str(REPO_ROOT / "tests")])
-        )
+        environment = dict(os.environ, PYTHONHASHSEED=hash_seed, PYTHONPATH=str(REPO_ROOT))
         printed = subprocess.run(
             [sys.executable, "-c", EXPORT_IN_A_NEW_PROCESS, str(tmp_path / "model.keras"), str(tmp_path / hash_seed)],
             env=environment,
@@ -229,7 +227,7 @@ def test_only_a_blessed_model_is_published_and_only_once(exported, tmp_path):
         "base_path": str(tmp_path / "serving"),
         "model_name": "jena_temperature",
         "keep_versions": 3,
-        "config_file": str(Path(__file__).parents[1] / "serving/models.config"),
+        "config_file": str(REPO_ROOT / "serving/models.config"),
     }
     versions = tmp_path / "serving/jena_temperature"
 
@@ -257,7 +255,7 @@ def test_a_model_outrun_by_a_better_publication_is_not_published(exported, tmp_p
         "base_path": str(tmp_path / "serving"),
         "model_name": "jena_temperature",
         "keep_versions": 3,
-        "config_file": str(Path(__file__).parents[1] / "serving/models.config"),
+        "config_file": str(REPO_ROOT / "serving/models.config"),
     }
     versions = tmp_path / "serving/jena_temperature"
     publish(fake_export(tmp_path / "version-1", "first", test_mae=2.0), versions, keep_versions=3)

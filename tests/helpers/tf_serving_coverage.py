@@ -1,12 +1,12 @@
 """Which of TF Serving's test cases our tests do not cover, for a given tensorflow/serving checkout.
 
-    python -m tests.serving.tf_serving_coverage /path/to/tensorflow/serving [--ref 2.21.0]
+    python -m tests.helpers.tf_serving_coverage /path/to/tensorflow/serving [--ref 2.21.0]
 
 Reads ``json_tensor_test.cc``, ``http_rest_api_handler_test.cc`` and ``tensorflow_model_server_test.py``
 (from the work tree, or from a git ref of the checkout with ``--ref``) and lists their cases: C++
 ``TEST``/``TEST_F``/``TYPED_TEST`` cases as ``Suite.Name``, the Python file's ``def test...`` methods as
-``tensorflow_model_server_test.py::name``. A case counts as covered when a file under ``tests/serving``
-(other than this script and its test) cites that name (a test's docstring, or a comment saying why it
+``tensorflow_model_server_test.py::name``. A case counts as covered when a file in ``tests/serving``
+(other than this script's test) cites that name (a test's docstring, or a comment saying why it
 cannot apply), or when ``serving/README.md`` does (its table of cases that cannot apply); every other
 case is printed.
 Exit code 0 when every case is covered, 1 when some are not, 2 for a checkout without the files.
@@ -26,9 +26,10 @@ TEST_FILES = (
 )
 _CASE = re.compile(r"^\s*(?:TYPED_)?TEST(?:_F)?\(\s*(\w+)\s*,\s*(\w+)\s*\)", re.MULTILINE)
 _PYTHON_CASE = re.compile(r"^\s+def (test\w*)\s*\(\s*self\b", re.MULTILINE)
-OUR_TESTS = Path(__file__).resolve().parent
-NOT_CITATIONS = {Path(__file__).name, "test_tf_serving_coverage.py"}  # this script and its test name cases as examples
-SERVING_README = OUR_TESTS.parents[1] / "serving" / "README.md"
+REPO_ROOT = Path(__file__).resolve().parents[2]
+OUR_TESTS = REPO_ROOT / "tests" / "serving"
+NOT_CITATIONS = {"test_tf_serving_coverage.py"}  # this script's test names cases as examples
+SERVING_README = REPO_ROOT / "serving" / "README.md"
 
 
 def cases_in(source: str) -> list[str]:

@@ -16,14 +16,14 @@ from pathlib import Path
 
 import fsspec
 import pytest
-from conftest import REPO_ROOT
 
 from pipeline import export
 from pipeline.published import model_directory
 from serving import store
 from serving.store import PublicationRefused, client, fingerprint, publish, remote
-from tests.exports_helper import fake_export, labelled_config
-from tests.object_storage import os_environment_with
+from tests.helpers.exports import fake_export, labelled_config
+from tests.helpers.object_storage import os_environment_with
+from tests.helpers.repository import REPO_ROOT
 
 EVALUATE = {"margin": 0.05, "tolerance": 0.05, "coverage_goal": [0.78, 0.82]}
 
@@ -431,7 +431,7 @@ def test_missing_s3_credentials_are_named(s3_server, tmp_path, monkeypatch):
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    from tests.object_storage import forget_clients
+    from tests.helpers.object_storage import forget_clients
 
     forget_clients()
     with pytest.raises(store.StoreError, match="no usable credentials .*AWS_ACCESS_KEY_ID"):

@@ -23,7 +23,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO_ROOT
+
+from tests.helpers.repository import REPO_ROOT
 
 DVC_YAML = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())
 PARAMS = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())

@@ -22,8 +22,6 @@ import keras
 import numpy as np
 import pytest
 import yaml
-from conftest import REPO_ROOT
-from windows_helper import small_windows
 
 from pipeline import architecture, export
 from pipeline import inspect as inspect_command
@@ -32,6 +30,8 @@ from pipeline.dataset import save_windows
 from pipeline.model import build_model
 from pipeline.published import MODEL_CARD
 from serving.store import fingerprint, publish
+from tests.helpers.repository import REPO_ROOT
+from tests.helpers.training import small_windows
 
 LOOKBACK, HORIZON = 24, 6
 TINY = {

@@ -1,9 +1,9 @@
 """dvc.yaml agrees with the code, and `dvc repro` runs the data stages twice without rerunning."""
 
 import yaml
-from conftest import REPO_ROOT
 
 from pipeline import config
+from tests.helpers.repository import REPO_ROOT
 
 DVC_YAML = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())
 PARAMS = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())

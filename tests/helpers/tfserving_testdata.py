@@ -18,7 +18,8 @@ in ``../shared/tfserving-testdata``), made with TensorFlow's TF1 API:
   (it reads a missing shape as a scalar, and ParseExample needs a vector),
   so the server must load it into a TF1 session, as with TF Serving's copy.
 * ``good_model_config.txt``, ``bad_model_config.txt``,
-  ``monitoring_config.txt``: the config files of TF Serving's tests.
+  ``monitoring_config.txt``: the config files of TF Serving's tests
+  (``good_config_text`` fills in the good one's paths).
 * ``half_plus_two_model_metadata.json`` and
   ``saved_model_half_plus_two_2_versions_metadata.json``: the GetModelMetadata
   answers expected over REST, written from the SignatureDefs as built here.
@@ -36,7 +37,7 @@ in ``../shared/tfserving-testdata``), made with TensorFlow's TF1 API:
   under a ``MirroredStrategy`` over two virtual CPUs.
 
 The last one needs two virtual CPUs, which TensorFlow allows only before its runtime starts, so
-these models are built in a fresh process: ``python -m tests.serving.generated_testdata DIRECTORY``.
+these models are built in a fresh process: ``python -m tests.helpers.tfserving_testdata DIRECTORY``.
 """
 
 import json
@@ -48,6 +49,10 @@ import tensorflow as tf
 from google.protobuf import json_format
 from tensorflow_serving.apis import prediction_log_pb2
 
+from tests.helpers.repository import REPO_ROOT
+
+# TF Serving's own copies, beside the repository root on our machines and CI (a fresh clone need not have them)
+SHARED_TESTDATA = REPO_ROOT.parent / "shared" / "tfserving-testdata"
 CLASSIFY = "tensorflow/serving/classify"
 PREDICT = "tensorflow/serving/predict"
 REGRESS = "tensorflow/serving/regress"
@@ -133,6 +138,16 @@ def _metadata_json(model_name: str, signatures: dict) -> dict:
         "model_spec": {"name": model_name, "signature_name": "", "version": "123"},
         "metadata": {"signature_def": {"signature_def": signature_map}},
     }
+
+
+def good_config_text(testdata: Path) -> str:
+    """good_model_config.txt of `testdata` with its two base paths filled in."""
+    return (
+        (testdata / "good_model_config.txt")
+        .read_text()
+        .replace("${TEST_HALF_PLUS_TWO_DIR}", str(testdata / "saved_model_half_plus_two_cpu"))
+        .replace("${TEST_HALF_PLUS_THREE_DIR}", str(testdata / "saved_model_half_plus_three"))
+    )
 
 
 def build_testdata(directory: Path) -> Path:
@@ -248,7 +263,7 @@ def build_tf2_testdata(directory: Path) -> Path:
 def build_tf2_testdata_in_subprocess(directory: Path, cwd: Path) -> Path:
     """``build_tf2_testdata`` in a fresh Python process (see the module docstring); raises if it fails."""
     result = subprocess.run(
-        [sys.executable, "-m", "tests.serving.generated_testdata", str(directory)],
+        [sys.executable, "-m", "tests.helpers.tfserving_testdata", str(directory)],
         cwd=cwd,
         capture_output=True,
         text=True,

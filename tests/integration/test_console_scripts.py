@@ -4,7 +4,8 @@ import importlib
 import tomllib
 
 import pytest
-from conftest import REPO_ROOT
+
+from tests.helpers.repository import REPO_ROOT
 
 SCRIPTS = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["scripts"]
 

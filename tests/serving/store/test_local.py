@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO_ROOT
 from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
@@ -29,7 +28,8 @@ from serving.store import (
     versions_to_retire,
 )
 from serving.store.local import LAST_VERSION_NAME
-from tests.exports_helper import fake_export, labelled_config
+from tests.helpers.exports import fake_export, labelled_config
+from tests.helpers.repository import REPO_ROOT
 
 MODELS_CONFIG = REPO_ROOT / "serving/models.config"
 COMPOSE_FILE = REPO_ROOT / "serving/docker-compose.yml"

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import grpc
 import pytest
-from conftest import QUICK_PARAMS, REPO_ROOT, run_stage, set_params
 from tensorflow.core.protobuf import meta_graph_pb2
 
 from forecast.client import tls_credentials
@@ -29,7 +28,8 @@ from pipeline.serving_check import (
     wait_until_available,
 )
 from pipeline.smoke import version_to_check
-from tests.tls_helper import make_tls_files
+from tests.helpers.repository import QUICK_PARAMS, REPO_ROOT, run_stage, set_params
+from tests.helpers.tls import make_tls_files
 
 pytestmark = pytest.mark.slow
 

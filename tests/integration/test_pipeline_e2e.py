@@ -18,12 +18,12 @@ import grpc
 import pytest
 import tensorflow as tf
 import yaml
-from conftest import QUICK_PARAMS, set_params
 from tensorflow_serving.apis import predict_pb2, prediction_log_pb2, prediction_service_pb2_grpc
 
 from pipeline.export import WARMUP_FILE
 from pipeline.serving_check import free_port, server_command, started_server, wait_until_available
 from serving.store import complete_versions, fingerprint
+from tests.helpers.repository import QUICK_PARAMS, set_params
 
 pytestmark = pytest.mark.slow
 

@@ -5,7 +5,7 @@ import socket
 import fsspec
 import pytest
 
-from tests.object_storage import forget_clients
+from tests.helpers.object_storage import forget_clients
 
 
 def test_store_round_trip_and_restart(object_store):

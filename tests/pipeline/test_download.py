@@ -6,10 +6,11 @@ import threading
 import zipfile
 
 import pytest
-from conftest import make_readings, run_stage, to_csv_text
 
 from pipeline import schema
 from pipeline.download import DownloadError, header_problems, obtain_csv
+from tests.helpers.readings import make_readings, to_csv_text
+from tests.helpers.repository import run_stage
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import REPO_ROOT, make_readings, to_csv_text
 
 from forecast.client import (
     Forecast,
@@ -22,6 +21,8 @@ from forecast.client import (
 )
 from forecast.client import main as client_main
 from pipeline import schema
+from tests.helpers.readings import make_readings, to_csv_text
+from tests.helpers.repository import REPO_ROOT
 
 
 def test_latest_window_from_ten_minute_rows():

@@ -13,8 +13,8 @@ import re
 
 import boto3
 import pytest
-from conftest import REPO_ROOT
-from test_pipeline_e2e import quick
+
+from tests.helpers.repository import REPO_ROOT, quick
 
 pytestmark = pytest.mark.slow
 BUCKET = "wetterfrosch-dvc"

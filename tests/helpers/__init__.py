@@ -1,0 +1,1 @@
+"""What the tests (and benchmarks) share; see each module's docstring."""

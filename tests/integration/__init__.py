@@ -1,0 +1,1 @@
+"""Tests across packages: DVC running the pipeline, dvc.yaml against the code, scripts, deployment."""
