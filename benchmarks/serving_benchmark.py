@@ -31,7 +31,6 @@ import argparse
 import asyncio
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -40,6 +39,8 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
 
 import grpc  # noqa: E402
 import keras  # noqa: E402
@@ -47,7 +48,8 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc  # noqa: E402
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from pipeline.serving_check import free_port  # noqa: E402
+
 CONCURRENT_CLIENTS = 32
 # One inter-op and one intra-op thread: a model call then keeps to one core,
 # leaving the other to the request handling.
@@ -98,12 +100,6 @@ def in_process_latencies(function, calls: int) -> list[float]:
         function(history=tf.constant(history))["prediction"].numpy()
         timings.append(time.perf_counter() - started)
     return timings
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def start_server(model_base: Path, extra_flags: list[str]) -> tuple[subprocess.Popen, int]:
