@@ -23,19 +23,11 @@ from pipeline.published import MODEL_CARD, model_directory
 from serving.store import complete_versions, fingerprint, publish
 from tests.helpers.exports import fake_export
 from tests.helpers.repository import REPO_ROOT
-from tests.helpers.training import small_windows
+from tests.helpers.training import EVALUATE_PARAMS, TINY_MODEL, small_windows
 
 LOOKBACK = 24
 # Dropout on: its seed generators must export too (they once broke tf.saved_model.save).
-TINY_MODEL = {
-    "cell": "gru",
-    "layers": 1,
-    "units": 4,
-    "dropout": 0.2,
-    "recurrent_dropout": 0.1,
-    "residual": True,
-    "quantiles": [0.1, 0.5, 0.9],
-}
+DROPOUT_MODEL = {**TINY_MODEL, "dropout": 0.2, "recurrent_dropout": 0.1}
 HORIZON = 6
 METRICS = {
     "test_mae_degC": 1.9,
@@ -45,7 +37,6 @@ METRICS = {
     "blessed": True,
     "blessing_reason": "beats persistence",
 }
-EVALUATE = {"margin": 0.05, "tolerance": 0.05, "coverage_goal": [0.78, 0.82]}
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +47,7 @@ def windows():
 @pytest.fixture(scope="module")
 def model(windows):
     keras.utils.set_random_seed(0)
-    return build_model(windows.normalization, TINY_MODEL)
+    return build_model(windows.normalization, DROPOUT_MODEL)
 
 
 @pytest.fixture(scope="module")
@@ -170,7 +161,7 @@ def test_model_card_tells_what_and_whence(exported, tmp_path):
         "data": {"source": "synthetic", "synthetic_start": "2009-01-01", "synthetic_end": "2009-03-01"},
         "prepare": {"max_fill_hours": 3},
         "window": {"lookback_hours": LOOKBACK, "horizon_hours": HORIZON},
-        "model": TINY_MODEL,
+        "model": DROPOUT_MODEL,
         "train": {"batch_size": 64},
     }
     params = {**made_by, "serving": {"model_name": "jena_temperature"}, "smoke": {"server": "embedded"}}
@@ -232,18 +223,18 @@ def test_only_a_blessed_model_is_published_and_only_once(exported, tmp_path):
     versions = tmp_path / "serving/jena_temperature"
 
     refused = export.publication(
-        exported, {**METRICS, "blessed": False, "blessing_reason": "too weak"}, serving, EVALUATE
+        exported, {**METRICS, "blessed": False, "blessing_reason": "too weak"}, serving, EVALUATE_PARAMS
     )
     assert refused["published"] is False and refused["version"] is None
     assert refused["reason"] == "not blessed: too weak"
     assert complete_versions(versions) == []
 
-    first = export.publication(exported, METRICS, serving, EVALUATE)
+    first = export.publication(exported, METRICS, serving, EVALUATE_PARAMS)
     assert (first["published"], first["created"], first["version"]) == (True, True, 1)
     assert first["path"] == str(versions / "1") and first["fingerprint"] == fingerprint(exported)
     assert complete_versions(versions)[-1] == 1
 
-    again = export.publication(exported, METRICS, serving, EVALUATE)
+    again = export.publication(exported, METRICS, serving, EVALUATE_PARAMS)
     assert (again["published"], again["created"], again["version"]) == (True, False, 1)
     assert "no new version" in again["reason"]
     assert complete_versions(versions) == [1]
@@ -267,7 +258,7 @@ def test_a_model_outrun_by_a_better_publication_is_not_published(exported, tmp_p
     }  # 1.9 <= 2.0 + 0.05: blessed
     publish(fake_export(tmp_path / "better", "better", test_mae=1.5), versions, keep_versions=3)
 
-    record = export.publication(exported, evaluated_against_version_1, serving, EVALUATE)
+    record = export.publication(exported, evaluated_against_version_1, serving, EVALUATE_PARAMS)
     assert record["published"] is False and record["version"] is None
     assert record["reason"].startswith("no longer blessed against the newest published version: ")
     assert "published version 2's 1.500 C" in record["reason"]
@@ -279,13 +270,13 @@ def test_the_recheck_never_compares_numbers_from_different_data(exported, tmp_pa
     publish(fake_export(tmp_path / "v1", "first", test_mae=2.0), versions, keep_versions=3)
     evaluated = {**METRICS, "published_version": 1, "test_samples": 100, "test_data_fingerprint": "ours"}
     # the version evaluate compared against is still the newest: its decision stands
-    assert export.still_blessed_at(versions / "1", evaluated, EVALUATE) == (True, METRICS["blessing_reason"])
+    assert export.still_blessed_at(versions / "1", evaluated, EVALUATE_PARAMS) == (True, METRICS["blessing_reason"])
     # a version measured on other data has landed since: a worse recorded MAE must not bless, nothing can
     publish(fake_export(tmp_path / "v2", "second", test_mae=9.0, test_data="other data"), versions, keep_versions=3)
-    blessed, reason = export.still_blessed_at(versions / "2", evaluated, EVALUATE)
+    blessed, reason = export.still_blessed_at(versions / "2", evaluated, EVALUATE_PARAMS)
     assert not blessed and "measured on other test data; run the evaluate stage again" in reason
     # everything rolled back: only persistence is left to beat
-    assert export.still_blessed_at(None, evaluated, EVALUATE)[0] is True
+    assert export.still_blessed_at(None, evaluated, EVALUATE_PARAMS)[0] is True
 
 
 def test_model_directory_joins_base_path_and_model_name(tmp_path):

@@ -26,24 +26,13 @@ import yaml
 from pipeline import architecture, export
 from pipeline import inspect as inspect_command
 from pipeline import train as train_stage
-from pipeline.dataset import save_windows
 from pipeline.model import build_model
 from pipeline.published import MODEL_CARD
 from serving.store import fingerprint, publish
 from tests.helpers.repository import REPO_ROOT
-from tests.helpers.training import small_windows
+from tests.helpers.training import TINY_MODEL, small_windows, tiny_params, write_windows
 
 LOOKBACK, HORIZON = 24, 6
-TINY = {
-    "cell": "gru",
-    "layers": 1,
-    "units": 4,
-    "dropout": 0.0,
-    "recurrent_dropout": 0.0,
-    "residual": True,
-    "quantiles": [0.1, 0.5, 0.9],
-}
-TRAIN = {"optimizer": "adam", "learning_rate": 0.01, "batch_size": 64, "final_hour_share": 0.5, "patience": 2}
 METRICS = {"test_mae_degC": 1.9, "persistence_mae_degC": 2.5, "blessed": True, "blessing_reason": "beats persistence"}
 LAYER_CLASSES = ("JenaFeatures", "GRU", "Dense", "QuantileHead")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -51,10 +40,6 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 needs_graphviz = pytest.mark.skipif(
     shutil.which("dot") is None, reason="Graphviz's `dot` is not installed (apt-get install graphviz)"
 )
-
-
-def tiny_params(epochs=1, **model) -> dict:
-    return {"seed": 3, "epochs": epochs, "model": {**TINY, **model}, "train": dict(TRAIN)}
 
 
 @pytest.fixture(scope="module")
@@ -230,7 +215,7 @@ def test_the_diagram_grows_with_the_models_layers(windows, tmp_path):
     sizes, nodes = {}, {}
     for layers in (1, 3):
         keras.utils.set_random_seed(0)
-        model = build_model(windows.normalization, {**TINY, "layers": layers})
+        model = build_model(windows.normalization, {**TINY_MODEL, "layers": layers})
         architecture.draw(model, tmp_path / f"{layers}.png")
         architecture.draw(model, tmp_path / f"{layers}.svg")
         sizes[layers], nodes[layers] = png_size(tmp_path / f"{layers}.png"), svg_nodes(tmp_path / f"{layers}.svg")
@@ -262,15 +247,7 @@ def test_without_graphviz_plot_says_how_to_install_it_in_one_line(forms, tmp_pat
 
 def stage_workspace(tmp_path: Path, monkeypatch, windows) -> Path:
     monkeypatch.chdir(tmp_path)
-    save_windows(
-        {
-            "hourly": windows.hourly,
-            "timestamps": windows.timestamps,
-            "starts": windows.starts,
-            "normalization": windows.normalization,
-        },
-        tmp_path / "data" / "windows",
-    )
+    write_windows(windows, tmp_path / "data" / "windows")
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_params()))
     return tmp_path / "models" / "architecture"
 

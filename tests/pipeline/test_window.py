@@ -1,4 +1,4 @@
-"""window: split boundaries, gaps, leakage, target alignment, lazy storage."""
+"""window: split boundaries, gaps, leakage, normalisation, target alignment."""
 
 import numpy as np
 import pandas as pd
@@ -94,35 +94,6 @@ def test_targets_are_the_temperatures_of_every_hour_after_the_last_history_row(t
     )
 
 
-def test_the_targets_of_all_samples_are_a_view_of_the_series_not_a_copy(tmp_path):
-    save_windows(make_windows(hourly_table(), PARAMS), tmp_path / "windows")
-    windows = load_windows(tmp_path / "windows")
-    targets = windows.target_paths
-    assert np.shares_memory(targets, windows.hourly)
-    assert targets.shape == (400 - 12 - 6 + 1, 6)
-    starts = np.concatenate(list(windows.starts.values()))
-    np.testing.assert_array_equal(
-        targets[starts], windows.hourly[windows.target_rows(starts), schema.column_index(schema.TEMPERATURE)]
-    )
-
-
-def test_windows_are_stored_once_not_copied(tmp_path):
-    save_windows(make_windows(hourly_table(), PARAMS), tmp_path / "windows")
-    windows = load_windows(tmp_path / "windows")
-    assert windows.hourly.shape == (400, 14) and isinstance(windows.hourly, np.memmap)
-    stored = sum(path.stat().st_size for path in (tmp_path / "windows").iterdir())
-    assert stored < 2 * windows.hourly.nbytes + 400 * 8 * 2 + 10_000
-
-
 def test_too_short_a_range_is_a_clear_error():
     with pytest.raises(ValueError, match="the validation split .* has no complete window"):
         make_windows(hourly_table(hours=60), PARAMS)
-
-
-def test_saving_replaces_the_old_output_completely(tmp_path):
-    old = tmp_path / "windows"
-    old.mkdir()
-    (old / "stale.npy").write_text("old")
-    save_windows(make_windows(hourly_table(), PARAMS), old)
-    assert not (old / "stale.npy").exists() and (old / "normalization.json").exists()
-    assert [p.name for p in tmp_path.iterdir()] == ["windows"]

@@ -22,7 +22,7 @@ from pipeline.export import write_export
 from pipeline.model import build_model
 from serving.store import publish, retire
 from tests.helpers.model_server import ServerProcess
-from tests.helpers.training import small_windows
+from tests.helpers.training import TINY_MODEL, small_windows
 from tests.helpers.waiting import wait_for
 
 pytestmark = pytest.mark.slow
@@ -30,15 +30,6 @@ pytestmark = pytest.mark.slow
 MODEL_NAME = "jena_temperature"
 CLIENTS = 8
 POLL_SECONDS = 0.05
-TINY_MODEL = {
-    "cell": "gru",
-    "layers": 1,
-    "units": 4,
-    "dropout": 0.0,
-    "recurrent_dropout": 0.0,
-    "residual": True,
-    "quantiles": [0.1, 0.5, 0.9],
-}
 
 
 def exported_model(windows, directory: Path, seed: int) -> Path:

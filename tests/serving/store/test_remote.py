@@ -24,8 +24,7 @@ from serving.store import PublicationRefused, client, fingerprint, publish, remo
 from tests.helpers.exports import fake_export, labelled_config
 from tests.helpers.object_storage import os_environment_with
 from tests.helpers.repository import REPO_ROOT
-
-EVALUATE = {"margin": 0.05, "tolerance": 0.05, "coverage_goal": [0.78, 0.82]}
+from tests.helpers.training import EVALUATE_PARAMS
 
 
 def files_under(url: str) -> list[str]:
@@ -168,16 +167,16 @@ def test_the_export_stage_publishes_and_records_on_a_store(model_url, tmp_path):
         "test_data_fingerprint": "test data",
     }
 
-    first = export.publication(fake_export(tmp_path / "v1", "first", test_mae=2.0), metrics, serving, EVALUATE)
+    first = export.publication(fake_export(tmp_path / "v1", "first", test_mae=2.0), metrics, serving, EVALUATE_PARAMS)
     assert (first["published"], first["version"], first["path"]) == (True, 1, f"{model_url}/1")
     better = {**metrics, "test_mae_degC": 1.5, "published_version": 1}
-    second = export.publication(fake_export(tmp_path / "v2", "second", test_mae=1.5), better, serving, EVALUATE)
+    second = export.publication(fake_export(tmp_path / "v2", "second", test_mae=1.5), better, serving, EVALUATE_PARAMS)
     assert (second["published"], second["version"], second["retired"]) == (True, 2, [])  # 1 is labelled "stable"
 
     # evaluated against version 1 (blessed: 1.9 <= 2.0 + 0.05), but version 2 (1.5) landed since
     evaluated_against_1 = {**metrics, "test_mae_degC": 1.9, "published_version": 1}
     refused = export.publication(
-        fake_export(tmp_path / "v3", "third", test_mae=1.9), evaluated_against_1, serving, EVALUATE
+        fake_export(tmp_path / "v3", "third", test_mae=1.9), evaluated_against_1, serving, EVALUATE_PARAMS
     )
     assert refused["published"] is False and refused["version"] is None
     assert "no longer blessed against the newest published version" in refused["reason"]
@@ -203,7 +202,7 @@ def test_publication_json_from_the_export_stage_names_the_store(model_url, tmp_p
         "blessed": True,
         "blessing_reason": "ok",
     }
-    record = export.publication(fake_export(tmp_path / "e", "e"), metrics, serving, EVALUATE)
+    record = export.publication(fake_export(tmp_path / "e", "e"), metrics, serving, EVALUATE_PARAMS)
     assert record == {
         **record,
         "published": True,
