@@ -1,5 +1,6 @@
 """dvc.yaml agrees with the code, and `dvc repro` runs the data stages twice without rerunning."""
 
+import pytest
 import yaml
 
 from pipeline import config
@@ -49,6 +50,7 @@ def test_epochs_is_a_top_level_param():
     assert isinstance(PARAMS["epochs"], int)
 
 
+@pytest.mark.slow
 def test_repro_window_twice_reruns_nothing(pipeline_repo):
     pipeline_repo.dvc("repro", "window")
     hourly = pipeline_repo.root / "data/windows/hourly.npy"

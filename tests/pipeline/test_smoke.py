@@ -1,7 +1,9 @@
 """smoke: the stage against our ModelServer, its failure modes, and the forecast client over the wire.
 
 A module fixture runs the stages before smoke, as `python -m pipeline.<stage>`,
-in a temporary directory on a few weeks of synthetic data with a tiny model.
+in a temporary directory on a few weeks of synthetic data with a tiny model; the
+tests on it are marked slow. What smoke checks a served model with is tested in
+test_serving_check.py.
 """
 
 import json
@@ -14,14 +16,9 @@ from pathlib import Path
 
 import grpc
 import pytest
-from tensorflow.core.protobuf import meta_graph_pb2
 
 from forecast.client import tls_credentials
 from pipeline.serving_check import (
-    CheckFailure,
-    compare,
-    described,
-    documented_signature,
     free_port,
     server_command,
     started_server,
@@ -30,8 +27,6 @@ from pipeline.serving_check import (
 from pipeline.smoke import version_to_check
 from tests.helpers.repository import QUICK_PARAMS, REPO_ROOT, run_stage, set_params
 from tests.helpers.tls import make_tls_files
-
-pytestmark = pytest.mark.slow
 
 TINY = {
     "data.source": "synthetic",
@@ -68,6 +63,7 @@ def server_processes_over(directory: Path) -> list[str]:
     return found
 
 
+@pytest.mark.slow
 def test_smoke_stage_checks_the_published_version(workspace):
     result = run_stage("smoke", workspace)
     assert result.returncode == 0, result.stderr
@@ -80,6 +76,7 @@ def test_smoke_stage_checks_the_published_version(workspace):
     assert server_processes_over(workspace) == []
 
 
+@pytest.mark.slow
 def test_smoke_stage_fails_on_a_wrong_mae_and_stops_its_server(workspace, tmp_path):
     evaluation_path = workspace / "metrics/evaluate.json"
     original = evaluation_path.read_text()
@@ -99,6 +96,7 @@ def test_smoke_stage_fails_on_a_wrong_mae_and_stops_its_server(workspace, tmp_pa
     assert server_processes_over(workspace) == []
 
 
+@pytest.mark.slow
 def test_forecast_client_asks_the_served_model(workspace):
     grpc_port, rest_port = free_port(), free_port()
     directory = workspace / "models/serving/jena_temperature"
@@ -178,6 +176,7 @@ def single_output_model(directory: Path, lookback: int) -> None:
     tf.saved_model.save(module, str(directory), signatures={"serving_default": serve})
 
 
+@pytest.mark.slow
 def test_the_client_still_reads_a_model_that_serves_only_the_day_ahead_temperature(workspace, tmp_path):
     single_output_model(tmp_path / "old" / "1", lookback=24)
     grpc_port, rest_port = free_port(), free_port()
@@ -211,83 +210,6 @@ def without_tf_log_level() -> dict:
     return {name: value for name, value in os.environ.items() if name != "TF_CPP_MIN_LOG_LEVEL"}
 
 
-def test_waiting_for_a_server_that_is_not_there_times_out_clearly():
-    with grpc.insecure_channel("127.0.0.1:9") as channel:
-        with pytest.raises(CheckFailure, match=r"expected m version 3 AVAILABLE within 1 s; last answer: UNAVAILABLE"):
-            wait_until_available(channel, "m", 3, timeout_seconds=1)
-
-
-def test_a_signature_other_than_the_documented_one_is_described_precisely():
-    signature = meta_graph_pb2.SignatureDef()
-    history = signature.inputs["history"]
-    history.dtype = 1  # DT_FLOAT
-    for size in (-1, 100, 14):
-        history.tensor_shape.dim.add(size=size)
-    output = signature.outputs["temperature_degC"]
-    output.dtype = 1
-    output.tensor_shape.dim.add(size=-1)
-    served = described(signature)
-    assert served == {
-        "inputs": {"history": ("DT_FLOAT", [-1, 100, 14])},
-        "outputs": {"temperature_degC": ("DT_FLOAT", [-1])},
-    }
-    assert served != documented_signature(120, 24, 3)
-
-
-def test_the_documented_signature_is_the_schema_one():
-    assert documented_signature(120, 24, 3) == {
-        "inputs": {"history": ("DT_FLOAT", [-1, 120, 14]), "timestamps": ("DT_INT64", [-1, 120])},
-        "outputs": {
-            "temperature_degC": ("DT_FLOAT", [-1]),
-            "temperature_path_degC": ("DT_FLOAT", [-1, 24]),
-            "temperature_quantiles_degC": ("DT_FLOAT", [-1, 24, 3]),
-            "quantile_levels": ("DT_FLOAT", [-1, 3]),
-            "valid_time": ("DT_INT64", [-1]),
-        },
-    }
-
-
-def test_compare_names_the_output_and_the_first_bad_sample():
-    import numpy as np
-
-    def outputs(temperatures, valid_times=(0, 3600)):
-        return {"temperature_degC": np.array(temperatures), "valid_time": np.array(valid_times)}
-
-    assert compare("x", outputs([1.0, 2.0]), outputs([1.0, 2.00005]), 1e-4) == pytest.approx(5e-5)
-    with pytest.raises(CheckFailure, match=r"gRPC Predict: temperature_degC: sample 1: expected 2.0, got 2.5"):
-        compare("gRPC Predict", outputs([1.0, 2.5]), outputs([1.0, 2.0]), 1e-4)
-    with pytest.raises(CheckFailure, match="temperature_degC: sample 0"):
-        compare("x", outputs([np.nan, 1.0]), outputs([1.0, 1.0]), 1e-4)
-    with pytest.raises(CheckFailure, match="valid_time: sample 1: expected 3600, got 3601"):
-        compare("x", outputs([1.0, 2.0], (0, 3601)), outputs([1.0, 2.0]), 1e-4)
-    with pytest.raises(CheckFailure, match=r"expected outputs \['temperature_degC', 'valid_time'\]"):
-        compare("x", {"temperature_degC": np.array([1.0])}, outputs([1.0], (0,)), 1e-4)
-
-
-def test_compare_checks_every_hour_and_quantile_and_names_them():
-    import numpy as np
-
-    quantiles = np.zeros((2, 6, 3), np.float32)
-    levels = np.tile(np.float32([0.1, 0.5, 0.9]), (2, 1))
-    reference = {"temperature_quantiles_degC": quantiles, "quantile_levels": levels}
-    assert compare(
-        "x", {"temperature_quantiles_degC": quantiles + 5e-5, "quantile_levels": levels}, reference, 1e-4
-    ) == pytest.approx(5e-5, rel=1e-3)
-    wrong = quantiles.copy()
-    wrong[1, 3, 2] = 0.5
-    with pytest.raises(CheckFailure, match="temperature_quantiles_degC: sample 1, hour \\+4, quantile 2: expected 0.0"):
-        compare("x", {"temperature_quantiles_degC": wrong, "quantile_levels": levels}, reference, 1e-4)
-    with pytest.raises(CheckFailure, match="quantile_levels: sample 0, quantile 1"):
-        compare(
-            "x",
-            {"temperature_quantiles_degC": quantiles, "quantile_levels": levels + [[0, 0.1, 0]] * 2},
-            reference,
-            1e-4,
-        )
-    with pytest.raises(CheckFailure, match=r"expected shape \(2, 6, 3\), got \(2, 5, 3\)"):
-        compare("x", {"temperature_quantiles_degC": quantiles[:, :5], "quantile_levels": levels}, reference, 1e-4)
-
-
 def test_version_to_check(tmp_path):
     assert version_to_check({"published": True, "version": 4}, tmp_path) == 4
     for name in ("2", "10", ".staging-x"):
@@ -309,6 +231,7 @@ def smoke_with(workspace, overrides: dict, environment: dict | None = None):
         params_file.write_text(original)
 
 
+@pytest.mark.slow
 def test_binary_mode_starts_tensorflow_model_server_from_path_with_the_same_flags(workspace, tmp_path):
     # A stand-in binary that records its flags and execs our server with them.
     binary = tmp_path / "tensorflow_model_server"
@@ -323,12 +246,14 @@ def test_binary_mode_starts_tensorflow_model_server_from_path_with_the_same_flag
     assert f"--model_base_path={workspace / 'models/serving/jena_temperature'}" in flags
 
 
+@pytest.mark.slow
 def test_binary_mode_without_the_binary_says_so(workspace):
     result = smoke_with(workspace, {"smoke.server": "binary"}, {"PATH": str(Path(sys.executable).parent)})
     assert result.returncode != 0
     assert "smoke: FAILED: server 'binary' asked for, but tensorflow_model_server is not on PATH" in result.stderr
 
 
+@pytest.mark.slow
 def test_external_mode_checks_a_server_someone_else_runs(workspace):
     grpc_port, rest_port = free_port(), free_port()
     directory = workspace / "models/serving/jena_temperature"
@@ -346,6 +271,7 @@ def test_external_mode_checks_a_server_someone_else_runs(workspace):
     assert metrics["server"] == "external" and metrics["rest_checked"] and metrics["version"] == 1
 
 
+@pytest.mark.slow
 def test_external_mode_with_the_versions_in_s3(workspace, s3_server):
     """serving.base_path on s3://: the version is read from the store (the reference runs on a copy of it)
     while a server someone else runs (here over a local mirror, as `serving.sync` keeps one) is checked."""
@@ -367,6 +293,7 @@ def test_external_mode_with_the_versions_in_s3(workspace, s3_server):
     assert metrics["max_abs_difference_degC"] <= 1e-4
 
 
+@pytest.mark.slow
 def test_a_store_without_the_version_fails_smoke_in_one_line(workspace, s3_server):
     base_path = f"{s3_server.create_bucket('models')}/serving"
     result = smoke_with(workspace, {"serving.base_path": base_path}, s3_server.environment)
@@ -376,6 +303,7 @@ def test_a_store_without_the_version_fails_smoke_in_one_line(workspace, s3_serve
     )
 
 
+@pytest.mark.slow
 def test_external_mode_and_the_client_over_mutual_tls(workspace, tmp_path):
     tls = make_tls_files(tmp_path / "tls")
     grpc_port, rest_port = free_port(), free_port()
@@ -432,6 +360,7 @@ def test_external_mode_and_the_client_over_mutual_tls(workspace, tmp_path):
         assert refused.returncode == 1 and "UNAVAILABLE" in refused.stderr and "Traceback" not in refused.stderr
 
 
+@pytest.mark.slow
 def test_tls_params_with_a_server_the_stage_starts_are_an_error(workspace, tmp_path):
     tls = make_tls_files(tmp_path / "tls")
     result = smoke_with(workspace, {"smoke.tls_ca_file": str(tls / "ca.pem")})
@@ -444,6 +373,7 @@ def test_tls_params_with_a_server_the_stage_starts_are_an_error(workspace, tmp_p
     assert "smoke: FAILED: params.yaml: smoke.tls_*: /nonexistent/ca.pem: No such file or directory" in missing.stderr
 
 
+@pytest.mark.slow
 def test_embedded_mode_serves_and_checks_the_version_in_s3(workspace, s3_server):
     """`dvc repro` with an s3:// base path: the stage's own ModelServer reads the store, as TF Serving does gs://."""
     from serving import store
@@ -473,6 +403,7 @@ def with_record(workspace, record: dict, overrides: dict):
         record_path.write_text(original)
 
 
+@pytest.mark.slow
 def test_with_nothing_published_smoke_checks_the_candidate_and_succeeds(workspace, tmp_path):
     result = with_record(
         workspace,
@@ -489,6 +420,7 @@ def test_with_nothing_published_smoke_checks_the_candidate_and_succeeds(workspac
     assert not (tmp_path / "empty").exists() and server_processes_over(workspace) == []
 
 
+@pytest.mark.slow
 def test_when_this_run_published_nothing_smoke_checks_the_newest_published_version(workspace):
     result = with_record(workspace, {"published": False, "version": None, "reason": "not blessed: too weak"}, {})
     assert result.returncode == 0, result.stderr
@@ -498,6 +430,7 @@ def test_when_this_run_published_nothing_smoke_checks_the_newest_published_versi
     assert "smoke: version 1 of jena_temperature (embedded server)" in result.stdout
 
 
+@pytest.mark.slow
 def test_export_never_publishes_a_candidate_that_a_model_server_cannot_serve(workspace, tmp_path):
     """A `binary` validation server that cannot load the model (here our server asked for a tag the
     SavedModel lacks): the candidate is refused, nothing new is published, and the stage fails clearly."""

@@ -12,12 +12,15 @@
 * The polling loop cannot be killed: failing polls are logged once per streak.
 * Requests beyond the limits: REST bodies too large, malformed HTTP, clients
   that stall (raw sockets); gRPC messages beyond the receive limit (official stubs).
-* Abuse probes (``tests/serving/abuse.py``, at full size in
+* Abuse probes (``tests/helpers/abuse.py``, at full size in
   ``benchmarks/abuse_benchmark.py``): a Predict promising a huge tensor costs
   about its reply (measured on the server process) and ``--max_tensor_bytes``
   refuses it; echoed JSON is cut as in TF Serving; client mistakes are 400s
   without tracebacks; a burst of 150 new connections is answered in full; a
   request past the REST timeout gives its slot up.
+
+The tests that start a ModelServer process are marked slow; the others run the
+manager and the servers in this process.
 """
 
 import gc
@@ -51,7 +54,6 @@ from tests.helpers import abuse
 from tests.helpers.model_server import ServerProcess, install_version
 from tests.helpers.waiting import wait_for
 
-pytestmark = pytest.mark.slow
 MODEL = "faulty"
 AVAILABLE = get_model_status_pb2.ModelVersionStatus.AVAILABLE
 LOADING = get_model_status_pb2.ModelVersionStatus.LOADING
@@ -204,6 +206,7 @@ def with_slow_warmup(source, target, records: int = 1000):
     return target
 
 
+@pytest.mark.slow
 def test_fault_catalogue_loses_no_request(model_factory, tmp_path):
     base = tmp_path / MODEL
     base.mkdir()
@@ -488,6 +491,7 @@ def half_plus_two(generated_testdata, tmp_path_factory):
     server.stop()
 
 
+@pytest.mark.slow
 def test_huge_promised_tensor_costs_about_its_reply_and_the_cap_refuses_more(half_plus_two):
     channel = grpc.insecure_channel(
         f"127.0.0.1:{half_plus_two.port}", options=[("grpc.max_receive_message_length", -1)]
@@ -510,6 +514,7 @@ def test_huge_promised_tensor_costs_about_its_reply_and_the_cap_refuses_more(hal
     assert f"more than --max_tensor_bytes={MAX_TENSOR_BYTES}" in refused.value.details()
 
 
+@pytest.mark.slow
 def test_echoed_json_is_cut_and_client_mistakes_are_400s_without_tracebacks(half_plus_two):
     status, body = abuse.post(half_plus_two.rest_port, "/v1/models/half:predict", abuse.deep_arrays_body())
     assert status == 400 and len(body) < 4096, (status, len(body))
