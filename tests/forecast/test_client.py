@@ -1,4 +1,4 @@
-"""The forecast client's input handling and command line (the served path is in test_smoke)."""
+"""The forecast client's input handling and command line, in this process (the served path is in test_smoke)."""
 
 import json
 import subprocess
@@ -141,50 +141,56 @@ def test_tensor_protos_round_trip_as_tensorflow_reads_them(array):
     np.testing.assert_array_equal(to_array(tf.make_tensor_proto(array)), array)
 
 
-def run_client(*args):
-    return subprocess.run(
-        [sys.executable, "-m", "forecast.client", "--model-name", "m", *args],
+def run_client(capsys, *args) -> tuple[int, str]:
+    """The command line in this process: (exit code, stderr). argparse's refusals exit with 2."""
+    try:
+        code = client_main(["--model-name", "m", *map(str, args)])
+    except SystemExit as exited:
+        code = exited.code
+    return code, capsys.readouterr().err
+
+
+def test_the_module_reports_an_unreachable_server_without_a_traceback(tmp_path):
+    """`python -m forecast.client` as a user runs it: the exit code is main's, the error one line."""
+    csv = tmp_path / "recent.csv"
+    csv.write_text(to_csv_text(make_readings(periods=6 * 24 * 6)))
+    result = subprocess.run(
+        [sys.executable, "-m", "forecast.client", str(csv), "--model-name", "m", "--target", "127.0.0.1:9"],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
         timeout=120,
     )
-
-
-def test_cli_reports_an_unreachable_server_without_a_traceback(tmp_path):
-    csv = tmp_path / "recent.csv"
-    csv.write_text(to_csv_text(make_readings(periods=6 * 24 * 6)))
-    result = run_client(str(csv), "--target", "127.0.0.1:9")
     assert result.returncode == 1
     assert "127.0.0.1:9: UNAVAILABLE" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_cli_rejects_broken_input_before_calling_the_server(tmp_path):
-    assert "no such file" in run_client(str(tmp_path / "absent.csv"), "--target", "127.0.0.1:9").stderr
+def test_cli_rejects_broken_input_before_calling_the_server(tmp_path, capsys):
+    code, err = run_client(capsys, tmp_path / "absent.csv", "--target", "127.0.0.1:9")
+    assert code == 2 and "no such file" in err
     broken = tmp_path / "broken.csv"
     broken.write_text(to_csv_text(make_readings(periods=12)).replace("990", "x990", 1))
-    result = run_client(str(broken), "--target", "127.0.0.1:9")
-    assert result.returncode == 2 and "column 'p (mbar)'" in result.stderr and "Traceback" not in result.stderr
+    code, err = run_client(capsys, broken, "--target", "127.0.0.1:9")
+    assert code == 2 and "column 'p (mbar)'" in err
 
 
 def test_cli_tls_options_are_checked_before_calling_the_server(tmp_path, capsys):
     csv = tmp_path / "recent.csv"
     csv.write_text(to_csv_text(make_readings(periods=6 * 24 * 6)))
-    base = [str(csv), "--model-name", "m", "--target", "127.0.0.1:9"]
+    base = [csv, "--target", "127.0.0.1:9"]
     for flags, wording in (
-        (["--tls-cert", str(tmp_path / "client.pem")], "--tls-cert and --tls-key go together"),
+        (["--tls-cert", tmp_path / "client.pem"], "--tls-cert and --tls-key go together"),
         (["--rest", "--tls"], "--tls applies to gRPC"),
     ):
-        with pytest.raises(SystemExit) as exited:
-            client_main(base + flags)
-        assert exited.value.code == 2 and wording in capsys.readouterr().err
-    assert client_main(base + ["--tls-ca", str(tmp_path / "absent.pem")]) == 2
-    assert "absent.pem: No such file or directory" in capsys.readouterr().err
+        code, err = run_client(capsys, *base, *flags)
+        assert code == 2 and wording in err
+    code, err = run_client(capsys, *base, "--tls-ca", tmp_path / "absent.pem")
+    assert code == 2 and "absent.pem: No such file or directory" in err
 
 
-def test_cli_brief_and_json_exclude_each_other(tmp_path):
-    result = run_client(str(tmp_path / "recent.csv"), "--brief", "--json")
-    assert result.returncode == 2 and "not allowed with argument" in result.stderr
+def test_cli_brief_and_json_exclude_each_other(tmp_path, capsys):
+    code, err = run_client(capsys, tmp_path / "recent.csv", "--brief", "--json")
+    assert code == 2 and "not allowed with argument" in err
 
 
 def write_card(directory, **changes):
@@ -224,14 +230,9 @@ def test_a_card_that_is_missing_broken_or_reads_other_measurements_is_named(tmp_
         read_model_card(str(foreign))
 
 
-def test_cli_needs_a_model_name_or_card(tmp_path):
-    result = subprocess.run(
-        [sys.executable, "-m", "forecast.client", str(tmp_path / "recent.csv")],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 2 and "--model-name NAME or --model-card PATH" in result.stderr
-    result = run_client(str(tmp_path / "recent.csv"), "--model-card", str(tmp_path / "absent"))
-    assert result.returncode == 2 and "absent" in result.stderr and "Traceback" not in result.stderr
+def test_cli_needs_a_model_name_or_card(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exited:
+        client_main([str(tmp_path / "recent.csv")])
+    assert exited.value.code == 2 and "--model-name NAME or --model-card PATH" in capsys.readouterr().err
+    code, err = run_client(capsys, tmp_path / "recent.csv", "--model-card", tmp_path / "absent")
+    assert code == 2 and "absent" in err
