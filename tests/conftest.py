@@ -28,28 +28,45 @@ def pipeline_repo(tmp_path) -> PipelineRepo:
     return copy_repository(tmp_path / "repo")
 
 
-@pytest.fixture
-def s3_server(monkeypatch):
-    """moto's S3 on 127.0.0.1, this process's clients pointed at it; `.create_bucket(name)` -> `s3://name`."""
-    from tests.helpers.object_storage import S3Server, apply_environment, forget_clients
+@pytest.fixture(scope="session")
+def s3_session_server():
+    """moto's S3 on 127.0.0.1 for the whole session; tests use `s3_server`."""
+    from tests.helpers.object_storage import S3Server
 
     server = S3Server().start()
-    apply_environment(monkeypatch, server)
     yield server
     server.close()
+
+
+@pytest.fixture(scope="session")
+def gcs_session_server():
+    """gcp-storage-emulator on 127.0.0.1 for the whole session; tests use `gcs_server`."""
+    from tests.helpers.object_storage import GcsServer
+
+    server = GcsServer().start()
+    yield server
+    server.close()
+
+
+def _store_for_one_test(server, monkeypatch):
+    from tests.helpers.object_storage import apply_environment, forget_clients
+
+    apply_environment(monkeypatch, server)
+    yield server
+    server.reset()
     forget_clients()
 
 
 @pytest.fixture
-def gcs_server(monkeypatch):
-    """gcp-storage-emulator on 127.0.0.1, this process's clients pointed at it; `.create_bucket(name)` -> `gs://name`."""
-    from tests.helpers.object_storage import GcsServer, apply_environment, forget_clients
+def s3_server(s3_session_server, monkeypatch):
+    """moto's S3, empty, this process's clients pointed at it; `.create_bucket(name)` -> `s3://name`."""
+    yield from _store_for_one_test(s3_session_server, monkeypatch)
 
-    server = GcsServer().start()
-    apply_environment(monkeypatch, server)
-    yield server
-    server.close()
-    forget_clients()
+
+@pytest.fixture
+def gcs_server(gcs_session_server, monkeypatch):
+    """gcp-storage-emulator, empty, this process's clients pointed at it; `.create_bucket(name)` -> `gs://name`."""
+    yield from _store_for_one_test(gcs_session_server, monkeypatch)
 
 
 @pytest.fixture(params=["s3", "gs"])

@@ -4,7 +4,9 @@ Each store is a real HTTP server of that protocol on 127.0.0.1, inside the test
 process. `environment` holds what any client needs to reach it (ours, DVC's, a
 subprocess): the standard variables, as in production, never params. A store can
 be stopped and started again on the same port with its objects kept, which is how
-the fault tests make an outage.
+the fault tests make an outage. One server of each kind serves a whole test
+session (conftest.py); `reset` after each test starts it again if the test
+stopped it and forgets every bucket, so that no test sees another's objects.
 """
 
 import os
@@ -59,13 +61,17 @@ class S3Server:
             self._server.stop()
             self._server = None
 
-    def close(self) -> None:
-        """Stops the server and forgets every bucket: moto's state is process-wide and would leak into the next test."""
+    def reset(self) -> None:
+        """Running again, with no bucket: moto's state is process-wide and would leak into the next test."""
         import requests
 
         if self._server is None:  # stopped by a fault test: the state is still there
             self.start()
         requests.post(f"{self.endpoint_url}/moto-api/reset", timeout=10).raise_for_status()
+
+    def close(self) -> None:
+        """Stopped, with no bucket left in this process's moto state."""
+        self.reset()
         self.stop()
 
     def create_bucket(self, name: str) -> str:
@@ -109,6 +115,12 @@ class GcsServer:
         if self._server is not None:
             self._server.stop()
             self._server = None
+
+    def reset(self) -> None:
+        """Running again, with no bucket."""
+        if self._server is None:
+            self.start()
+        self._server.wipe()
 
     def close(self) -> None:
         self.stop()

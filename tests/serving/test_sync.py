@@ -147,7 +147,7 @@ def test_exit_codes_name_the_problem(s3_server, tmp_path):
 def test_loop_is_atomic_survives_an_outage_and_stops_on_sigterm(s3_server, tmp_path):
     """DEST never shows a version number without all of its files, while a many-file version arrives."""
     base = s3_server.create_bucket("models") + "/jena"
-    model = fake_saved_model(tmp_path / "model", files=150)
+    model = fake_saved_model(tmp_path / "model", files=60)
     expected = tree(model)
     dest = tmp_path / "dest"
     dest.mkdir()
@@ -179,8 +179,9 @@ def test_loop_is_atomic_survives_an_outage_and_stops_on_sigterm(s3_server, tmp_p
         upload_version(base, 1, model)
         wait_for(lambda: (dest / "1").exists(), timeout=30, message="version 1 in DEST")
 
-        s3_server.stop()  # an outage of several polls
-        time.sleep(4)
+        s3_server.stop()  # an outage of several polls (each failing one retries for about 1 s)
+        wait_for(lambda: "Poll failed" in log_path.read_text(), timeout=30, interval=0.05, message="a failed poll")
+        time.sleep(2)
         s3_server.start()
         forget_clients()
         upload_version(base, 2, model)
@@ -199,12 +200,13 @@ def test_loop_is_atomic_survives_an_outage_and_stops_on_sigterm(s3_server, tmp_p
     assert sorted(os.listdir(dest)) == ["2"], "no hidden work directory is left behind"
     assert log.count("Poll failed, DEST left unchanged") == 1 and "Could not connect" in log, log
     assert log.count("succeed again after") == 1, log
+    assert int(log.split("succeed again after ")[1].split()[0]) >= 2, "several failed polls, one line"
     assert "Stopped syncing" in log
 
 
 def test_a_copy_stopped_midway_leaves_nothing_half_written(s3_server, tmp_path):
     base = s3_server.create_bucket("models") + "/jena"
-    upload_version(base, 1, fake_saved_model(tmp_path / "model", files=400))
+    upload_version(base, 1, fake_saved_model(tmp_path / "model", files=150))
     dest = tmp_path / "dest"
     sync = subprocess.Popen(
         [sys.executable, "-m", "serving.sync", base, str(dest), "--poll_seconds", "30"],
