@@ -19,6 +19,7 @@ using it as a value in any other way (stored, returned) reads all of it. The
 """
 
 import ast
+import functools
 from pathlib import Path
 
 import pytest
@@ -38,10 +39,16 @@ def module_file(module: str) -> Path:
     return path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
 
 
+@functools.cache
+def parsed(path: Path) -> ast.Module:
+    """The syntax tree of a source file, read once: the finders below walk the same modules many times."""
+    return ast.parse(path.read_text())
+
+
 def imported_modules(module: str) -> set[str]:
     """The repository's modules that `module` imports directly (at any depth in its code)."""
     found = set()
-    for node in ast.walk(ast.parse(module_file(module).read_text())):
+    for node in ast.walk(parsed(module_file(module))):
         names = []
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
@@ -150,7 +157,7 @@ def params_read(function: ast.AST) -> set[tuple[str, ...]]:
 
 def _definitions(module: str) -> tuple[dict, dict]:
     """Top-level functions and classes of `module` by name, and the names it imports from the repository."""
-    tree = ast.parse(module_file(module).read_text())
+    tree = parsed(module_file(module))
     definitions = {node.name: node for node in tree.body if isinstance(node, (ast.FunctionDef, ast.ClassDef))}
     imported = {}
     for node in ast.walk(tree):
@@ -172,7 +179,7 @@ def reachable_code(module: str) -> list[ast.AST]:
     (`f`, `module.f`, a class and all its methods), plus every module's top-level code."""
     seen, todo, code = set(), [(module, "main")], []
     for name in import_closure(module):
-        tree = ast.parse(module_file(name).read_text())
+        tree = parsed(module_file(name))
         code += [node for node in tree.body if not isinstance(node, (ast.FunctionDef, ast.ClassDef))]
     while todo:
         where, name = todo.pop()
@@ -366,7 +373,7 @@ def test_every_plotted_file_is_an_output_its_stage_writes():
             constants = {
                 node.value
                 for name in import_closure(module)
-                for node in ast.walk(ast.parse(module_file(name).read_text()))
+                for node in ast.walk(parsed(module_file(name)))
                 if isinstance(node, ast.Constant) and isinstance(node.value, str)
             }
             assert Path(path).name in constants, f"{module} never writes {path}"
