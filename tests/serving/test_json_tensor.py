@@ -1,6 +1,6 @@
 """TF Serving's own JSON codec tests (tensorflow_serving/util/json_tensor_test.cc), run on serving/json_tensor.py.
 
-Each test names the C++ test it ports (``Suite.Name``; ``tests/serving/tf_serving_coverage.py`` matches
+Each test names the C++ test it ports (``Suite.Name``; ``tests/helpers/tf_serving_coverage.py`` matches
 these names against a TF Serving checkout). Requests are read with the input signatures the C++ test
 builds; response tensors are the C++ test's TensorProtos, decoded as the server decodes a model's
 outputs. Where the C++ test compares protos, these compare dtype, shape and values.

@@ -4,7 +4,7 @@ One server, started from a model config file: TF Serving's good model config (ha
 half_plus_three) followed by TF Serving's TF2 test models (``build_tf2_testdata``: a TF2
 half_plus_two, models saved from a ``tf.train.Checkpoint``, Keras models), with the gRPC channel
 arguments of TF Serving's test and no config polling. Each test names the case it does. The other
-cases of that file are cited by the tests that already do them (``tests/serving/tf_serving_coverage.py``
+cases of that file are cited by the tests that already do them (``tests/helpers/tf_serving_coverage.py``
 lists them), and those that cannot apply are in ``serving/README.md``, *What differs from TF Serving*.
 """
 

@@ -1,10 +1,12 @@
 """TF Serving's REST handler tests (model_servers/http_rest_api_handler_test.cc), over HTTP against our server.
 
-The C++ test serves half_plus_two as ``saved_model_half_plus_two_2_versions`` with version 123 only and
-the label ``Version_Label`` -> 123; so does ``server`` here, on the model ``tests/helpers/tfserving_testdata.py``
-builds. Each test names the C++ test it ports (``Suite.Name``, matched by
-``tests/serving/tf_serving_coverage.py``). The routing of TF Serving's HTTP server
-(``http_server.cc``: which paths reach the handler, CORS, methods) is checked on an in-process server.
+The C++ test builds its handler in-process over a server core serving half_plus_two as
+``saved_model_half_plus_two_2_versions`` with version 123 only and the label ``Version_Label`` -> 123; so
+does ``server`` here (our manager, REST API and HTTP server in this process, as the ModelServer wires them),
+on the model ``tests/helpers/tfserving_testdata.py`` builds. Each test names the C++ test it ports
+(``Suite.Name``, matched by ``tests/helpers/tf_serving_coverage.py``). The routing of TF Serving's HTTP
+server (``http_server.cc``: which paths reach the handler, CORS, methods) is checked on a server over a
+manager with no models.
 """
 
 import gzip
@@ -14,28 +16,36 @@ import socket
 
 import pytest
 import requests
+from google.protobuf import text_format
+from tensorflow_serving.config import model_server_config_pb2
 
 from serving.manager import ManagerOptions, ModelManager
 from serving.monitoring import Metrics
 from serving.rest_server import RestApi, RestServer, libevent_error_page
-from tests.helpers.model_server import ServerProcess
 
 MODEL = "saved_model_half_plus_two_2_versions"
 LABEL = "Version_Label"
 
 
 @pytest.fixture(scope="module")
-def server(generated_testdata, tmp_path_factory):
-    log_dir = tmp_path_factory.mktemp("rest-handler")
-    config = log_dir / "models.config"
-    config.write_text(
+def server(generated_testdata):
+    """Version 123 of the model and its label, served over HTTP on a free loopback port (``.rest``)."""
+    config = text_format.Parse(
         f'model_config_list {{ config {{ name: "{MODEL}" base_path: "{generated_testdata / MODEL}" '
         f'model_platform: "tensorflow" model_version_policy {{ specific {{ versions: 123 }} }} '
-        f'version_labels {{ key: "{LABEL}" value: 123 }} }} }}\n'
+        f'version_labels {{ key: "{LABEL}" value: 123 }} }} }}',
+        model_server_config_pb2.ModelServerConfig(),
     )
-    process = ServerProcess(log_dir, f"--model_config_file={config}")
-    yield process
-    assert process.stop() == 0
+    manager = ModelManager(ManagerOptions(file_system_poll_wait_seconds=0))
+    manager.apply_config(config)  # returns once the version is loaded, as the ModelServer's startup waits
+    http_server = RestServer(
+        RestApi(manager, Metrics(), None), "127.0.0.1", 0, num_threads=4, timeout_ms=30000, enable_cors=False
+    )
+    http_server.start()
+    http_server.rest = f"http://127.0.0.1:{http_server.port}"
+    yield http_server
+    http_server.stop()
+    manager.stop()
 
 
 def call(server, method: str, path: str, body: str = "") -> tuple[int, dict, str]:
