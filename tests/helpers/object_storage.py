@@ -9,6 +9,7 @@ session (conftest.py); `reset` after each test starts it again if the test
 stopped it and forgets every bucket, so that no test sees another's objects.
 """
 
+import logging
 import os
 import tempfile
 
@@ -52,6 +53,7 @@ class S3Server:
         }
 
     def start(self) -> "S3Server":
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # not a line per request in a failure's report
         self._server = ThreadedMotoServer(ip_address=LOOPBACK, port=self.port, verbose=False)
         self._server.start()
         return self
