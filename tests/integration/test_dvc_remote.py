@@ -26,7 +26,6 @@ PULLED = [
     "models/model.keras",
     "models/export",
 ]
-GIT = ("git", "-c", "user.name=test", "-c", "user.email=test@example.com")
 
 
 def digest(path) -> str:
@@ -49,8 +48,7 @@ def test_second_clone_pulls_outputs_from_s3_and_reruns_nothing(pipeline_repo, s3
     pipeline_repo.dvc("remote", "modify", "storage", "endpointurl", s3_server.endpoint_url)
     first = pipeline_repo.dvc("repro")
     assert "Running stage 'smoke'" in first.stdout, first.stdout
-    pipeline_repo.run(*GIT, "add", "-A")  # dvc.lock, the remote, and the cache: false metrics and records
-    pipeline_repo.run(*GIT, "commit", "-q", "-m", "pipeline run and remote")
+    pipeline_repo.commit("pipeline run and remote")  # dvc.lock, the remote, the cache: false metrics and records
     config = (pipeline_repo.root / ".dvc/config").read_text()
     assert s3_server.endpoint_url in config and "access_key" not in config, config
 

@@ -1,12 +1,13 @@
 """The whole pipeline under DVC, in a temporary copy of the repository on a small synthetic range.
 
-A fresh `dvc repro` runs every stage down to the smoke test and publishes
-version 1; a second `dvc repro` runs nothing; `dvc exp run -S epochs=...`
-reruns train and what follows (not the data stages), publishes version 2 and
-keeps 1, and `dvc exp show` lists its metrics; a stage restored from DVC's
-run-cache never skips a publication; an unblessed model is not published; and
-a ModelServer watching the directory serves a new version without a restart.
-The model is tiny and poor: what is checked is the plumbing.
+One scenario, in the order a user meets it: a fresh `dvc repro` runs every
+stage down to the smoke test and publishes version 1, which a ModelServer
+watching the directory serves; a second `dvc repro` runs nothing;
+`dvc exp run -S epochs=...` reruns train and what follows (not the data
+stages), publishes version 2 and keeps 1, the watching server serves 2
+without a restart, and `dvc exp show` lists its metrics; a stage restored from
+DVC's run-cache never skips a publication; an unblessed model is not
+published. The model is tiny and poor: what is checked is the plumbing.
 """
 
 import csv
@@ -23,21 +24,24 @@ from tensorflow_serving.apis import predict_pb2, prediction_log_pb2, prediction_
 from pipeline.export import WARMUP_FILE
 from pipeline.serving_check import free_port, server_command, started_server, wait_until_available
 from serving.store import complete_versions, fingerprint
-from tests.helpers.repository import QUICK_PARAMS, set_params
+from tests.helpers.repository import quick
 
 pytestmark = pytest.mark.slow
 
 MODEL_NAME = "jena_temperature"
 
 
-def quick(repo):
-    """The copy's params set for a tiny, quick model, committed; returns the watched directory."""
-    set_params(repo.root / "params.yaml", QUICK_PARAMS)
-    repo.run("git", "-c", "user.name=test", "-c", "user.email=test@example.com", "commit", "-q", "-am", "quick")
-    return repo.root / "models/serving" / MODEL_NAME
+def served_version(channel, export_dir) -> int:
+    """Predict without a version with the export's first warm-up request; the version that answered."""
+    record = next(iter(tf.data.TFRecordDataset(str(export_dir / WARMUP_FILE))))
+    request = prediction_log_pb2.PredictionLog.FromString(record.numpy()).predict_log.request
+    request = predict_pb2.PredictRequest(inputs=request.inputs, model_spec={"name": MODEL_NAME})
+    response = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=30)
+    assert "temperature_degC" in response.outputs
+    return response.model_spec.version.value
 
 
-def test_repro_publishes_exp_run_adds_a_version_and_unchanged_repro_adds_none(pipeline_repo):
+def test_repro_publishes_exp_run_adds_a_served_version_and_unchanged_repro_adds_none(pipeline_repo):
     root, versions = pipeline_repo.root, quick(pipeline_repo)
 
     fresh = pipeline_repo.dvc("repro")  # 1. fresh clone: every stage, down to the smoke test
@@ -73,17 +77,25 @@ def test_repro_publishes_exp_run_adds_a_version_and_unchanged_repro_adds_none(pi
     if shutil.which("dot"):  # the architecture diagram needs Graphviz, which CI installs (.ci/run)
         assert [plot["type"] for plot in plots["models/architecture/model.png"]] == ["image"]
 
-    unchanged = pipeline_repo.dvc("repro")  # 2. nothing changed: nothing runs
-    assert "Running stage" not in unchanged.stdout, unchanged.stdout
-    assert "up to date" in pipeline_repo.dvc("status").stdout
-    pipeline_repo.run("git", "add", "-A")
-    pipeline_repo.run("git", "-c", "user.name=test", "-c", "user.email=test@example.com", "commit", "-q", "-m", "run")
+    port = free_port()  # a ModelServer watching the published versions, as in production
+    command = server_command("embedded", port, 0, MODEL_NAME, versions)
+    with started_server(command) as server, grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        wait_until_available(channel, MODEL_NAME, 1, 120, server)
+        assert served_version(channel, root / "models/export") == 1
 
-    experiment = pipeline_repo.dvc("exp", "run", "-S", "epochs=3")  # 3. an experiment
-    assert "Running stage 'train'" in experiment.stdout and "Running stage 'smoke'" in experiment.stdout
-    assert "Running stage 'window'" not in experiment.stdout, experiment.stdout
-    assert complete_versions(versions) == [1, 2]
-    assert fingerprint(versions / "2") == fingerprint(root / "models/export")
+        unchanged = pipeline_repo.dvc("repro")  # 2. nothing changed: nothing runs
+        assert "Running stage" not in unchanged.stdout, unchanged.stdout
+        assert "up to date" in pipeline_repo.dvc("status").stdout
+        pipeline_repo.commit("run")
+
+        experiment = pipeline_repo.dvc("exp", "run", "-S", "epochs=3")  # 3. an experiment, while the server watches
+        assert "Running stage 'train'" in experiment.stdout and "Running stage 'smoke'" in experiment.stdout
+        assert "Running stage 'window'" not in experiment.stdout, experiment.stdout
+        assert complete_versions(versions) == [1, 2]
+        assert fingerprint(versions / "2") == fingerprint(root / "models/export")
+        wait_until_available(channel, MODEL_NAME, 2, 120, server)
+        assert served_version(channel, root / "models/export") == 2
+        assert server.poll() is None, "the server stopped"
     assert json.loads((root / "metrics/smoke.json").read_text())["version"] == 2
     rows = list(csv.DictReader(io.StringIO(pipeline_repo.dvc("exp", "show", "--csv").stdout)))
     runs = [row for row in rows if row["epochs"] == "3" and row["typ"] != "workspace"]
@@ -107,29 +119,3 @@ def test_repro_publishes_exp_run_adds_a_version_and_unchanged_repro_adds_none(pi
     assert complete_versions(versions) == [1, 2, 3]
     record = yaml.safe_load((pipeline_repo.root / "models/publication.json").read_text())
     assert (record["published"], record["version"]) == (False, None)
-
-
-def served_version(channel, export_dir) -> int:
-    """Predict without a version with the export's first warm-up request; the version that answered."""
-    record = next(iter(tf.data.TFRecordDataset(str(export_dir / WARMUP_FILE))))
-    request = prediction_log_pb2.PredictionLog.FromString(record.numpy()).predict_log.request
-    request = predict_pb2.PredictRequest(inputs=request.inputs, model_spec={"name": MODEL_NAME})
-    response = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=30)
-    assert "temperature_degC" in response.outputs
-    return response.model_spec.version.value
-
-
-def test_exp_run_is_served_by_a_watching_server_without_restart(pipeline_repo):
-    versions = quick(pipeline_repo)
-    pipeline_repo.dvc("repro")
-    port = free_port()
-    command = server_command("embedded", port, 0, MODEL_NAME, versions)
-    with started_server(command) as server, grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        wait_until_available(channel, MODEL_NAME, 1, 120, server)
-        assert served_version(channel, pipeline_repo.root / "models/export") == 1
-
-        pipeline_repo.dvc("exp", "run", "-S", "epochs=3")  # 4. while the server watches
-        assert complete_versions(versions) == [1, 2]
-        wait_until_available(channel, MODEL_NAME, 2, 120, server)
-        assert served_version(channel, pipeline_repo.root / "models/export") == 2
-        assert server.poll() is None, "the server stopped"
