@@ -21,6 +21,7 @@ from forecast.client import (
 )
 from forecast.client import main as client_main
 from pipeline import schema
+from tests.helpers.commands import run_main
 from tests.helpers.readings import make_readings, to_csv_text
 from tests.helpers.repository import REPO_ROOT
 
@@ -142,12 +143,9 @@ def test_tensor_protos_round_trip_as_tensorflow_reads_them(array):
 
 
 def run_client(capsys, *args) -> tuple[int, str]:
-    """The command line in this process: (exit code, stderr). argparse's refusals exit with 2."""
-    try:
-        code = client_main(["--model-name", "m", *map(str, args)])
-    except SystemExit as exited:
-        code = exited.code
-    return code, capsys.readouterr().err
+    """The command line for model "m" in this process: (exit code, stderr)."""
+    code, _, err = run_main(client_main, capsys, "--model-name", "m", *args)
+    return code, err
 
 
 def test_the_module_reports_an_unreachable_server_without_a_traceback(tmp_path):
@@ -231,8 +229,7 @@ def test_a_card_that_is_missing_broken_or_reads_other_measurements_is_named(tmp_
 
 
 def test_cli_needs_a_model_name_or_card(tmp_path, capsys):
-    with pytest.raises(SystemExit) as exited:
-        client_main([str(tmp_path / "recent.csv")])
-    assert exited.value.code == 2 and "--model-name NAME or --model-card PATH" in capsys.readouterr().err
+    code, _, err = run_main(client_main, capsys, tmp_path / "recent.csv")
+    assert code == 2 and "--model-name NAME or --model-card PATH" in err
     code, err = run_client(capsys, tmp_path / "recent.csv", "--model-card", tmp_path / "absent")
     assert code == 2 and "absent" in err

@@ -29,6 +29,7 @@ from pipeline import train as train_stage
 from pipeline.model import build_model
 from pipeline.published import MODEL_CARD
 from serving.store import fingerprint, publish
+from tests.helpers.commands import run_main
 from tests.helpers.repository import REPO_ROOT
 from tests.helpers.training import TINY_MODEL, small_windows, tiny_params, write_windows
 
@@ -74,9 +75,7 @@ def forms(tmp_path_factory, model, windows) -> dict[str, Path]:
 
 
 def run(capsys, *argv) -> tuple[int, str, str]:
-    status = inspect_command.main([str(arg) for arg in argv])
-    out, err = capsys.readouterr()
-    return status, out, err
+    return run_main(inspect_command.main, capsys, *argv)
 
 
 def without_dot(monkeypatch, tmp_path) -> None:

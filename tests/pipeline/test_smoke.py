@@ -17,6 +17,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from forecast.client import main as client_main
 from forecast.client import tls_credentials
 from pipeline.serving_check import (
     free_port,
@@ -25,6 +26,7 @@ from pipeline.serving_check import (
     wait_until_available,
 )
 from pipeline.smoke import version_to_check
+from tests.helpers.commands import run_main
 from tests.helpers.repository import QUICK_PARAMS, REPO_ROOT, run_stage, set_params
 from tests.helpers.tls import make_tls_files
 
@@ -97,43 +99,44 @@ def test_smoke_stage_fails_on_a_wrong_mae_and_stops_its_server(workspace, tmp_pa
 
 
 @pytest.mark.slow
-def test_forecast_client_asks_the_served_model(workspace):
+def test_forecast_client_asks_the_served_model(workspace, capsys):
     grpc_port, rest_port = free_port(), free_port()
     directory = workspace / "models/serving/jena_temperature"
+    csv = workspace / "data/raw/jena_climate_2009_2016.csv"
     with started_server(server_command("embedded", grpc_port, rest_port, "jena_temperature", directory)) as server:
         with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
             wait_until_available(channel, "jena_temperature", 1, 120, server)
-        csv = str(workspace / "data/raw/jena_climate_2009_2016.csv")
-        answers = [
-            subprocess.run(
-                [sys.executable, "-m", "forecast.client", csv, *flags],
-                cwd=REPO_ROOT,
-                capture_output=True,
-                text=True,
-                timeout=120,
-                env=without_tf_log_level(),
-            )
+        # as a user runs it, TensorFlow's log level not turned down
+        grpc_answer = subprocess.run(
+            [sys.executable, "-m", "forecast.client", csv, "--model-name", "jena_temperature"]
+            + ["--target", f"127.0.0.1:{grpc_port}", "--brief"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=without_tf_log_level(),
+        )
+        rest_answer, table_answer, card_answer = (
+            run_main(client_main, capsys, csv, *flags)
             for flags in (
-                ["--model-name", "jena_temperature", "--target", f"127.0.0.1:{grpc_port}", "--brief"],
                 ["--model-name", "jena_temperature", "--rest", "--target", f"127.0.0.1:{rest_port}", "--json"],
                 ["--model-name", "jena_temperature", "--target", f"127.0.0.1:{grpc_port}"],
                 # the name, measurement order and gap filling from the version's model card
-                ["--model-card", str(directory / "1"), "--target", f"127.0.0.1:{grpc_port}", "--brief"],
+                ["--model-card", directory / "1", "--target", f"127.0.0.1:{grpc_port}", "--brief"],
             )
-        ]
-    grpc_answer, rest_answer, table_answer, card_answer = answers
-    assert card_answer.returncode == 0, card_answer.stderr
-    assert card_answer.stdout == grpc_answer.stdout
+        )
     assert grpc_answer.returncode == 0, grpc_answer.stderr
     assert grpc_answer.stderr == ""  # no TensorFlow start-up noise
+    assert card_answer == (0, grpc_answer.stdout, "")
     # The synthetic range ends 2009-02-15 00:00: the latest complete hour is the last row; the
     # tiny model's horizon (6 h, from its own valid_time output) names the valid time.
     assert grpc_answer.stdout.startswith(
         "forecast for 2009-02-15 06:00 (6 h after the last reading at 2009-02-15 00:00): "
     )
     assert grpc_answer.stdout.rstrip().endswith(" C (model jena_temperature, version 1)")
-    assert rest_answer.returncode == 0, rest_answer.stderr
-    answer = json.loads(rest_answer.stdout)
+    code, out, err = rest_answer
+    assert code == 0, err
+    answer = json.loads(out)
     temperature = float(grpc_answer.stdout.split("): ")[1].split(" C")[0])
     assert answer["temperature_degC"] == pytest.approx(temperature, abs=0.05)
     assert {key: answer[key] for key in ("valid_time", "last_reading", "horizon_hours", "model_name")} == {
@@ -149,8 +152,9 @@ def test_forecast_client_asks_the_served_model(workspace):
     for hour in answer["hours"]:
         low, median, high = hour["quantiles_degC"]
         assert low <= median == hour["median_degC"] <= high
-    assert table_answer.returncode == 0, table_answer.stderr
-    table = table_answer.stdout.splitlines()
+    code, out, err = table_answer
+    assert code == 0, err
+    table = out.splitlines()
     assert table[0] == "forecast after the last reading at 2009-02-15 00:00 (model jena_temperature, version 1)"
     assert len(table) == 2 + 6 and table[-1].split()[:4] == ["+6", "h", "2009-02-15", "06:00"]
     assert float(table[-1].split()[4]) == pytest.approx(temperature, abs=0.05)
@@ -177,31 +181,24 @@ def single_output_model(directory: Path, lookback: int) -> None:
 
 
 @pytest.mark.slow
-def test_the_client_still_reads_a_model_that_serves_only_the_day_ahead_temperature(workspace, tmp_path):
+def test_the_client_still_reads_a_model_that_serves_only_the_day_ahead_temperature(workspace, tmp_path, capsys):
     single_output_model(tmp_path / "old" / "1", lookback=24)
     grpc_port, rest_port = free_port(), free_port()
     with started_server(server_command("embedded", grpc_port, rest_port, "old", tmp_path / "old")) as server:
         with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
             wait_until_available(channel, "old", 1, 120, server)
-        csv = str(workspace / "data/raw/jena_climate_2009_2016.csv")
-        answers = [
-            subprocess.run(
-                [sys.executable, "-m", "forecast.client", csv, "--model-name", "old", *flags],
-                cwd=REPO_ROOT,
-                capture_output=True,
-                text=True,
-                timeout=120,
-            )
+        csv = workspace / "data/raw/jena_climate_2009_2016.csv"
+        table, rest = (
+            run_main(client_main, capsys, csv, "--model-name", "old", *flags)
             for flags in (
                 ["--target", f"127.0.0.1:{grpc_port}"],
                 ["--rest", "--target", f"127.0.0.1:{rest_port}", "--json"],
             )
-        ]
-    table, rest = answers
-    assert table.returncode == 0, table.stderr
-    assert table.stdout.startswith("forecast for 2009-02-16 00:00 (24 h after the last reading at 2009-02-15 00:00): ")
-    assert rest.returncode == 0, rest.stderr
-    answer = json.loads(rest.stdout)
+        )
+    assert table[0] == 0, table[2]
+    assert table[1].startswith("forecast for 2009-02-16 00:00 (24 h after the last reading at 2009-02-15 00:00): ")
+    assert rest[0] == 0, rest[2]
+    answer = json.loads(rest[1])
     assert answer["horizon_hours"] == 24 and "hours" not in answer
 
 
@@ -304,7 +301,7 @@ def test_a_store_without_the_version_fails_smoke_in_one_line(workspace, s3_serve
 
 
 @pytest.mark.slow
-def test_external_mode_and_the_client_over_mutual_tls(workspace, tmp_path):
+def test_external_mode_and_the_client_over_mutual_tls(workspace, tmp_path, capsys):
     tls = make_tls_files(tmp_path / "tls")
     grpc_port, rest_port = free_port(), free_port()
     directory = workspace / "models/serving/jena_temperature"
@@ -324,40 +321,23 @@ def test_external_mode_and_the_client_over_mutual_tls(workspace, tmp_path):
                 "smoke.tls_key_file": client_files["key"],
             },
         )
-        csv = str(workspace / "data/raw/jena_climate_2009_2016.csv")
+        csv = workspace / "data/raw/jena_climate_2009_2016.csv"
+        target = ["--model-name", "jena_temperature", "--target", f"127.0.0.1:{grpc_port}", "--brief"]
         answers = [
-            subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "forecast.client",
-                    csv,
-                    "--model-name",
-                    "jena_temperature",
-                    "--target",
-                    f"127.0.0.1:{grpc_port}",
-                    "--brief",
-                    *flags,
-                ],
-                cwd=REPO_ROOT,
-                capture_output=True,
-                text=True,
-                timeout=120,
-                env=without_tf_log_level(),
-            )
+            run_main(client_main, capsys, csv, *target, *flags)
             for flags in (
                 ["--tls-ca", client_files["ca"], "--tls-cert", client_files["cert"], "--tls-key", client_files["key"]],
                 ["--tls-ca", client_files["ca"]],  # no client certificate
-                [],
+                [],  # plaintext
             )
-        ]  # plaintext
+        ]
     assert result.returncode == 0, result.stderr
     assert json.loads((workspace / "metrics/smoke.json").read_text())["server"] == "external"
-    with_certificate, without_certificate, plaintext = answers
-    assert with_certificate.returncode == 0, with_certificate.stderr
-    assert with_certificate.stdout.startswith("forecast for 2009-02-15 06:00")
-    for refused in (without_certificate, plaintext):
-        assert refused.returncode == 1 and "UNAVAILABLE" in refused.stderr and "Traceback" not in refused.stderr
+    (code, out, err), *refused = answers
+    assert code == 0, err
+    assert out.startswith("forecast for 2009-02-15 06:00")
+    for code, _, err in refused:
+        assert code == 1 and "UNAVAILABLE" in err
 
 
 @pytest.mark.slow
