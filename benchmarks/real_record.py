@@ -33,9 +33,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from repository import copy_repository
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's test helpers
+from tests.helpers.repository import REPO_ROOT, copy_repository
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CSV = REPO_ROOT.parent / "shared" / "data" / "jena_real_hourly_2009_2016.csv"
 STAGE_LINE = re.compile(r"Running stage '(\w+)'")
 
@@ -124,7 +124,7 @@ def main(argv=None) -> int:
     try:
         for seed in args.seeds:
             root = scratch / f"seed-{seed}"
-            copy_repository(root, {"source": "jena", "url": args.csv.resolve().as_uri()})
+            copy_repository(root, {"data.source": "jena", "data.url": args.csv.resolve().as_uri()})
             code, seconds, total, _ = timed_run(root, "exp", "run", "-S", f"seed={seed}")
             results.append((seed, code, seconds, total, figures(root)))
         if args.refusal:

@@ -43,12 +43,13 @@ from pathlib import Path
 import keras
 import numpy as np
 import yaml
-from repository import copy_repository
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's code and test helpers
 from pipeline.dataset import load_windows, make_dataset
 from pipeline.evaluate import forecasts, mae
 from pipeline.model import build_model
 from pipeline.train import compile_model, seed_everything, train
+from tests.helpers.repository import copy_repository
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIGURATIONS = {
@@ -222,7 +223,7 @@ def main() -> None:
     runs = {name: [] for name in CONFIGURATIONS}
     try:
         root = scratch / "repo"
-        copy_repository(root, {"source": "synthetic"})
+        copy_repository(root, {"data.source": "synthetic"})
         data_seconds = timed_dvc(root, "repro", "window")
         params = yaml.safe_load((root / "params.yaml").read_text())
         windows = load_windows(root / "data" / "windows")

@@ -1,10 +1,20 @@
-"""Stand-ins for exports and server configs, for the tests that publish without TensorFlow."""
+"""Stand-ins for exports, their metrics and server configs, for the tests that publish without TensorFlow."""
 
 import json
 import os
 from pathlib import Path
 
 from pipeline.published import MODEL_CARD
+
+# What the evaluate stage writes for a candidate it blessed, as export and the model card read it
+BLESSED_METRICS = {
+    "test_mae_degC": 1.9,
+    "persistence_mae_degC": 2.5,
+    "skill_vs_persistence": 0.24,
+    "skill_interval": [0.2, 0.28],
+    "blessed": True,
+    "blessing_reason": "beats persistence",
+}
 
 
 def fake_export(

@@ -30,10 +30,8 @@ def forget_clients() -> None:
     gcsfs.GCSFileSystem.clear_instance_cache()
 
 
-class S3Server:
-    """moto's S3 on loopback. Its objects live in moto's process-wide state, so they survive a restart."""
-
-    scheme = "s3"
+class LoopbackStore:
+    """A store's server on a free loopback port: started, stopped (an outage), reset to running and empty."""
 
     def __init__(self):
         self.port = free_port()
@@ -42,6 +40,23 @@ class S3Server:
     @property
     def endpoint_url(self) -> str:
         return f"http://{LOOPBACK}:{self.port}"
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
+
+    def reset(self) -> None:
+        """Running again (a fault test may have stopped it), with no bucket."""
+        if self._server is None:
+            self.start()
+        self._empty()
+
+
+class S3Server(LoopbackStore):
+    """moto's S3 on loopback. Its objects live in moto's process-wide state, so they survive a restart."""
+
+    scheme = "s3"
 
     @property
     def environment(self) -> dict[str, str]:
@@ -58,17 +73,10 @@ class S3Server:
         self._server.start()
         return self
 
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.stop()
-            self._server = None
-
-    def reset(self) -> None:
-        """Running again, with no bucket: moto's state is process-wide and would leak into the next test."""
+    def _empty(self) -> None:
+        """moto's state is process-wide and would leak into the next test."""
         import requests
 
-        if self._server is None:  # stopped by a fault test: the state is still there
-            self.start()
         requests.post(f"{self.endpoint_url}/moto-api/reset", timeout=10).raise_for_status()
 
     def close(self) -> None:
@@ -90,19 +98,14 @@ class S3Server:
         return f"s3://{name}"
 
 
-class GcsServer:
+class GcsServer(LoopbackStore):
     """gcp-storage-emulator on loopback, keeping its objects in a directory so they survive a restart."""
 
     scheme = "gs"
 
     def __init__(self):
-        self.port = free_port()
+        super().__init__()
         self._data = tempfile.TemporaryDirectory(prefix="gcs-emulator-")
-        self._server = None
-
-    @property
-    def endpoint_url(self) -> str:
-        return f"http://{LOOPBACK}:{self.port}"
 
     @property
     def environment(self) -> dict[str, str]:
@@ -113,15 +116,7 @@ class GcsServer:
         self._server.start()
         return self
 
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.stop()
-            self._server = None
-
-    def reset(self) -> None:
-        """Running again, with no bucket."""
-        if self._server is None:
-            self.start()
+    def _empty(self) -> None:
         self._server.wipe()
 
     def close(self) -> None:

@@ -2,8 +2,8 @@
 
 `run_stage` runs `python -m pipeline.<stage>` in a directory as DVC would;
 `set_params` changes dotted keys of a params.yaml; `copy_repository` makes a
-fresh git repository of this checkout's files (on `SMALL_SYNTHETIC_PARAMS`),
-in which a `PipelineRepo` runs `dvc` and `git`. `QUICK_PARAMS` make its model
+fresh git repository of this checkout's files (by default on
+`SMALL_SYNTHETIC_PARAMS`), in which a `PipelineRepo` runs `dvc` and `git`. `QUICK_PARAMS` make its model
 tiny and always blessed, for tests of what happens around training.
 """
 
@@ -88,8 +88,9 @@ class PipelineRepo:
         self.run("git", *GIT_USER, "commit", "-q", "-m", message)
 
 
-def copy_repository(root: Path) -> PipelineRepo:
-    """This checkout's tracked and new files, committed in a fresh git repo at `root`, on small synthetic data."""
+def copy_repository(root: Path, params: dict = SMALL_SYNTHETIC_PARAMS) -> PipelineRepo:
+    """This checkout's tracked and new files, committed in a fresh git repo at `root`, with `params` (dotted
+    keys) set in its params.yaml: by default small synthetic data. The benchmarks that run DVC use it too."""
     listed = subprocess.run(
         ["git", "ls-files", "-co", "--exclude-standard", "-z"],
         cwd=REPO_ROOT,
@@ -102,7 +103,7 @@ def copy_repository(root: Path) -> PipelineRepo:
         if source.is_file():
             (root / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, root / name)
-    set_params(root / "params.yaml", SMALL_SYNTHETIC_PARAMS)
+    set_params(root / "params.yaml", params)
     repo = PipelineRepo(root)
     repo.run("git", "init", "-q", "-b", "main")
     repo.commit("copy")

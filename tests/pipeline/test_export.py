@@ -21,7 +21,7 @@ from pipeline import export, schema
 from pipeline.model import build_model
 from pipeline.published import MODEL_CARD, model_directory
 from serving.store import complete_versions, fingerprint, publish
-from tests.helpers.exports import fake_export
+from tests.helpers.exports import BLESSED_METRICS, fake_export
 from tests.helpers.repository import REPO_ROOT
 from tests.helpers.training import EVALUATE_PARAMS, TINY_MODEL, small_windows
 
@@ -29,14 +29,6 @@ LOOKBACK = 24
 # Dropout on: its seed generators must export too (they once broke tf.saved_model.save).
 DROPOUT_MODEL = {**TINY_MODEL, "dropout": 0.2, "recurrent_dropout": 0.1}
 HORIZON = 6
-METRICS = {
-    "test_mae_degC": 1.9,
-    "persistence_mae_degC": 2.5,
-    "skill_vs_persistence": 0.24,
-    "skill_interval": [0.2, 0.28],
-    "blessed": True,
-    "blessing_reason": "beats persistence",
-}
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +45,7 @@ def model(windows):
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory, model, windows) -> Path:
     directory = tmp_path_factory.mktemp("export") / "export"
-    export.write_export(model, windows, {"model_name": "jena_temperature", "metrics": METRICS}, directory)
+    export.write_export(model, windows, {"model_name": "jena_temperature", "metrics": BLESSED_METRICS}, directory)
     return directory
 
 
@@ -165,14 +157,14 @@ def test_model_card_tells_what_and_whence(exported, tmp_path):
         "train": {"batch_size": 64},
     }
     params = {**made_by, "serving": {"model_name": "jena_temperature"}, "smoke": {"server": "embedded"}}
-    card = export.model_card(params, METRICS, raw_csv, LOOKBACK)
+    card = export.model_card(params, BLESSED_METRICS, raw_csv, LOOKBACK)
     assert card["data"] == {
         "source": "synthetic",
         "origin": "synthetic 2009-01-01 to 2009-03-01",
         "file": str(raw_csv),
         "md5": hashlib.md5(raw_csv.read_bytes()).hexdigest(),
     }
-    assert card["params"] == made_by and card["metrics"] == METRICS  # serving and smoke do not make the model
+    assert card["params"] == made_by and card["metrics"] == BLESSED_METRICS  # serving and smoke do not make the model
     assert set(card["git"]) == {"commit", "dirty"} and "T" in card["created"]
     assert card["signature"]["inputs"]["history"][1] == [None, LOOKBACK, 14]
     assert card["signature"]["outputs"]["temperature_quantiles_degC"] == ("float32", [None, HORIZON, 3])
@@ -180,7 +172,7 @@ def test_model_card_tells_what_and_whence(exported, tmp_path):
 
     written = json.loads((exported / MODEL_CARD).read_text())
     assert written["fingerprint"] == fingerprint(exported)
-    assert written["metrics"] == METRICS
+    assert written["metrics"] == BLESSED_METRICS
 
 
 EXPORT_IN_A_NEW_PROCESS = """
@@ -213,28 +205,33 @@ def test_exporting_the_same_model_again_reproduces_its_fingerprint(model, tmp_pa
     assert fingerprints[0] == fingerprints[1]
 
 
-def test_only_a_blessed_model_is_published_and_only_once(exported, tmp_path):
-    serving = {
+def local_serving(tmp_path) -> dict:
+    """params.yaml's serving section for versions under tmp_path/serving/jena_temperature."""
+    return {
         "base_path": str(tmp_path / "serving"),
         "model_name": "jena_temperature",
         "keep_versions": 3,
         "config_file": str(REPO_ROOT / "serving/models.config"),
     }
+
+
+def test_only_a_blessed_model_is_published_and_only_once(exported, tmp_path):
+    serving = local_serving(tmp_path)
     versions = tmp_path / "serving/jena_temperature"
 
     refused = export.publication(
-        exported, {**METRICS, "blessed": False, "blessing_reason": "too weak"}, serving, EVALUATE_PARAMS
+        exported, {**BLESSED_METRICS, "blessed": False, "blessing_reason": "too weak"}, serving, EVALUATE_PARAMS
     )
     assert refused["published"] is False and refused["version"] is None
     assert refused["reason"] == "not blessed: too weak"
     assert complete_versions(versions) == []
 
-    first = export.publication(exported, METRICS, serving, EVALUATE_PARAMS)
+    first = export.publication(exported, BLESSED_METRICS, serving, EVALUATE_PARAMS)
     assert (first["published"], first["created"], first["version"]) == (True, True, 1)
     assert first["path"] == str(versions / "1") and first["fingerprint"] == fingerprint(exported)
     assert complete_versions(versions)[-1] == 1
 
-    again = export.publication(exported, METRICS, serving, EVALUATE_PARAMS)
+    again = export.publication(exported, BLESSED_METRICS, serving, EVALUATE_PARAMS)
     assert (again["published"], again["created"], again["version"]) == (True, False, 1)
     assert "no new version" in again["reason"]
     assert complete_versions(versions) == [1]
@@ -242,16 +239,11 @@ def test_only_a_blessed_model_is_published_and_only_once(exported, tmp_path):
 
 def test_a_model_outrun_by_a_better_publication_is_not_published(exported, tmp_path):
     """Two queued experiments: both blessed against version 1; the better one publishes first."""
-    serving = {
-        "base_path": str(tmp_path / "serving"),
-        "model_name": "jena_temperature",
-        "keep_versions": 3,
-        "config_file": str(REPO_ROOT / "serving/models.config"),
-    }
+    serving = local_serving(tmp_path)
     versions = tmp_path / "serving/jena_temperature"
     publish(fake_export(tmp_path / "version-1", "first", test_mae=2.0), versions, keep_versions=3)
     evaluated_against_version_1 = {
-        **METRICS,
+        **BLESSED_METRICS,
         "published_version": 1,
         "test_samples": 100,
         "test_data_fingerprint": "test data",
@@ -268,9 +260,12 @@ def test_a_model_outrun_by_a_better_publication_is_not_published(exported, tmp_p
 def test_the_recheck_never_compares_numbers_from_different_data(exported, tmp_path):
     versions = tmp_path / "jena_temperature"
     publish(fake_export(tmp_path / "v1", "first", test_mae=2.0), versions, keep_versions=3)
-    evaluated = {**METRICS, "published_version": 1, "test_samples": 100, "test_data_fingerprint": "ours"}
+    evaluated = {**BLESSED_METRICS, "published_version": 1, "test_samples": 100, "test_data_fingerprint": "ours"}
     # the version evaluate compared against is still the newest: its decision stands
-    assert export.still_blessed_at(versions / "1", evaluated, EVALUATE_PARAMS) == (True, METRICS["blessing_reason"])
+    assert export.still_blessed_at(versions / "1", evaluated, EVALUATE_PARAMS) == (
+        True,
+        BLESSED_METRICS["blessing_reason"],
+    )
     # a version measured on other data has landed since: a worse recorded MAE must not bless, nothing can
     publish(fake_export(tmp_path / "v2", "second", test_mae=9.0, test_data="other data"), versions, keep_versions=3)
     blessed, reason = export.still_blessed_at(versions / "2", evaluated, EVALUATE_PARAMS)

@@ -30,11 +30,11 @@ from pipeline.model import build_model
 from pipeline.published import MODEL_CARD
 from serving.store import fingerprint, publish
 from tests.helpers.commands import run_main
+from tests.helpers.exports import BLESSED_METRICS
 from tests.helpers.repository import REPO_ROOT
 from tests.helpers.training import TINY_MODEL, small_windows, tiny_params, write_windows
 
 LOOKBACK, HORIZON = 24, 6
-METRICS = {"test_mae_degC": 1.9, "persistence_mae_degC": 2.5, "blessed": True, "blessing_reason": "beats persistence"}
 LAYER_CLASSES = ("JenaFeatures", "GRU", "Dense", "QuantileHead")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -63,7 +63,7 @@ def forms(tmp_path_factory, model, windows) -> dict[str, Path]:
     raw_csv.write_text("Date Time\n")
     params = {**yaml.safe_load((REPO_ROOT / "params.yaml").read_text()), **tiny_params()}
     params["window"] = {**params["window"], "lookback_hours": LOOKBACK, "horizon_hours": HORIZON}
-    export.write_export(model, windows, export.model_card(params, METRICS, raw_csv, LOOKBACK), root / "export")
+    export.write_export(model, windows, export.model_card(params, BLESSED_METRICS, raw_csv, LOOKBACK), root / "export")
     published = publish(root / "export", root / "serving" / "jena_temperature", keep_versions=2)
     return {
         "keras": root / "model.keras",

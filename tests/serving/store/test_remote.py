@@ -21,7 +21,7 @@ from pipeline import export
 from pipeline.published import model_directory
 from serving import store
 from serving.store import PublicationRefused, client, fingerprint, publish, remote
-from tests.helpers.exports import fake_export, labelled_config
+from tests.helpers.exports import BLESSED_METRICS, fake_export, labelled_config
 from tests.helpers.object_storage import os_environment_with
 from tests.helpers.repository import REPO_ROOT
 from tests.helpers.training import EVALUATE_PARAMS
@@ -156,12 +156,8 @@ def test_the_export_stage_publishes_and_records_on_a_store(model_url, tmp_path):
     }
     assert model_directory(serving) == model_url
     metrics = {
+        **BLESSED_METRICS,
         "test_mae_degC": 2.0,
-        "persistence_mae_degC": 2.5,
-        "skill_vs_persistence": 0.2,
-        "skill_interval": [0.15, 0.25],
-        "blessed": True,
-        "blessing_reason": "beats persistence",
         "published_version": None,
         "test_samples": 100,
         "test_data_fingerprint": "test data",
@@ -194,15 +190,7 @@ def test_publication_json_from_the_export_stage_names_the_store(model_url, tmp_p
         "keep_versions": 3,
         "config_file": str(REPO_ROOT / "serving/models.config"),
     }
-    metrics = {
-        "test_mae_degC": 1.0,
-        "persistence_mae_degC": 2.5,
-        "skill_vs_persistence": 0.6,
-        "skill_interval": [0.55, 0.65],
-        "blessed": True,
-        "blessing_reason": "ok",
-    }
-    record = export.publication(fake_export(tmp_path / "e", "e"), metrics, serving, EVALUATE_PARAMS)
+    record = export.publication(fake_export(tmp_path / "e", "e"), BLESSED_METRICS, serving, EVALUATE_PARAMS)
     assert record == {
         **record,
         "published": True,
