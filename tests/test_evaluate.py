@@ -15,25 +15,20 @@ from pipeline import evaluate, export
 from pipeline.blessing import bless, coverage_verdict
 from pipeline.dataset import save_windows
 from pipeline.evaluate import (
-    band_coverage,
     calendar,
     climatology_forecast,
     climatology_table,
     errors_by_horizon,
     evaluation_metrics,
     judged_metrics,
-    mae,
     mae_by_month,
-    percentile_interval,
     persistence_forecast,
     prediction_stretch,
     reliability,
-    resampled_totals,
     residual_histogram,
-    rmse,
-    sample_days,
 )
 from pipeline.model import build_model
+from pipeline.scores import band_coverage, mae, percentile_interval, resampled_totals, rmse, sample_days
 from pipeline.train import save_model
 
 EVALUATE_PARAMS = {

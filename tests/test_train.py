@@ -10,7 +10,6 @@ from windows_helper import small_windows
 
 from pipeline import train as train_stage
 from pipeline.dataset import make_dataset, save_windows
-from pipeline.evaluate import pinball_loss
 from pipeline.features import derive_features
 from pipeline.model import (
     TEMPERATURE_INDEX,
@@ -20,6 +19,7 @@ from pipeline.model import (
     calibration_factors,
     standardisation,
 )
+from pipeline.scores import pinball_loss
 from pipeline.train import (
     FinalHourMedianMAE,
     PinballLoss,
