@@ -13,22 +13,28 @@ long as it stays over its limit: the earliest of those days is the alarm's
 `since` (the first day of the current crossing).
 
 - MAE: the +horizon (+24 h) MAE of the forecasts valid in the last
-  `drift_window_days` days. One month of weather is a small sample (errors
-  persist for days), so it is judged with a moving-block bootstrap over days
-  (pipeline.scores, as the blessing is): alarm when the whole interval lies
-  above the test MAE + `mae_tolerance`. The interval covers the window's
-  sampling noise; the tolerance covers what a month differs from the test
-  split's whole year (winter forecasts err more than summer ones).
+  `drift_window_days` days, against what the version's test skill expects in
+  that weather. A month's MAE swings with its weather far more than a
+  small drift (on the real record a 30-day MAE lies up to 1 C either side of
+  the year's), so the expectation is the test MAE scaled by persistence's
+  MAE on the same hours (`error_alarm`). One month of weather is a small
+  sample (errors persist for days), so the excess is judged with a
+  moving-block bootstrap over days (pipeline.scores, as the blessing is):
+  alarm when its whole interval lies above `mae_tolerance`.
 - Coverage: the band's coverage (all hours ahead) over the same window, with
-  its interval: alarm when the whole interval lies outside the coverage goal.
+  its interval: alarm when the whole interval lies outside
+  `evaluate.coverage_goal` widened by `coverage_tolerance` on each side (a
+  month's coverage swings with its weather too).
 - Input PSI: per measurement, the population stability index of the last
   `psi_window_days` days of readings against the training split's deciles of
-  the same calendar month, sum over bins of (p - q) ln(p / q). Weather
-  persists, so even a clean month's PSI is far above the textbook 0.25:
-  `psi_threshold` is set above what clean months reach (docs/verification.md).
+  the same calendar month, sum over bins of (p - q) ln(p / q), judged with
+  readings on at least `psi_min_days` days. Weather persists, so even a clean
+  month's PSI is far above the textbook 0.25: `psi_threshold` is set above
+  what clean months reach (docs/verification.md).
 - Stuck: a measurement unchanged for longer than both `stuck_hours` and the
   longest unchanged run in the training split.
-Windows with fewer than `min_days` days of data are not judged.
+MAE and coverage windows with forecasts on fewer than `min_days` days are not
+judged.
 """
 
 from dataclasses import dataclass

@@ -74,7 +74,7 @@ def chart(title: str, y_label: str, lines: list[dict], bands=(), levels=(), y_fo
             f'<text x="{LEFT - 6}" y="{y(tick) + 4:.1f}" text-anchor="end">{y_format.format(tick)}</text>'
         )
     span = pd.Timestamp(end, unit="s") - pd.Timestamp(start, unit="s")
-    tick_format = "%d %b %H:%M" if span < pd.Timedelta(days=4) else "%d %b"
+    tick_format = "%d %b %H:%M" if span < pd.Timedelta(days=7) else "%d %b"
     for tick in pd.date_range(pd.Timestamp(start, unit="s"), pd.Timestamp(end, unit="s"), periods=6):
         parts.append(
             f'<text x="{x(tick.timestamp()):.1f}" y="{HEIGHT - BOTTOM + 16}" text-anchor="middle">'

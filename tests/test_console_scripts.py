@@ -15,6 +15,7 @@ def test_the_commands_are_installed_as_console_scripts():
         "wetterfrosch-model-server",
         "wetterfrosch-forecast",
         "wetterfrosch-sync",
+        "wetterfrosch-verify",
     }
 
 
