@@ -13,7 +13,9 @@ residuals' quantiles. Its rows are in forecast.archive's schema.
 import numpy as np
 import pandas as pd
 
+from forecast import drift, scores
 from pipeline import schema, synthetic
+from pipeline.input_statistics import measurement_statistics
 from pipeline.prepare import prepare
 
 LEVELS = (0.1, 0.5, 0.9)
@@ -97,3 +99,29 @@ def regression_forecasts(
     for index, name in enumerate(QUANTILE_NAMES):
         frame[name] = quantiles[..., index].ravel().astype(np.float32)
     return frame
+
+
+def training_statistics(table: pd.DataFrame) -> dict:
+    """The model card's `input_statistics` of a UTC-indexed hourly table (as export takes them)."""
+    return measurement_statistics(table.to_numpy(), table.index.tz_localize(None).as_unit("s").asi8)
+
+
+def forecaster_metrics(readings: pd.DataFrame, fitted, test_index: pd.DatetimeIndex) -> dict:
+    """The forecaster's model-card figures on a test stretch: its +horizon MAE and persistence's."""
+    observed = scores.observed_temperatures(readings, schema.TEMPERATURE)
+    forecasts = regression_forecasts(readings[schema.TEMPERATURE], test_index, fitted)
+    final = scores.final_hour_rows(scores.matured(forecasts, observed))
+    final = final[final["persistence"].notna()]
+    return {
+        "test_mae_degC": float(np.abs(final["median"] - final["observed"]).mean()),
+        "persistence_mae_degC": float(np.abs(final["persistence"] - final["observed"]).mean()),
+    }
+
+
+def alarms_at(now, readings, matured, metrics, statistics, settings, goal=(0.78, 0.82)) -> list:
+    """Every drift alarm verification would raise at `now` for version 1 (forecast.drift)."""
+    rows = matured[matured["issue_time"] <= now]
+    _, error = drift.error_alarm(scores.final_hour_rows(rows), 1, metrics, now, settings, seed=42)
+    _, coverage = drift.coverage_alarm(rows, 1, ("q10", "q90"), list(goal), now, settings, seed=42)
+    _, inputs = drift.input_alarms(readings, statistics, now, settings)
+    return [alarm for alarm in (error, coverage, *inputs) if alarm is not None]

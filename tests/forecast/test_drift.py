@@ -3,11 +3,18 @@
 import numpy as np
 import pandas as pd
 import pytest
-from drift_scenario import fit_regression, hourly, regression_forecasts, station_record
+from drift_scenario import (
+    alarms_at,
+    fit_regression,
+    forecaster_metrics,
+    hourly,
+    regression_forecasts,
+    station_record,
+    training_statistics,
+)
 
 from forecast import drift, scores
 from pipeline import schema
-from pipeline.input_statistics import measurement_statistics
 
 SETTINGS = {
     "drift_window_days": 30,
@@ -23,10 +30,6 @@ SETTINGS = {
     "stuck_hours": 6,
 }
 HOUR = pd.Timedelta(hours=1)
-
-
-def statistics_of(table: pd.DataFrame) -> dict:
-    return measurement_statistics(table.to_numpy(), table.index.tz_localize(None).as_unit("s").asi8)
 
 
 def independent_readings(start: str, hours: int, seed: int) -> pd.DataFrame:
@@ -49,7 +52,7 @@ def test_psi_is_zero_for_the_same_shares_and_grows_with_the_shift():
 
 def test_psi_and_the_unchanged_run_catch_an_offset_and_a_stuck_sensor():
     training = independent_readings("2019-01-01", 365 * 24, seed=1)
-    statistics = statistics_of(training)
+    statistics = training_statistics(training)
     recent = independent_readings("2020-01-01", 40 * 24, seed=2)
     offset_from = recent.index[20 * 24]
     recent.loc[offset_from:, "p (mbar)"] += 2 * training["p (mbar)"].std()  # two standard deviations
@@ -70,7 +73,7 @@ def test_psi_and_the_unchanged_run_catch_an_offset_and_a_stuck_sensor():
 def test_a_run_as_long_as_trainings_longest_is_no_alarm():
     training = independent_readings("2019-01-01", 90 * 24, seed=3)
     training.iloc[100:150, schema.column_index("rh (%)")] = 100.0  # 50 foggy hours at saturation
-    statistics = statistics_of(training)
+    statistics = training_statistics(training)
     assert statistics["measurements"]["rh (%)"]["longest_constant_hours"] == 50
     recent = independent_readings("2019-04-01", 40 * 24, seed=4)
     recent.iloc[-50:, schema.column_index("rh (%)")] = 100.0
@@ -160,24 +163,10 @@ def frozen_barometer(request):
     train, test = readings.loc[:"2009-12-31 23:00"], readings.loc["2010-01-01":"2010-12-31 23:00"]
     fitted = fit_regression(train[schema.TEMPERATURE], 24)
     observed = scores.observed_temperatures(readings, schema.TEMPERATURE)
-    tested = scores.final_hour_rows(
-        scores.matured(regression_forecasts(readings[schema.TEMPERATURE], test.index, fitted), observed)
-    )
-    metrics = {
-        "test_mae_degC": float(np.abs(tested["median"] - tested["observed"]).mean()),
-        "persistence_mae_degC": float(np.abs(tested["persistence"] - tested["observed"]).mean()),
-    }
+    metrics = forecaster_metrics(readings, fitted, test.index)
     live = readings.loc[LIVE_START:]
     forecasts = regression_forecasts(readings[schema.TEMPERATURE], live.index, fitted)
-    return readings, scores.matured(forecasts, observed), metrics, statistics_of(train)
-
-
-def alarms_at(now, readings, matured, metrics, statistics, settings):
-    rows = matured[matured["issue_time"] <= now]
-    _, error = drift.error_alarm(scores.final_hour_rows(rows), 1, metrics, now, settings, seed=42)
-    _, coverage = drift.coverage_alarm(rows, 1, ("q10", "q90"), [0.78, 0.82], now, settings, seed=42)
-    _, inputs = drift.input_alarms(readings, statistics, now, settings)
-    return [alarm for alarm in (error, coverage, *inputs) if alarm is not None]
+    return readings, scores.matured(forecasts, observed), metrics, training_statistics(train)
 
 
 def test_a_frozen_barometer_is_caught_within_the_bound_and_the_clean_month_raises_nothing(frozen_barometer, params):

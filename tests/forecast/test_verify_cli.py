@@ -12,11 +12,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from drift_scenario import fit_regression, hourly, regression_forecasts, station_record
+from drift_scenario import (
+    fit_regression,
+    forecaster_metrics,
+    hourly,
+    regression_forecasts,
+    station_record,
+    training_statistics,
+)
 
 from forecast import archive, scores, verify
 from pipeline import schema, synthetic
-from pipeline.input_statistics import measurement_statistics
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PARAMS = str(REPO_ROOT / "params.yaml")
@@ -33,20 +39,12 @@ def station(tmp_path_factory):
     table = hourly(readings)
     train, test = table.loc[:"2009-12-31 23:00"], table.loc["2010-01-01":"2010-12-31 23:00"]
     fitted = fit_regression(train[schema.TEMPERATURE], 24)
-    observed = scores.observed_temperatures(table, schema.TEMPERATURE)
-    tested = scores.final_hour_rows(
-        scores.matured(regression_forecasts(table[schema.TEMPERATURE], test.index, fitted), observed)
-    )
+    metrics = {key: round(value, 4) for key, value in forecaster_metrics(table, fitted, test.index).items()}
     card = {
         "model_name": "jena_temperature",
         "params": {"prepare": {"max_fill_hours": 3}},
-        "metrics": {
-            "test_mae_degC": round(float(np.abs(tested["median"] - tested["observed"]).mean()), 4),
-            "persistence_mae_degC": round(float(np.abs(tested["persistence"] - tested["observed"]).mean()), 4),
-            "skill_vs_persistence": 0.0123,
-            "band_coverage": 0.7911,
-        },
-        "input_statistics": measurement_statistics(train.to_numpy(), train.index.tz_localize(None).as_unit("s").asi8),
+        "metrics": {**metrics, "skill_vs_persistence": 0.0123, "band_coverage": 0.7911},
+        "input_statistics": training_statistics(train),
     }
     csv = root / "recent.csv"
     recent = readings[readings[schema.DATE_COLUMN] > pd.Timestamp(READINGS_FROM)]
