@@ -255,12 +255,17 @@ def check_model(root, files: list[ArchiveFile], model_name: str | None) -> None:
     """ArchiveError if the archive holds another model's forecasts than `model_name` (or, for None, two models')."""
     expected = model_name or (files[0].model_name if files else None)
     for file in files:
-        if file.model_name != expected:
-            whose = "this archive is read for" if model_name else "it also holds"
+        if file.model_name == expected:
+            continue
+        if model_name:
             raise ArchiveError(
-                f"{root}/{file.relative}: a forecast of model {file.model_name}, {whose} {expected} "
-                "(another model's archive?)"
+                f"{root}/{file.relative}: a forecast of model {file.model_name}, not of {model_name}: "
+                "another model's archive"
             )
+        raise ArchiveError(
+            f"{root}/{file.relative}: a forecast of model {file.model_name} in an archive of {expected}: "
+            "one archive per model"
+        )
 
 
 class LocalArchive:
