@@ -36,7 +36,10 @@ The library part (`latest_window`, `GrpcForecaster`, `RestForecaster`) talks
 to TensorFlow Serving or our own ModelServer through the official gRPC stubs
 or the REST API, and serves applications and the pipeline's stages alike. It
 is the only bridge between the application (pipeline/) and a server: it uses
-the official protos, never code from serving/.
+the official protos, never code from serving/. Commands that ask a served
+model from a readings file (this one, forecast.issue) share its options
+(`add_request_options`, `check_request_options`) and their meaning
+(`model_card_of`, `forecaster_of`).
 """
 
 import argparse
