@@ -15,7 +15,8 @@ float32 column per quantile level, named ``q<level in %>`` (q10, q50, q90),
 ascending. `issue_time` is the hour of the last reading the forecast starts
 from (the readings' clock, taken as UTC as the model's `timestamps` input
 takes it), not the wall clock; `requested_at` is the wall clock when the
-server was asked; `valid_time` is issue_time + hours_ahead hours.
+server was asked; `valid_time` is issue_time + hours_ahead hours. Parquet has
+no seconds unit: the files hold milliseconds, and `read` gives seconds.
 
 Writes are all or nothing, and never two files for one forecast: locally a
 file is written under a hidden temporary name in its partition and linked to
