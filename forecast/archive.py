@@ -292,6 +292,7 @@ class LocalArchive:
         handle, temporary = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp")
         try:
             with os.fdopen(handle, "wb") as file:
+                os.fchmod(file.fileno(), 0o644)  # mkstemp's 0600 would hide the archive from its readers
                 file.write(data)
                 file.flush()
                 os.fsync(file.fileno())

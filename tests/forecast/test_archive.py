@@ -47,6 +47,7 @@ def test_a_forecast_round_trips_in_the_archive_columns_and_types(tmp_path):
     root = tmp_path / "archive"
     written = archive.append(root, rows())
     assert written == f"{root}/issue_date=2026-03-01/jena_temperature-3-20260301T050000Z.parquet"
+    assert os.stat(written).st_mode & 0o777 == 0o644  # readable by the verification's user
 
     # The file: Parquet keeps timestamps in milliseconds (it has no seconds), UTC-adjusted.
     stored = pq.read_schema(written)
