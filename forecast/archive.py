@@ -15,7 +15,8 @@ float32 column per quantile level, named ``q<level in %>`` (q10, q50, q90),
 ascending. `issue_time` is the hour of the last reading the forecast starts
 from (the readings' clock, taken as UTC as the model's `timestamps` input
 takes it), not the wall clock; `requested_at` is the wall clock when the
-server was asked; `valid_time` is issue_time + hours_ahead hours.
+server was asked; `valid_time` is issue_time + hours_ahead hours. Parquet has
+no seconds unit: the files hold milliseconds, and `read` gives seconds.
 
 Writes are all or nothing, and never two files for one forecast: locally a
 file is written under a hidden temporary name in its partition and linked to
@@ -255,12 +256,17 @@ def check_model(root, files: list[ArchiveFile], model_name: str | None) -> None:
     """ArchiveError if the archive holds another model's forecasts than `model_name` (or, for None, two models')."""
     expected = model_name or (files[0].model_name if files else None)
     for file in files:
-        if file.model_name != expected:
-            whose = "this archive is read for" if model_name else "it also holds"
+        if file.model_name == expected:
+            continue
+        if model_name:
             raise ArchiveError(
-                f"{root}/{file.relative}: a forecast of model {file.model_name}, {whose} {expected} "
-                "(another model's archive?)"
+                f"{root}/{file.relative}: a forecast of model {file.model_name}, not of {model_name}: "
+                "another model's archive"
             )
+        raise ArchiveError(
+            f"{root}/{file.relative}: a forecast of model {file.model_name} in an archive of {expected}: "
+            "one archive per model"
+        )
 
 
 class LocalArchive:
@@ -286,6 +292,7 @@ class LocalArchive:
         handle, temporary = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp")
         try:
             with os.fdopen(handle, "wb") as file:
+                os.fchmod(file.fileno(), 0o644)  # mkstemp's 0600 would hide the archive from its readers
                 file.write(data)
                 file.flush()
                 os.fsync(file.fileno())

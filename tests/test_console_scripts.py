@@ -14,6 +14,7 @@ def test_the_commands_are_installed_as_console_scripts():
         "wetterfrosch-inspect",
         "wetterfrosch-model-server",
         "wetterfrosch-forecast",
+        "wetterfrosch-issue",
         "wetterfrosch-sync",
         "wetterfrosch-verify",
     }

@@ -3,7 +3,9 @@
 import numpy as np
 import pandas as pd
 import pytest
-from drift_scenario import (
+
+from forecast import drift, scores
+from forecast.drift_scenario import (
     alarms_at,
     fit_regression,
     forecaster_metrics,
@@ -12,8 +14,6 @@ from drift_scenario import (
     station_record,
     training_statistics,
 )
-
-from forecast import drift, scores
 from pipeline import schema
 
 SETTINGS = {

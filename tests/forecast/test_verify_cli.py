@@ -12,7 +12,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from drift_scenario import (
+
+from forecast import archive, scores, verify
+from forecast.drift_scenario import (
     fit_regression,
     forecaster_metrics,
     hourly,
@@ -20,8 +22,6 @@ from drift_scenario import (
     station_record,
     training_statistics,
 )
-
-from forecast import archive, scores, verify
 from pipeline import schema, synthetic
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
