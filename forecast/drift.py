@@ -132,9 +132,10 @@ def error_alarm(final_rows: pd.DataFrame, version: int, metrics: dict, now, sett
     """The +horizon MAE over the drift window against what the version's test skill expects in that weather:
     (statistic, Alarm or None).
 
-    A month's MAE swings with its weather far more than any drift (a stormy
-    January's errors are twice a calm June's), so the test MAE is scaled by
-    how hard the window was: persistence's MAE on the same hours. Per forecast,
+    A month's MAE swings with its weather far more than a small drift (on the
+    real record a clean 30-day MAE strays up to 1.1 C either side of the
+    year's), so the test MAE is scaled by how hard the window was:
+    persistence's MAE on the same hours. Per forecast,
     |error| - (test MAE / test persistence MAE) |persistence's error| has mean 0
     for a version as good as at its blessing; alarm when the whole interval of
     that mean lies above `mae_tolerance`.

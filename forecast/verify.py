@@ -86,7 +86,7 @@ def model_card(directory, version: int) -> dict | None:
         return None
     try:
         card = json.loads(data)
-        card["metrics"]["test_mae_degC"]
+        float(card["metrics"]["test_mae_degC"]) + float(card["metrics"]["persistence_mae_degC"])
     except (ValueError, KeyError, TypeError) as error:
         raise VerifyError(f"{directory}: version {version}'s {MODEL_CARD_FILE} is not a model card ({error})") from None
     return card
@@ -263,7 +263,12 @@ def run(args) -> dict:
     now = hourly.index.max() if args.now is None else archive.utc(args.now)
     if hourly.index.min() > now:
         raise VerifyError(f"{args.readings}: no reading at or before --now {now:%Y-%m-%d %H:%M}")
-    return verification(forecasts, hourly, cards, now, params)
+    issued = forecasts[forecasts["issue_time"] <= now]
+    if issued.empty:
+        raise VerifyError(f"{args.archive}: no forecast issued by {now:%Y-%m-%d %H:%M} UTC")
+    return verification(
+        issued, hourly, {int(version): cards[int(version)] for version in issued["model_version"].unique()}, now, params
+    )
 
 
 def version_lines(summary: dict) -> list[str]:
