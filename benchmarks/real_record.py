@@ -34,6 +34,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's test helpers
+from serving.store import complete_versions  # noqa: E402
 from tests.helpers.repository import REPO_ROOT, copy_repository
 
 DEFAULT_CSV = REPO_ROOT.parent / "shared" / "data" / "jena_real_hourly_2009_2016.csv"
@@ -133,7 +134,7 @@ def main(argv=None) -> int:
             said = [line for line in output.splitlines() if line.startswith(("export:", "smoke:", "evaluate:"))]
             print(
                 f"\n=== refusal (evaluate.margin=0.5): exit {code}, {total:.1f} s; versions now "
-                f"{sorted(p.name for p in (root / 'models/serving/jena_temperature').iterdir())}"
+                f"{complete_versions(root / 'models/serving/jena_temperature')}"
             )
             print("\n".join(f"  {line}" for line in said))
         for result in results:

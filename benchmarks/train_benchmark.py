@@ -46,8 +46,9 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's code and test helpers
 from pipeline.dataset import load_windows, make_dataset
-from pipeline.evaluate import forecasts, mae
+from pipeline.evaluate import forecasts
 from pipeline.model import build_model
+from pipeline.scores import mae
 from pipeline.train import compile_model, seed_everything, train
 from tests.helpers.repository import copy_repository
 

@@ -39,8 +39,9 @@ import yaml
 
 from pipeline import schema
 from pipeline.dataset import load_windows
-from pipeline.evaluate import forecasts, mae
+from pipeline.evaluate import forecasts
 from pipeline.model import median_position
+from pipeline.scores import mae
 from pipeline.train import train
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

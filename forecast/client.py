@@ -36,7 +36,10 @@ The library part (`latest_window`, `GrpcForecaster`, `RestForecaster`) talks
 to TensorFlow Serving or our own ModelServer through the official gRPC stubs
 or the REST API, and serves applications and the pipeline's stages alike. It
 is the only bridge between the application (pipeline/) and a server: it uses
-the official protos, never code from serving/.
+the official protos, never code from serving/. Commands that ask a served
+model from a readings file (this one, forecast.issue) share its options
+(`add_request_options`, `check_request_options`) and their meaning
+(`model_card_of`, `forecaster_of`).
 """
 
 import argparse
@@ -113,11 +116,14 @@ def latest_window(
 
 @dataclass
 class ModelCard:
-    """What the client takes from a version's model card: the name, measurement order and gap filling."""
+    """What the client takes from a version's model card: the name, measurement order and gap filling,
+    and the forecast it promises (quantile levels, hour offsets; None when the card does not say)."""
 
     model_name: str
     measurements: list[str]
     max_fill_hours: int
+    quantile_levels: list[float] | None = None
+    hour_offsets: list[int] | None = None
 
 
 def read_model_card(path: str) -> ModelCard:
@@ -129,6 +135,9 @@ def read_model_card(path: str) -> ModelCard:
         measurements = list(card["measurements"])
         max_fill_hours = int(card["params"]["prepare"]["max_fill_hours"])
         model_name = str(card["model_name"])
+        promised = card.get("forecast") or {}
+        levels = [float(level) for level in promised["quantile_levels"]] if "quantile_levels" in promised else None
+        offsets = [int(offset) for offset in promised["hour_offsets"]] if "hour_offsets" in promised else None
     except OSError as error:
         raise ForecastError(f"{card_file}: {error.strerror}") from None
     except (ValueError, KeyError, TypeError) as error:
@@ -139,7 +148,7 @@ def read_model_card(path: str) -> ModelCard:
             f"{card_file}: the model reads {measurements}, which are not the Jena CSV's "
             f"{len(schema.MEASUREMENTS)} measurements (unknown: {unknown})"
         )
-    return ModelCard(model_name, measurements, max_fill_hours)
+    return ModelCard(model_name, measurements, max_fill_hours, levels, offsets)
 
 
 def tensor_proto(array) -> "tensor_pb2.TensorProto":
@@ -188,6 +197,15 @@ def history_shape(lookback: int, measurements: int) -> int:
     return lookback
 
 
+@dataclass(frozen=True)
+class ServedModel:
+    """What GetModelMetadata tells of the version that answers: its number (None if the server does not
+    say) and its history length in hours."""
+
+    version: int | None
+    lookback_hours: int
+
+
 @dataclass
 class Forecast:
     temperatures_degC: np.ndarray  # [batch], the median at the last hour
@@ -213,8 +231,8 @@ class GrpcForecaster:
         self.stub = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
         self.model_name, self.timeout = model_name, timeout
 
-    def signature(self, version=None, label=None):
-        """The served `serving_default` SignatureDef, from GetModelMetadata."""
+    def _metadata(self, version=None, label=None):
+        """(the served `serving_default` SignatureDef, the version that answered), from GetModelMetadata."""
         request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
         model_spec(request, self.model_name, version, label)
         response = self.stub.GetModelMetadata(request, timeout=self.timeout)
@@ -222,11 +240,19 @@ class GrpcForecaster:
         response.metadata["signature_def"].Unpack(signatures)
         if SIGNATURE not in signatures.signature_def:
             raise ForecastError(f"model {self.model_name} has no {SIGNATURE} signature")
-        return signatures.signature_def[SIGNATURE]
+        return signatures.signature_def[SIGNATURE], response.model_spec.version.value or None
+
+    def signature(self, version=None, label=None):
+        """The served `serving_default` SignatureDef, from GetModelMetadata."""
+        return self._metadata(version, label)[0]
+
+    def served_model(self, version=None, label=None) -> ServedModel:
+        signature, served_version = self._metadata(version, label)
+        dims = signature.inputs[HISTORY].tensor_shape.dim
+        return ServedModel(served_version, history_shape(dims[1].size, dims[2].size))
 
     def lookback_hours(self, version=None, label=None) -> int:
-        dims = self.signature(version, label).inputs[HISTORY].tensor_shape.dim
-        return history_shape(dims[1].size, dims[2].size)
+        return self.served_model(version, label).lookback_hours
 
     def predict(self, history, timestamps, version=None, label=None) -> Forecast:
         """history [batch, lookback, 14] float32 and timestamps [batch, lookback] int64 -> forecasts."""
@@ -269,11 +295,17 @@ class RestForecaster:
             raise ForecastError(f"{url}: HTTP {response.status_code}: {body.get('error', body)}")
         return body
 
-    def lookback_hours(self, version=None, label=None) -> int:
+    def served_model(self, version=None, label=None) -> ServedModel:
         metadata = self._call("GET", self._url(version, label) + "/metadata")
         signature = metadata["metadata"]["signature_def"]["signature_def"][SIGNATURE]
         dims = signature["inputs"][HISTORY]["tensor_shape"]["dim"]
-        return history_shape(int(dims[1]["size"]), int(dims[2]["size"]))
+        served_version = metadata.get("model_spec", {}).get("version")  # an Int64Value: a JSON string
+        return ServedModel(
+            int(served_version) if served_version else None, history_shape(int(dims[1]["size"]), int(dims[2]["size"]))
+        )
+
+    def lookback_hours(self, version=None, label=None) -> int:
+        return self.served_model(version, label).lookback_hours
 
     def predict(self, history, timestamps, version=None, label=None) -> Forecast:
         body = {
@@ -373,8 +405,9 @@ def forecast_table(answer: dict) -> str:
     return "\n".join(lines)
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m forecast.client", description=__doc__.split("\n\n")[0])
+def add_request_options(parser: argparse.ArgumentParser) -> None:
+    """The options of every command that asks a served model from a readings file: the CSV, the model
+    (name or card), the server (target, REST or gRPC with TLS), the version and the gap filling."""
     parser.add_argument("csv", help="Jena-format CSV with at least the model's history (the last 5 days)")
     parser.add_argument(
         "--model-name", help="the served model's name (params.yaml: serving.model_name); default: the model card's"
@@ -397,19 +430,15 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="interpolate gaps of up to this many hours in the readings "
         "(default: the model card's, without one 0: none)",
     )
-    output = parser.add_mutually_exclusive_group()
-    output.add_argument("--brief", action="store_true", help="print only the last hour's forecast, on one line")
-    output.add_argument(
-        "--json",
-        action="store_true",
-        help="print the answer as a JSON object, every hour's median and quantiles included",
-    )
     tls = parser.add_argument_group("TLS (gRPC)")
     tls.add_argument("--tls", action="store_true", help="use TLS (implied by the options below)")
     tls.add_argument("--tls-ca", help="PEM file of the CA that signed the server's certificate (default: system CAs)")
     tls.add_argument("--tls-cert", help="PEM file of a client certificate, for servers that verify clients")
     tls.add_argument("--tls-key", help="PEM file of the client certificate's private key")
-    args = parser.parse_args(argv)
+
+
+def check_request_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.Namespace:
+    """`add_request_options`' rules between options (exits through `parser.error`); fills in --tls and --target."""
     args.tls = args.tls or any((args.tls_ca, args.tls_cert, args.tls_key))
     if args.tls and args.rest:
         parser.error("--tls applies to gRPC; TF Serving's REST API is plain HTTP")
@@ -417,33 +446,58 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error("--tls-cert and --tls-key go together")
     if not (args.model_name or args.model_card):
         parser.error("say which model: --model-name NAME or --model-card PATH")
+    args.target = args.target or ("localhost:8501" if args.rest else "localhost:8500")
     return args
+
+
+def model_card_of(args: argparse.Namespace) -> ModelCard:
+    """The --model-card's card, or without one a card naming --model-name with the Jena CSV's order and no
+    gap filling; --max-fill-hours overrides the card's. ForecastError for an unreadable card."""
+    if args.model_card:
+        card = read_model_card(args.model_card)
+    else:
+        card = ModelCard(args.model_name, schema.MEASUREMENTS, 0)
+    if args.max_fill_hours is not None:
+        card.max_fill_hours = args.max_fill_hours
+    return card
+
+
+def forecaster_of(args: argparse.Namespace, model_name: str, timeout: float = TIMEOUT_SECONDS):
+    """A GrpcForecaster (with the TLS options) or RestForecaster for --target; OSError for a missing PEM file."""
+    if args.rest:
+        return RestForecaster(args.target, model_name, timeout)
+    credentials = tls_credentials(args.tls_ca, args.tls_cert, args.tls_key) if args.tls else None
+    return GrpcForecaster(args.target, model_name, timeout, credentials)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m forecast.client", description=__doc__.split("\n\n")[0])
+    add_request_options(parser)
+    output = parser.add_mutually_exclusive_group()
+    output.add_argument("--brief", action="store_true", help="print only the last hour's forecast, on one line")
+    output.add_argument(
+        "--json",
+        action="store_true",
+        help="print the answer as a JSON object, every hour's median and quantiles included",
+    )
+    return check_request_options(parser, parser.parse_args(argv))
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    target = args.target or ("localhost:8501" if args.rest else "localhost:8500")
     try:
-        credentials = tls_credentials(args.tls_ca, args.tls_cert, args.tls_key) if args.tls else None
-        card = (
-            read_model_card(args.model_card) if args.model_card else ModelCard(args.model_name, schema.MEASUREMENTS, 0)
-        )
+        card = model_card_of(args)
+        forecaster = forecaster_of(args, args.model_name or card.model_name)
     except OSError as error:
         print(f"client: {error.filename}: {error.strerror}", file=sys.stderr)
         return 2
     except ForecastError as error:
         print(f"client: {error}", file=sys.stderr)
         return 2
-    model_name = args.model_name or card.model_name
-    max_fill_hours = card.max_fill_hours if args.max_fill_hours is None else args.max_fill_hours
-    if args.rest:
-        forecaster = RestForecaster(target, model_name)
-    else:
-        forecaster = GrpcForecaster(target, model_name, credentials=credentials)
     try:
         readings = read_raw_csv(args.csv)
         lookback = forecaster.lookback_hours(args.version, args.label)
-        history, timestamps = latest_window(readings, lookback, max_fill_hours, card.measurements)
+        history, timestamps = latest_window(readings, lookback, card.max_fill_hours, card.measurements)
         forecast = forecaster.predict(history[None], timestamps[None], args.version, args.label)
     except FileNotFoundError:
         print(f"client: {args.csv}: no such file", file=sys.stderr)
@@ -452,10 +506,10 @@ def main(argv=None) -> int:
         print(f"client: {error}", file=sys.stderr)
         return 2
     except grpc.RpcError as error:
-        print(f"client: {target}: {error.code().name}: {error.details()}", file=sys.stderr)
+        print(f"client: {args.target}: {error.code().name}: {error.details()}", file=sys.stderr)
         return 1
     except requests.RequestException as error:
-        print(f"client: {target}: {error}", file=sys.stderr)
+        print(f"client: {args.target}: {error}", file=sys.stderr)
         return 1
     finally:
         forecaster.close()

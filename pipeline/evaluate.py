@@ -69,6 +69,15 @@ from pipeline.config import (
 from pipeline.dataset import Windows, load_windows, make_dataset
 from pipeline.model import TEMPERATURE_INDEX, median_position  # importing it registers the layers for load_model
 from pipeline.published import model_directory, read_model_card
+from pipeline.scores import (
+    band_coverage,
+    mae,
+    percentile_interval,
+    pinball_loss,
+    resampled_totals,
+    rmse,
+    sample_days,
+)
 from serving.store import StoreError, newest_published
 
 PREDICT_BATCH_SIZE = 1024
@@ -79,14 +88,6 @@ _DAYS_IN_MONTH = np.array([31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31])
 _FIRST_DAY_OF_MONTH = np.concatenate([[0], np.cumsum(_DAYS_IN_MONTH)[:-1]])
 DAYS_PER_YEAR = 365
 HOURS_PER_DAY = 24
-
-
-def mae(predicted, observed) -> float:
-    return float(np.mean(np.abs(np.asarray(predicted, np.float64) - observed)))
-
-
-def rmse(predicted, observed) -> float:
-    return float(np.sqrt(np.mean(np.square(np.asarray(predicted, np.float64) - observed))))
 
 
 def calendar(timestamps) -> dict[str, np.ndarray]:
@@ -103,19 +104,6 @@ def calendar(timestamps) -> dict[str, np.ndarray]:
 def persistence_forecast(temperature: np.ndarray, starts: np.ndarray, lookback: int) -> np.ndarray:
     """Tomorrow equals now: the temperature of each sample's last history row (for every hour ahead)."""
     return temperature[np.asarray(starts) + lookback - 1]
-
-
-def pinball_loss(observed: np.ndarray, quantile_forecasts: np.ndarray, levels) -> float:
-    """Mean pinball loss (degC) of quantile forecasts [..., quantiles] against observations [...]:
-    for level q and error e = observed - forecast, q * e if e >= 0, else (q - 1) * e."""
-    levels = np.asarray(levels, dtype=np.float64)
-    error = np.asarray(observed, np.float64)[..., None] - quantile_forecasts
-    return float(np.mean(np.maximum(levels * error, (levels - 1) * error)))
-
-
-def band_coverage(observed: np.ndarray, lower: np.ndarray, upper: np.ndarray, axis=None):
-    """Share of observations within [lower, upper] (over `axis`; all by default)."""
-    return np.mean((lower <= observed) & (observed <= upper), axis=axis)
 
 
 def reliability(observed: np.ndarray, quantile_forecasts: np.ndarray, levels) -> pd.DataFrame:
@@ -180,40 +168,6 @@ def climatology_forecast(table: np.ndarray, target_timestamps: np.ndarray) -> np
     """Look up each target time's day of the year and hour in a climatology table."""
     when = calendar(target_timestamps)
     return table[when["day"], when["hour"]]
-
-
-def sample_days(target_timestamps) -> np.ndarray:
-    """Each sample's day, counted from the first test day: the unit the bootstrap resamples."""
-    days = np.asarray(target_timestamps, dtype=np.int64) // 86_400
-    return days - days.min()
-
-
-def resampled_totals(days: np.ndarray, values: np.ndarray, block_days: int, replicates: int, seed: int) -> np.ndarray:
-    """Moving-block bootstrap over days: totals [replicates, 1 + columns] of a sample count and of
-    `values` [samples, columns], each replicate the sum over enough blocks of `block_days`
-    consecutive days (wrapping around the period's end) drawn at random to span the period again."""
-    if block_days < 1 or replicates < 1:
-        raise ValueError(
-            f"evaluate.block_days and evaluate.bootstrap_replicates must be at least 1, "
-            f"got {block_days} and {replicates}"
-        )
-    columns = np.column_stack([np.ones(len(days)), np.asarray(values, dtype=np.float64).reshape(len(days), -1)])
-    span = int(days.max()) + 1
-    per_day = np.zeros((span, columns.shape[1]))
-    np.add.at(per_day, days, columns)
-    wrapped = np.concatenate([per_day, np.resize(per_day, (block_days - 1, columns.shape[1]))])
-    running = np.concatenate([np.zeros((1, columns.shape[1])), np.cumsum(wrapped, axis=0)])
-    blocks = running[block_days : block_days + span] - running[:span]  # block starting on each day
-    draws = np.random.default_rng(seed).integers(0, span, (replicates, -(-span // block_days)))
-    return blocks[draws].sum(axis=1)
-
-
-def percentile_interval(replicated: np.ndarray, confidence: float) -> list[float]:
-    """The two-sided `confidence` interval of a statistic's bootstrap replicates."""
-    if not 0 < confidence < 1:
-        raise ValueError(f"evaluate.confidence must lie in (0, 1), got {confidence}")
-    tail = (1 - confidence) / 2
-    return [float(value) for value in np.quantile(replicated, [tail, 1 - tail])]
 
 
 def sampling_intervals(
@@ -381,9 +335,12 @@ def judged_metrics(result: dict, levels, published: dict | None, evaluate_params
     )
     if published is not None and "errors_degC" in published:
         mask = published["sample_mask"]
-        published["mae_difference_interval"] = mae_difference_interval(
-            days[mask], published["model_errors_degC"], published["errors_degC"], evaluate_params, seed
-        )
+        published = {
+            **published,
+            "mae_difference_interval": mae_difference_interval(
+                days[mask], published["model_errors_degC"], published["errors_degC"], evaluate_params, seed
+            ),
+        }
     metrics["published_version"] = published and published["version"]
     metrics["published_mae_degC"] = published and published["mae_degC"]
     metrics["published_comparison"] = published and {

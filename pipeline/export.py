@@ -20,8 +20,12 @@ Out: models/export/, a SavedModel whose `serving_default` signature
        assets.extra/tf_serving_warmup_requests  PredictionLog records of real
                      test-split requests, replayed by the server before it serves,
        assets.extra/model_card.json  params, data source and hash, metrics, git
-                     commit, creation time, the model's fingerprint and its
-                     forecast: quantile levels and hour offsets;
+                     commit, creation time, the model's fingerprint, its
+                     forecast (quantile levels and hour offsets) and the
+                     training split's `input_statistics` (per measurement
+                     mean, std, deciles overall and by month, longest
+                     unchanged run: pipeline.input_statistics), against
+                     which forecast.drift holds new readings;
      if the model is blessed and a ModelServer serves it right, that
      SavedModel as the next numbered version in
      `<serving.base_path>/<serving.model_name>/`, a local directory, s3://
@@ -69,6 +73,7 @@ from pipeline.config import (
     stage_command_line,
 )
 from pipeline.dataset import Windows, load_windows
+from pipeline.input_statistics import measurement_statistics
 from pipeline.model import median_position  # importing pipeline.model registers its layers for load_model
 from pipeline.published import MODEL_CARD, labelled_versions, model_directory, read_model_card
 from pipeline.serving_check import CheckFailure, candidate_directory, check_served_model, served_by
@@ -192,12 +197,19 @@ def model_card(params: dict, metrics: dict, raw_csv: Path, lookback: int) -> dic
     }
 
 
+def training_input_statistics(windows: Windows) -> dict:
+    """`input_statistics` of the rows of the training split (pipeline.input_statistics)."""
+    first, end = windows.normalization["split_bounds"]["train"]
+    return measurement_statistics(windows.hourly[first:end], windows.timestamps[first:end])
+
+
 def write_export(model: keras.Model, windows: Windows, card: dict, directory: Path = EXPORT_DIR) -> dict:
-    """SavedModel, warm-up requests and model card into `directory`, atomically; returns the card."""
+    """SavedModel, warm-up requests and model card (with the training split's input statistics) into
+    `directory`, atomically; returns the card."""
     with atomic_directory(directory) as temporary:
         save_servable(model, windows.lookback, windows.horizon, temporary)
         write_warmup_requests(temporary / WARMUP_FILE, warmup_requests(windows, card["model_name"]))
-        card = {**card, "fingerprint": fingerprint(temporary)}
+        card = {**card, "input_statistics": training_input_statistics(windows), "fingerprint": fingerprint(temporary)}
         write_json(temporary / MODEL_CARD, card)
     return card
 

@@ -134,6 +134,7 @@ __all__ = [
     "parse_version",
     "publish",
     "retire",
+    "version_file",
     "versions_to_retire",
 ]
 
@@ -166,6 +167,22 @@ def local_version(directory, version: int) -> Iterator[Path]:
         copy = Path(scratch) / found.name
         fetch_version(store, found, copy)
         yield copy
+
+
+def version_file(directory, version: int, inside: str) -> bytes | None:
+    """The bytes of one file of a version (e.g. its model card), without copying the rest; None when the
+    model at `directory` (local, or a store URL) has no complete `version`, FileNotFoundError when the
+    version lacks the file."""
+    if not is_remote(directory):
+        name = local_versions(directory).get(version)
+        return None if name is None else (Path(directory) / name / inside).read_bytes()
+    store, listing = _checked_listing(str(directory))
+    found = listing.versions.get(version)
+    if found is None or not found.complete:
+        return None
+    if inside not in found.files:
+        raise FileNotFoundError(f"{directory}/{found.name}/{inside}")
+    return store.bounded(store.fs.cat_file, store.path(found.name, inside))
 
 
 @contextlib.contextmanager

@@ -1,1 +1,1 @@
-"""Tests of the forecast client (forecast/)."""
+"""Tests of the application side (forecast/): the forecast client's commands and the forecast archive."""

@@ -15,7 +15,9 @@ def test_the_commands_are_installed_as_console_scripts():
         "wetterfrosch-inspect",
         "wetterfrosch-model-server",
         "wetterfrosch-forecast",
+        "wetterfrosch-issue",
         "wetterfrosch-sync",
+        "wetterfrosch-verify",
     }
 
 

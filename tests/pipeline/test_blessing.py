@@ -6,7 +6,8 @@ import pandas as pd
 import pytest
 
 from pipeline.blessing import bless, coverage_verdict
-from pipeline.evaluate import sample_days, sampling_intervals
+from pipeline.evaluate import sampling_intervals
+from pipeline.scores import sample_days
 from tests.helpers.training import EVALUATE_PARAMS
 
 

@@ -12,25 +12,20 @@ import yaml
 
 from pipeline import evaluate, export
 from pipeline.evaluate import (
-    band_coverage,
     calendar,
     climatology_forecast,
     climatology_table,
     errors_by_horizon,
     evaluation_metrics,
     judged_metrics,
-    mae,
     mae_by_month,
-    percentile_interval,
     persistence_forecast,
     prediction_stretch,
     reliability,
-    resampled_totals,
     residual_histogram,
-    rmse,
-    sample_days,
 )
 from pipeline.model import build_model
+from pipeline.scores import band_coverage, mae, percentile_interval, resampled_totals, rmse, sample_days
 from pipeline.train import save_model
 from tests.helpers.training import EVALUATE_PARAMS, TINY_MODEL, small_windows, write_windows
 

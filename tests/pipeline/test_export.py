@@ -175,6 +175,24 @@ def test_model_card_tells_what_and_whence(exported, tmp_path):
     assert written["metrics"] == BLESSED_METRICS
 
 
+def test_the_model_card_holds_the_training_splits_input_statistics(exported, windows):
+    """forecast.drift holds new readings against these: they are the training rows', not the test rows'."""
+    statistics = json.loads((exported / MODEL_CARD).read_text())["input_statistics"]
+    first, end = windows.normalization["split_bounds"]["train"]
+    train = np.asarray(windows.hourly[first:end], dtype=np.float64)
+    assert statistics["rows"] == end - first  # the helper's table has no gaps
+    assert set(statistics["measurements"]) == set(schema.MEASUREMENTS)
+    pressure = statistics["measurements"]["p (mbar)"]
+    column = train[:, schema.column_index("p (mbar)")]
+    assert pressure["mean"] == pytest.approx(column.mean(), abs=1e-5)
+    assert pressure["std"] == pytest.approx(column.std(), abs=1e-5)
+    assert pressure["decile_edges"] == pytest.approx(np.quantile(column, np.linspace(0.1, 0.9, 9)), abs=1e-5)
+    assert pressure["proportions"] == pytest.approx([0.1] * 10, abs=0.01)  # continuous values: a tenth per bin
+    # the training split (the first 30 of the helper's 60 days from 1 January) lies in January only
+    assert [month is not None for month in pressure["monthly"]] == [True] + [False] * 11
+    assert pressure["longest_constant_hours"] == 1  # noisy pressure never repeats an hour's value
+
+
 EXPORT_IN_A_NEW_PROCESS = """
 import sys
 from pathlib import Path

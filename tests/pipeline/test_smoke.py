@@ -426,10 +426,16 @@ def test_export_never_publishes_a_candidate_that_a_model_server_cannot_serve(wor
     before = sorted(path.name for path in versions.iterdir())
     set_params(
         params_file,
-        {"export.validation_server": "binary", "export.validation_timeout_seconds": 60, "serving.keep_versions": 5},
+        {"export.validation_server": "binary", "export.validation_timeout_seconds": 300, "serving.keep_versions": 5},
     )
+    # the candidate's temporary directory lies in this test's own TMPDIR: another test's validation
+    # server, running at the same time, is not this one's leak
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
     try:
-        result = run_stage("export", workspace, environment={"PATH": f"{tmp_path}:{os.environ['PATH']}"})
+        result = run_stage(
+            "export", workspace, environment={"PATH": f"{tmp_path}:{os.environ['PATH']}", "TMPDIR": str(scratch)}
+        )
         record = json.loads(record_file.read_text())
     finally:
         params_file.write_text(originals[0])
@@ -442,4 +448,4 @@ def test_export_never_publishes_a_candidate_that_a_model_server_cannot_serve(wor
     ), result.stderr
     assert record["published"] is False and record["reason"].startswith("the candidate failed validation")
     assert sorted(path.name for path in versions.iterdir()) == before
-    assert server_processes_over(Path("candidate-")) == []
+    assert server_processes_over(scratch) == [] and list(scratch.iterdir()) == []

@@ -10,8 +10,8 @@ import yaml
 
 from pipeline import train as train_stage
 from pipeline.dataset import make_dataset
-from pipeline.evaluate import pinball_loss
 from pipeline.model import TEMPERATURE_INDEX, build_model, standardisation
+from pipeline.scores import pinball_loss
 from pipeline.train import (
     FinalHourMedianMAE,
     PinballLoss,
