@@ -8,6 +8,7 @@ import os
 
 import pytest
 
+from tests.helpers.file_order import FileOrder
 from tests.helpers.readings import make_readings
 from tests.helpers.repository import PipelineRepo, copy_repository
 
@@ -17,13 +18,8 @@ os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 
 
-@pytest.hookimpl(trylast=True)  # after pytest has grouped the tests of session-scoped parameters
-def pytest_collection_modifyitems(items):
-    """Modules with slow tests first, each in its collected order: pytest-xdist hands out whole files in
-    this order (--dist loadfile --no-loadscope-reorder), so the long files start at once and the many
-    short ones even out the end, and both workers finish together."""
-    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: item.path not in slow_files)
+def pytest_configure(config):
+    config.pluginmanager.register(FileOrder(config), "wetterfrosch-file-order")
 
 
 @pytest.fixture
