@@ -237,7 +237,7 @@ class GrpcForecaster:
     ):
         self.channel = grpc.secure_channel(target, credentials) if credentials else grpc.insecure_channel(target)
         self.stub = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
-        self.model_name, self.timeout = model_name, timeout
+        self.target, self.model_name, self.timeout = target, model_name, timeout
 
     def _metadata(self, version=None, label=None):
         """(the served `serving_default` SignatureDef, the version that answered), from GetModelMetadata."""
@@ -288,7 +288,7 @@ class RestForecaster:
 
     def __init__(self, target: str, model_name: str, timeout: float = TIMEOUT_SECONDS):
         self.base = f"http://{target}/v1/models/{model_name}"
-        self.model_name, self.timeout = model_name, timeout
+        self.target, self.model_name, self.timeout = target, model_name, timeout
         self.session = requests.Session()
 
     def _url(self, version=None, label=None) -> str:
