@@ -111,15 +111,15 @@ def latest_window(
         raise ForecastError(f"need at least {lookback_hours} hours of readings, the file covers {covered}")
     recent = readings[times > last_hour - (lookback_hours + max_fill_hours + 1) * HOUR]
     hourly, _ = prepare(recent, max_fill_hours)
-    window = hourly.reindex(pd.date_range(end=last_hour, periods=lookback_hours, freq="h"))
-    incomplete = window.index[window.isna().any(axis=1)]
+    hours = pd.date_range(end=last_hour, periods=lookback_hours, freq="h")
+    history = hourly[measurements].reindex(hours).to_numpy(np.float32)
+    incomplete = hours[np.isnan(history).any(axis=1)]
     if len(incomplete):
         raise ForecastError(
             f"the last {lookback_hours} hours must be complete; readings are missing around "
             f"{incomplete[0]:%Y-%m-%d %H:%M} ({len(incomplete)} hours; --max-fill-hours interpolates short gaps)"
         )
-    timestamps = window.index.to_numpy(dtype="datetime64[s]").astype(np.int64)
-    return window[measurements].to_numpy(np.float32), timestamps
+    return history, hours.to_numpy(dtype="datetime64[s]").astype(np.int64)
 
 
 @dataclass
