@@ -178,21 +178,28 @@ def quantile_levels(names: list[str], where: str) -> list[float]:
     return levels
 
 
-def conform(table: pa.Table, where: str) -> pa.Table:
-    """A file's `table` in exactly the archive's types; ArchiveError naming `where` for other columns or types.
+def archive_types(schema: pa.Schema, where: str) -> pa.Schema:
+    """The archive's schema for a file of `schema`; ArchiveError naming `where` for other columns or types.
 
-    Parquet keeps timestamps in milliseconds at least, and strings may come back large: both are cast back.
+    Parquet keeps timestamps in milliseconds at least, and strings may come back large: both are taken (and cast
+    back when read).
     """
-    schema = archive_schema(quantile_levels(table.schema.names, where))
-    for field, expected in zip(table.schema, schema):
+    target = archive_schema(quantile_levels(schema.names, where))
+    for field, expected in zip(schema, target):
         if not (
             field.type.equals(expected.type)
             or (pa.types.is_timestamp(field.type) and pa.types.is_timestamp(expected.type) and field.type.tz == "UTC")
             or (pa.types.is_large_string(field.type) and pa.types.is_string(expected.type))
         ):
             raise ArchiveError(f"{where}: column {field.name} is {field.type}, the archive's is {expected.type}")
+    return target
+
+
+def conform(table: pa.Table, where: str) -> pa.Table:
+    """A file's `table` in exactly the archive's types; ArchiveError naming `where` for other columns or types, or
+    values that do not convert."""
     try:
-        return table.cast(schema)
+        return table.cast(archive_types(table.schema, where))
     except pa.ArrowInvalid as error:
         raise ArchiveError(f"{where}: {error}") from None
 
@@ -331,10 +338,11 @@ class LocalArchive:
 
     def names(self, under: str = "") -> list[str]:
         """Every file below the root (or below its folder `under`), as paths relative to the root."""
-        folder = self.root / under
-        if not folder.is_dir():
-            return []
-        return [path.relative_to(self.root).as_posix() for path in folder.rglob("*") if path.is_file()]
+        found = []
+        for directory, _, files in os.walk(self.root / under):
+            below = Path(directory).relative_to(self.root).as_posix()
+            found += [name if below == "." else f"{below}/{name}" for name in files]
+        return found
 
     def partitions(self) -> list[str]:
         """The names directly below the root."""
@@ -448,6 +456,30 @@ def append(root, table: pd.DataFrame) -> str | None:
     return location(root, model_name, version, issued)
 
 
+def in_archive_types(table: pa.Table) -> pa.Table:
+    """Tables of the archive's columns put together: the fixed columns, then every quantile level found, ascending,
+    in the archive's types."""
+    levels = sorted({level_of(name) for name in table.schema.names[len(FIXED_NAMES) :]})
+    schema = archive_schema(levels)
+    return table.select(schema.names).cast(schema)
+
+
+def combined(root, files: list[ArchiveFile], tables: list[pa.Table]) -> pa.Table:
+    """The files' tables as one in the archive's types, the union of their quantile columns (null where a file has
+    none). Each distinct schema is checked once and the whole cast at once; a file whose values do not convert is
+    then found and named (ArchiveError)."""
+    checked = []
+    for file, table in zip(files, tables):
+        if not any(table.schema.equals(schema) for schema in checked):  # one or two schemas in thousands of files
+            archive_types(table.schema, f"{root}/{file.relative}")
+            checked.append(table.schema)
+    try:
+        return in_archive_types(pa.concat_tables(tables, promote_options="permissive"))
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        conformed = [conform(table, f"{root}/{file.relative}") for file, table in zip(files, tables)]
+        return in_archive_types(pa.concat_tables(conformed, promote_options="permissive"))
+
+
 def read(root, since=None, until=None, model_name: str | None = None) -> pd.DataFrame:
     """The archived rows whose issue time is in [since, until) (either end open when None), in the archive's
     columns, sorted by issue time, version and hour ahead; an empty frame of the fixed columns if none.
@@ -470,12 +502,10 @@ def read(root, since=None, until=None, model_name: str | None = None) -> pd.Data
     if not wanted:
         return empty_frame()
     contents = archive.read([file.relative for file in wanted])
-    tables = [conform(parquet_table(contents[file.relative], root, file), f"{root}/{file.relative}") for file in wanted]
-    check_names(root, wanted, tables)
-    combined = pa.concat_tables(tables, promote_options="permissive")
-    levels = sorted({level_of(name) for name in combined.schema.names[len(FIXED_NAMES) :]})
-    combined = combined.select(archive_schema(levels).names)
-    return combined.sort_by([(name, "ascending") for name in SORT_ORDER]).to_pandas()
+    tables = [parquet_table(contents[file.relative], root, file) for file in wanted]
+    rows = combined(root, wanted, tables)
+    check_names(root, wanted, [table.num_rows for table in tables], rows)
+    return rows.sort_by([(name, "ascending") for name in SORT_ORDER]).to_pandas()
 
 
 def parquet_table(data: bytes, root, file: ArchiveFile) -> pa.Table:
@@ -485,13 +515,14 @@ def parquet_table(data: bytes, root, file: ArchiveFile) -> pa.Table:
         raise ArchiveError(f"{root}/{file.relative}: not a readable Parquet file ({error})") from None
 
 
-def check_names(root, files: list[ArchiveFile], tables: list[pa.Table]) -> None:
-    """ArchiveError naming the first file whose rows are not the forecast its name says (all files at once)."""
-    counts = np.array([table.num_rows for table in tables])
+def check_names(root, files: list[ArchiveFile], counts: list[int], rows: pa.Table) -> None:
+    """ArchiveError naming the first file whose rows are not the forecast its name says: `rows` are the files'
+    rows one file after the other, `counts` how many each file holds (all files checked at once)."""
+    counts = np.asarray(counts)
     owner = np.repeat(np.arange(len(files)), counts)
-    names = np.concatenate([table["model_name"].to_numpy(zero_copy_only=False) for table in tables])
-    versions = np.concatenate([table["model_version"].to_numpy() for table in tables])
-    issued = np.concatenate([table["issue_time"].to_numpy() for table in tables]).astype("datetime64[s]")
+    names = rows["model_name"].to_numpy(zero_copy_only=False)
+    versions = rows["model_version"].to_numpy()
+    issued = rows["issue_time"].to_numpy().astype("datetime64[s]")
     expected_issued = np.array([file.issue_time.tz_localize(None) for file in files], "datetime64[s]")
     wrong = (
         (names != np.array([file.model_name for file in files], object)[owner])

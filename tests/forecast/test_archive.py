@@ -324,6 +324,22 @@ def test_a_file_with_other_columns_is_named(tmp_path, change, problem):
         archive.read(root)
 
 
+def test_a_file_whose_values_do_not_convert_is_named_among_many(tmp_path):
+    """The files are cast to the archive's types all at once; when that fails, the file at fault is named."""
+    root = tmp_path / "archive"
+    for hour in range(3):
+        archive.append(root, rows(ISSUED + pd.Timedelta(hours=hour), asked=ISSUED))
+    table = archived_table()
+    asked = pa.array([ASKED.value // 10**6] * table.num_rows, pa.timestamp("ms", tz="UTC"))  # 05:07:31.600
+    path = write_parquet(
+        root,
+        "issue_date=2026-03-01/jena_temperature-3-20260301T050000Z.parquet",
+        table.set_column(3, "requested_at", asked),
+    )
+    with pytest.raises(ArchiveError, match=rf"^{path}: Casting from timestamp\[ms, tz=UTC\] to timestamp\[s, tz=UTC\]"):
+        archive.read(root)
+
+
 def test_a_file_that_is_not_the_forecast_its_name_says_is_named(tmp_path):
     root = tmp_path / "archive"
     path = write_parquet(root, "issue_date=2026-03-01/jena_temperature-4-20260301T050000Z.parquet", archived_table())
