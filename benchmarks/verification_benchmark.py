@@ -20,7 +20,7 @@ Out: printed figures (a table at the end):
      per forecast.
   4. S3 (moto's server on 127.0.0.1): --s3-hours hours issued through the same path into an s3:// archive;
      the local archive copied there and verified from it.
-About 5.5 minutes on 2 cores with the defaults (a third of it the S3 part; --no-s3 skips it).
+About 5.5 minutes on 2 cores with the defaults (almost half of it the S3 part; --no-s3 skips it).
 """
 
 import argparse
