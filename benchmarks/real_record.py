@@ -35,6 +35,8 @@ from pathlib import Path
 
 from repository import copy_repository
 
+from serving.store import complete_versions
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CSV = REPO_ROOT.parent / "shared" / "data" / "jena_real_hourly_2009_2016.csv"
 STAGE_LINE = re.compile(r"Running stage '(\w+)'")
@@ -133,7 +135,7 @@ def main(argv=None) -> int:
             said = [line for line in output.splitlines() if line.startswith(("export:", "smoke:", "evaluate:"))]
             print(
                 f"\n=== refusal (evaluate.margin=0.5): exit {code}, {total:.1f} s; versions now "
-                f"{sorted(p.name for p in (root / 'models/serving/jena_temperature').iterdir())}"
+                f"{complete_versions(root / 'models/serving/jena_temperature')}"
             )
             print("\n".join(f"  {line}" for line in said))
         for result in results:

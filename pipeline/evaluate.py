@@ -335,9 +335,12 @@ def judged_metrics(result: dict, levels, published: dict | None, evaluate_params
     )
     if published is not None and "errors_degC" in published:
         mask = published["sample_mask"]
-        published["mae_difference_interval"] = mae_difference_interval(
-            days[mask], published["model_errors_degC"], published["errors_degC"], evaluate_params, seed
-        )
+        published = {
+            **published,
+            "mae_difference_interval": mae_difference_interval(
+                days[mask], published["model_errors_degC"], published["errors_degC"], evaluate_params, seed
+            ),
+        }
     metrics["published_version"] = published and published["version"]
     metrics["published_mae_degC"] = published and published["mae_degC"]
     metrics["published_comparison"] = published and {
