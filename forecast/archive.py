@@ -28,7 +28,11 @@ finds the first one's. Appending a forecast already archived changes nothing.
 An archive holds one model's forecasts. Files of another model, files outside
 the layout and files with other columns are `ArchiveError`s: one line naming
 the file and the problem. Names starting with ``.`` or ``_`` are ignored (a
-writer's temporary files, Hive's and Spark's markers).
+writer's temporary files, Hive's and Spark's markers). `read` checks every
+file it lists. An hourly `append` lists only the root's partitions and its
+issue day's partition (the nearest other one holding files when that is
+empty): every append is checked so, so any partition's model is the archive's,
+and an append costs the same in the archive's tenth year as on its first day.
 """
 
 import datetime
@@ -174,21 +178,28 @@ def quantile_levels(names: list[str], where: str) -> list[float]:
     return levels
 
 
-def conform(table: pa.Table, where: str) -> pa.Table:
-    """A file's `table` in exactly the archive's types; ArchiveError naming `where` for other columns or types.
+def archive_types(schema: pa.Schema, where: str) -> pa.Schema:
+    """The archive's schema for a file of `schema`; ArchiveError naming `where` for other columns or types.
 
-    Parquet keeps timestamps in milliseconds at least, and strings may come back large: both are cast back.
+    Parquet keeps timestamps in milliseconds at least, and strings may come back large: both are taken (and cast
+    back when read).
     """
-    schema = archive_schema(quantile_levels(table.schema.names, where))
-    for field, expected in zip(table.schema, schema):
+    target = archive_schema(quantile_levels(schema.names, where))
+    for field, expected in zip(schema, target):
         if not (
             field.type.equals(expected.type)
             or (pa.types.is_timestamp(field.type) and pa.types.is_timestamp(expected.type) and field.type.tz == "UTC")
             or (pa.types.is_large_string(field.type) and pa.types.is_string(expected.type))
         ):
             raise ArchiveError(f"{where}: column {field.name} is {field.type}, the archive's is {expected.type}")
+    return target
+
+
+def conform(table: pa.Table, where: str) -> pa.Table:
+    """A file's `table` in exactly the archive's types; ArchiveError naming `where` for other columns or types, or
+    values that do not convert."""
     try:
-        return table.cast(schema)
+        return table.cast(archive_types(table.schema, where))
     except pa.ArrowInvalid as error:
         raise ArchiveError(f"{where}: {error}") from None
 
@@ -203,25 +214,28 @@ def from_frame(frame: pd.DataFrame, where: str) -> pa.Table:
         raise ArchiveError(f"{where}: {' '.join(str(error).split())}") from None
 
 
-def check_one_forecast(frame: pd.DataFrame, where: str) -> tuple[str, int, pd.Timestamp]:
-    """(model, version, issue time) of rows that hold exactly one forecast, hours +1 .. +horizon in order."""
-    if frame.empty:
+def check_one_forecast(table: pa.Table, where: str) -> tuple[str, int, pd.Timestamp]:
+    """(model, version, issue time) of rows (in the archive's schema) that hold exactly one forecast, hours
+    +1 .. +horizon in order."""
+    if table.num_rows == 0:
         raise ArchiveError(f"{where}: no rows")
-    if frame[FIXED_NAMES].isna().any().any():
-        raise ArchiveError(f"{where}: missing values in {list(frame.columns[frame.isna().any()])}")
-    keys = frame[["model_name", "model_version", "issue_time"]].drop_duplicates()
-    if len(keys) != 1:
-        raise ArchiveError(f"{where}: {len(keys)} forecasts (model, version, issue time): append them one at a time")
-    model_name, version, issued = keys.iloc[0]
+    missing = [name for name in table.schema.names if table[name].null_count]
+    if set(missing) & set(FIXED_NAMES):
+        raise ArchiveError(f"{where}: missing values in {missing}")
+    names, versions = table["model_name"].to_numpy(zero_copy_only=False), table["model_version"].to_numpy()
+    issued = table["issue_time"].to_numpy()
+    keys = len(set(zip(names, versions, issued)))
+    if keys != 1:
+        raise ArchiveError(f"{where}: {keys} forecasts (model, version, issue time): append them one at a time")
+    model_name = str(names[0])
     if not MODEL_NAME.fullmatch(model_name):
         raise ArchiveError(f"{where}: model name {model_name!r} cannot name a file (letters, digits, . _ -)")
-    hours = frame["hours_ahead"].to_numpy()
-    if not np.array_equal(hours, np.arange(1, len(frame) + 1)):
-        raise ArchiveError(f"{where}: hours_ahead must run 1 .. {len(frame)} in order, got {hours.tolist()}")
-    expected_valid = issued + pd.to_timedelta(hours.astype(np.int64), unit="h")
-    if not (frame["valid_time"].to_numpy() == expected_valid.to_numpy()).all():
+    hours = table["hours_ahead"].to_numpy()
+    if not np.array_equal(hours, np.arange(1, len(hours) + 1)):
+        raise ArchiveError(f"{where}: hours_ahead must run 1 .. {len(hours)} in order, got {hours.tolist()}")
+    if not (table["valid_time"].to_numpy() == issued[0] + hours.astype("timedelta64[h]")).all():
         raise ArchiveError(f"{where}: valid_time is not issue_time + hours_ahead hours")
-    return model_name, int(version), issued
+    return model_name, int(versions[0]), pd.Timestamp(issued[0]).tz_localize("UTC")
 
 
 @dataclass(frozen=True)
@@ -234,22 +248,67 @@ class ArchiveFile:
     issue_time: pd.Timestamp
 
 
+def hidden(name: str) -> bool:
+    """Whether a file or folder name is not the archive's: a writer's temporary file, Hive's or Spark's marker."""
+    return name.startswith((".", "_"))
+
+
+def issue_moment(root, relative: str, stamp: str) -> pd.Timestamp:
+    """The UTC moment of a file name's YYYYmmddTHHMMSSZ (read with int(): strptime is 10 times slower, and
+    read parses every file's name)."""
+    try:
+        return pd.Timestamp(
+            datetime.datetime(
+                int(stamp[:4]),
+                int(stamp[4:6]),
+                int(stamp[6:8]),
+                int(stamp[9:11]),
+                int(stamp[11:13]),
+                int(stamp[13:15]),
+                tzinfo=datetime.UTC,
+            )
+        )
+    except ValueError as error:
+        raise ArchiveError(f"{root}/{relative}: {stamp} is not a time ({error})") from None
+
+
 def parse_listing(root, relatives: list[str]) -> list[ArchiveFile]:
     """The archive's files from their paths below the root; ArchiveError for a file outside the layout."""
     found = []
     for relative in relatives:
         parts = relative.split("/")
-        if any(part.startswith((".", "_")) for part in parts):
+        if any(hidden(part) for part in parts):
             continue
         partition = PARTITION.fullmatch(parts[0]) if len(parts) == 2 else None
         named = FILE_NAME.fullmatch(parts[-1])
         if partition is None or named is None:
             raise ArchiveError(f"{root}/{relative}: not a forecast archive file ({LAYOUT})")
-        issued = datetime.datetime.strptime(named.group("issued"), TIME_FORMAT).replace(tzinfo=datetime.UTC)
+        issued = issue_moment(root, relative, named.group("issued"))
         if named.group("issued")[:8] != partition.group(1).replace("-", ""):
             raise ArchiveError(f"{root}/{relative}: issued {issued:%Y-%m-%d %H:%M}, filed under {parts[0]}")
-        found.append(ArchiveFile(relative, named.group("model"), int(named.group("version")), pd.Timestamp(issued)))
+        found.append(ArchiveFile(relative, named.group("model"), int(named.group("version")), issued))
     return found
+
+
+def files_beside(root, archive, partition: str) -> list[ArchiveFile]:
+    """The files an append is checked against: those in its issue day's `partition`, or when it holds none, those
+    in the nearest other partition that holds any (the earlier of two as near). ArchiveError for anything at the
+    root that is not a partition."""
+    partitions = [name for name in archive.partitions() if not hidden(name)]
+    for name in partitions:
+        if not PARTITION.fullmatch(name):
+            raise ArchiveError(f"{root}/{name}: not a forecast archive file ({LAYOUT})")
+    files = parse_listing(root, archive.names(partition)) if partition in partitions else []
+    day = datetime.date.fromisoformat(PARTITION.fullmatch(partition).group(1))
+
+    def distance(name: str) -> tuple[int, str]:
+        return abs((datetime.date.fromisoformat(PARTITION.fullmatch(name).group(1)) - day).days), name
+
+    for other in sorted((name for name in partitions if name != partition), key=distance):
+        if files:
+            break
+        files = parse_listing(root, archive.names(other))
+    return files
 
 
 def check_model(root, files: list[ArchiveFile], model_name: str | None) -> None:
@@ -277,10 +336,17 @@ class LocalArchive:
         if self.root.exists() and not self.root.is_dir():
             raise ArchiveError(f"{root}: is a file, not an archive directory")
 
-    def names(self) -> list[str]:
-        if not self.root.is_dir():
-            return []
-        return [path.relative_to(self.root).as_posix() for path in self.root.rglob("*") if path.is_file()]
+    def names(self, under: str = "") -> list[str]:
+        """Every file below the root (or below its folder `under`), as paths relative to the root."""
+        found = []
+        for directory, _, files in os.walk(self.root / under):
+            below = Path(directory).relative_to(self.root).as_posix()
+            found += [name if below == "." else f"{below}/{name}" for name in files]
+        return found
+
+    def partitions(self) -> list[str]:
+        """The names directly below the root."""
+        return os.listdir(self.root) if self.root.is_dir() else []
 
     def read(self, relatives: list[str]) -> dict[str, bytes]:
         return {relative: (self.root / relative).read_bytes() for relative in relatives}
@@ -326,14 +392,25 @@ class RemoteArchive:
         self.store: Store = open_store(root)
         check_usable(self.store)
 
-    def names(self) -> list[str]:
+    def names(self, under: str = "") -> list[str]:
+        """Every object below the root (or below its folder `under`), as paths relative to the root."""
         store = self.store
         store.fs.invalidate_cache()
         try:
-            paths = store.bounded(store.fs.find, store.root, withdirs=False)
+            paths = store.bounded(store.fs.find, store.path(under) if under else store.root, withdirs=False)
         except FileNotFoundError:
             return []
         return [path[len(store.root) :].lstrip("/") for path in paths if path != store.root]
+
+    def partitions(self) -> list[str]:
+        """The names directly below the root (one delimited listing)."""
+        store = self.store
+        store.fs.invalidate_cache()
+        try:
+            paths = store.bounded(store.fs.ls, store.root, detail=False)
+        except FileNotFoundError:
+            return []
+        return [path.rstrip("/").rsplit("/", 1)[-1] for path in paths if path.rstrip("/") != store.root]
 
     def read(self, relatives: list[str]) -> dict[str, bytes]:
         store, found = self.store, {}
@@ -365,11 +442,11 @@ def append(root, table: pd.DataFrame) -> str | None:
     an archive holding another model's forecasts; StoreError from object storage.
     """
     arrow = from_frame(table, "the rows to append")
-    model_name, version, issued = check_one_forecast(arrow.to_pandas(), "the rows to append")
+    model_name, version, issued = check_one_forecast(arrow, "the rows to append")
     archive = open_archive(root)
-    files = parse_listing(root, archive.names())
-    check_model(root, files, model_name)
     relative = relative_path(model_name, version, issued)
+    files = files_beside(root, archive, relative.split("/")[0])
+    check_model(root, files, model_name)
     if any(file.relative == relative for file in files):
         return None
     buffer = pa.BufferOutputStream()
@@ -377,6 +454,30 @@ def append(root, table: pd.DataFrame) -> str | None:
     if not archive.write_new(relative, buffer.getvalue().to_pybytes()):
         return None
     return location(root, model_name, version, issued)
+
+
+def in_archive_types(table: pa.Table) -> pa.Table:
+    """Tables of the archive's columns put together: the fixed columns, then every quantile level found, ascending,
+    in the archive's types."""
+    levels = sorted({level_of(name) for name in table.schema.names[len(FIXED_NAMES) :]})
+    schema = archive_schema(levels)
+    return table.select(schema.names).cast(schema)
+
+
+def combined(root, files: list[ArchiveFile], tables: list[pa.Table]) -> pa.Table:
+    """The files' tables as one in the archive's types, the union of their quantile columns (null where a file has
+    none). Each distinct schema is checked once and the whole cast at once; a file whose values do not convert is
+    then found and named (ArchiveError)."""
+    checked = []
+    for file, table in zip(files, tables):
+        if not any(table.schema.equals(schema) for schema in checked):  # one or two schemas in thousands of files
+            archive_types(table.schema, f"{root}/{file.relative}")
+            checked.append(table.schema)
+    try:
+        return in_archive_types(pa.concat_tables(tables, promote_options="permissive"))
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        conformed = [conform(table, f"{root}/{file.relative}") for file, table in zip(files, tables)]
+        return in_archive_types(pa.concat_tables(conformed, promote_options="permissive"))
 
 
 def read(root, since=None, until=None, model_name: str | None = None) -> pd.DataFrame:
@@ -401,12 +502,10 @@ def read(root, since=None, until=None, model_name: str | None = None) -> pd.Data
     if not wanted:
         return empty_frame()
     contents = archive.read([file.relative for file in wanted])
-    tables = [conform(parquet_table(contents[file.relative], root, file), f"{root}/{file.relative}") for file in wanted]
-    check_names(root, wanted, tables)
-    combined = pa.concat_tables(tables, promote_options="permissive")
-    levels = sorted({level_of(name) for name in combined.schema.names[len(FIXED_NAMES) :]})
-    combined = combined.select(archive_schema(levels).names)
-    return combined.sort_by([(name, "ascending") for name in SORT_ORDER]).to_pandas()
+    tables = [parquet_table(contents[file.relative], root, file) for file in wanted]
+    rows = combined(root, wanted, tables)
+    check_names(root, wanted, [table.num_rows for table in tables], rows)
+    return rows.sort_by([(name, "ascending") for name in SORT_ORDER]).to_pandas()
 
 
 def parquet_table(data: bytes, root, file: ArchiveFile) -> pa.Table:
@@ -416,13 +515,14 @@ def parquet_table(data: bytes, root, file: ArchiveFile) -> pa.Table:
         raise ArchiveError(f"{root}/{file.relative}: not a readable Parquet file ({error})") from None
 
 
-def check_names(root, files: list[ArchiveFile], tables: list[pa.Table]) -> None:
-    """ArchiveError naming the first file whose rows are not the forecast its name says (all files at once)."""
-    counts = np.array([table.num_rows for table in tables])
+def check_names(root, files: list[ArchiveFile], counts: list[int], rows: pa.Table) -> None:
+    """ArchiveError naming the first file whose rows are not the forecast its name says: `rows` are the files'
+    rows one file after the other, `counts` how many each file holds (all files checked at once)."""
+    counts = np.asarray(counts)
     owner = np.repeat(np.arange(len(files)), counts)
-    names = np.concatenate([table["model_name"].to_numpy(zero_copy_only=False) for table in tables])
-    versions = np.concatenate([table["model_version"].to_numpy() for table in tables])
-    issued = np.concatenate([table["issue_time"].to_numpy() for table in tables]).astype("datetime64[s]")
+    names = rows["model_name"].to_numpy(zero_copy_only=False)
+    versions = rows["model_version"].to_numpy()
+    issued = rows["issue_time"].to_numpy().astype("datetime64[s]")
     expected_issued = np.array([file.issue_time.tz_localize(None) for file in files], "datetime64[s]")
     wrong = (
         (names != np.array([file.model_name for file in files], object)[owner])

@@ -86,6 +86,7 @@ HOURLY_OUTPUTS = {
     "levels": schema.QUANTILE_LEVELS_OUTPUT,
 }
 TIMEOUT_SECONDS = 30.0
+HOUR = pd.Timedelta(hours=1)
 DTYPES = {np.dtype(np.float32): types_pb2.DT_FLOAT, np.dtype(np.int64): types_pb2.DT_INT64}
 
 
@@ -98,20 +99,27 @@ def latest_window(
 ) -> tuple[np.ndarray, np.ndarray]:
     """The last `lookback_hours` complete hourly rows: history [lookback, 14] and timestamps [lookback].
 
-    `measurements` is the order of the history's columns (the model card's, when the client has it).
+    `measurements` is the order of the history's columns (the model card's, when the client has it). Only
+    the readings of the last lookback + max_fill_hours + 1 hours are prepared: a gap short enough to be
+    filled in the window has its earlier neighbour among them, so the window is the one the whole record
+    prepared gives, at a cost that does not grow with the record (an hourly issue reads a growing file).
     """
-    hourly, _ = prepare(readings, max_fill_hours)
-    window = hourly.iloc[-lookback_hours:]
-    if len(window) < lookback_hours:
-        raise ForecastError(f"need at least {lookback_hours} hours of readings, the file covers {len(hourly)}")
-    incomplete = window.index[window.isna().any(axis=1)]
+    times = readings[schema.DATE_COLUMN]
+    last_hour = times.max().ceil("h")
+    covered = int((last_hour - times.min().ceil("h")) // HOUR) + 1
+    if covered < lookback_hours:
+        raise ForecastError(f"need at least {lookback_hours} hours of readings, the file covers {covered}")
+    recent = readings[times > last_hour - (lookback_hours + max_fill_hours + 1) * HOUR]
+    hourly, _ = prepare(recent, max_fill_hours)
+    hours = pd.date_range(end=last_hour, periods=lookback_hours, freq="h")
+    history = hourly[measurements].reindex(hours).to_numpy(np.float32)
+    incomplete = hours[np.isnan(history).any(axis=1)]
     if len(incomplete):
         raise ForecastError(
             f"the last {lookback_hours} hours must be complete; readings are missing around "
             f"{incomplete[0]:%Y-%m-%d %H:%M} ({len(incomplete)} hours; --max-fill-hours interpolates short gaps)"
         )
-    timestamps = window.index.to_numpy(dtype="datetime64[s]").astype(np.int64)
-    return window[measurements].to_numpy(np.float32), timestamps
+    return history, hours.to_numpy(dtype="datetime64[s]").astype(np.int64)
 
 
 @dataclass
@@ -229,7 +237,7 @@ class GrpcForecaster:
     ):
         self.channel = grpc.secure_channel(target, credentials) if credentials else grpc.insecure_channel(target)
         self.stub = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
-        self.model_name, self.timeout = model_name, timeout
+        self.target, self.model_name, self.timeout = target, model_name, timeout
 
     def _metadata(self, version=None, label=None):
         """(the served `serving_default` SignatureDef, the version that answered), from GetModelMetadata."""
@@ -280,7 +288,7 @@ class RestForecaster:
 
     def __init__(self, target: str, model_name: str, timeout: float = TIMEOUT_SECONDS):
         self.base = f"http://{target}/v1/models/{model_name}"
-        self.model_name, self.timeout = model_name, timeout
+        self.target, self.model_name, self.timeout = target, model_name, timeout
         self.session = requests.Session()
 
     def _url(self, version=None, label=None) -> str:

@@ -24,6 +24,11 @@ Failures are one line on stderr and leave the archive as it was (the next
 hour's run issues the next forecast): exit 1 when the server or the store did
 not answer, 2 for bad input (readings, a model card that does not match the
 served model, an archive of another model, options).
+
+`issue(forecaster, readings, card, root)` is what main runs once the CSV is
+read: `ask` (the server's round trip), `rows_of` and forecast.archive.append.
+A process that issues many forecasts (a replay, a benchmark) calls it with one
+open forecaster and a readings table.
 """
 
 import argparse
@@ -94,28 +99,53 @@ def check_card(card: ModelCard, card_path: str, forecast: Forecast) -> None:
             )
 
 
-def ask(args: argparse.Namespace, card: ModelCard, model_name: str) -> tuple[pd.DataFrame, str]:
-    """The archive's rows of a forecast from the readings' last complete hour, and a line describing it."""
-    readings = read_raw_csv(args.csv)
-    forecaster = forecaster_of(args, model_name, args.timeout)
-    try:
-        served = with_retries(lambda: forecaster.served_model(args.version, args.label), args.attempts)
-        if served.version is None:
-            raise ForecastError(f"{args.target}: the server's metadata of {model_name} names no version")
-        history, timestamps = latest_window(readings, served.lookback_hours, card.max_fill_hours, card.measurements)
-        requested_at = pd.Timestamp.now(tz="UTC")
-        forecast = with_retries(
-            lambda: forecaster.predict(history[None], timestamps[None], version=served.version), args.attempts
-        )
-    finally:
-        forecaster.close()
-    if args.model_card:
-        check_card(card, args.model_card, forecast)
+def ask(forecaster, readings: pd.DataFrame, card: ModelCard, version=None, label=None, attempts: int = ATTEMPTS):
+    """The served model's forecast from the readings' last complete hour: (client Forecast, issue time, when the
+    server was asked). The version is the one the server's metadata names for `version`/`label` (its newest
+    without either), and the forecast is asked of exactly that version; each call is tried `attempts` times while
+    the server is unreachable."""
+    served = with_retries(lambda: forecaster.served_model(version, label), attempts)
+    if served.version is None:
+        raise ForecastError(f"{forecaster.target}: the server's metadata of {forecaster.model_name} names no version")
+    history, timestamps = latest_window(readings, served.lookback_hours, card.max_fill_hours, card.measurements)
+    requested_at = pd.Timestamp.now(tz="UTC")
+    forecast = with_retries(
+        lambda: forecaster.predict(history[None], timestamps[None], version=served.version), attempts
+    )
+    return forecast, pd.Timestamp(int(timestamps[-1]), unit="s", tz="UTC"), requested_at
+
+
+def rows_of(
+    forecast: Forecast, issue_time, requested_at, card: ModelCard, card_path: str | None = None
+) -> pd.DataFrame:
+    """The archive's rows of an answer, its quantile columns named by the card's levels (else the served ones);
+    with `card_path` (where the card came from), ForecastError unless the answer is what the card promises."""
+    if card_path:
+        check_card(card, card_path, forecast)
     levels = card.quantile_levels or ([] if forecast.levels is None else list(forecast.levels[0]))
-    issue_time = pd.Timestamp(int(timestamps[-1]), unit="s", tz="UTC")
-    rows = archive.forecast_rows(forecast, issue_time, requested_at, levels)
-    described = f"{forecast.model_name} version {forecast.version} issued {issue_time:%Y-%m-%d %H:%M} UTC"
-    return rows, described
+    return archive.forecast_rows(forecast, issue_time, requested_at, levels)
+
+
+def issue(
+    forecaster,
+    readings: pd.DataFrame,
+    card: ModelCard,
+    root,
+    version=None,
+    label=None,
+    attempts: int = ATTEMPTS,
+    card_path: str | None = None,
+) -> tuple[pd.DataFrame, str | None]:
+    """Ask the server (`ask`) and archive the answer at `root`: the rows, and the path written (None when that
+    forecast was archived already). The readings are a Jena-format table (`read_raw_csv`'s) up to the newest."""
+    rows = rows_of(*ask(forecaster, readings, card, version, label, attempts), card, card_path)
+    return rows, archive.append(root, rows)
+
+
+def described(rows: pd.DataFrame) -> str:
+    """ "<model> version <N> issued <YYYY-mm-dd HH:MM> UTC" of a forecast's rows."""
+    first = rows.iloc[0]
+    return f"{first['model_name']} version {first['model_version']} issued {first['issue_time']:%Y-%m-%d %H:%M} UTC"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -148,8 +178,14 @@ def main(argv=None) -> int:
         card = model_card_of(args)
         if args.model_name and args.model_card and card.model_name != args.model_name:
             raise ForecastError(f"{args.model_card}: a card of model {card.model_name}, not of {args.model_name}")
-        rows, described = ask(args, card, args.model_name or card.model_name)
-        written = archive.append(args.archive, rows)
+        readings = read_raw_csv(args.csv)
+        forecaster = forecaster_of(args, args.model_name or card.model_name, args.timeout)
+        try:
+            rows, written = issue(
+                forecaster, readings, card, args.archive, args.version, args.label, args.attempts, args.model_card
+            )
+        finally:
+            forecaster.close()
     except FileNotFoundError as error:
         print(f"issue: {error.filename or args.csv}: no such file", file=sys.stderr)
         return 2
@@ -169,11 +205,13 @@ def main(argv=None) -> int:
         print(f"issue: {error.filename}: {error.strerror}", file=sys.stderr)
         return 2
     if written is None:
-        issue_time = rows["issue_time"].iloc[0]
-        existing = archive.location(args.archive, rows["model_name"].iloc[0], rows["model_version"].iloc[0], issue_time)
-        print(f"already archived: {described} ({existing})")
+        existing = archive.location(
+            args.archive, rows["model_name"].iloc[0], rows["model_version"].iloc[0], rows["issue_time"].iloc[0]
+        )
+        print(f"already archived: {described(rows)} ({existing})")
     else:
-        print(f"archived: {described}, {len(rows)} hours to {rows['valid_time'].iloc[-1]:%Y-%m-%d %H:%M}: {written}")
+        hours = f"{len(rows)} hours to {rows['valid_time'].iloc[-1]:%Y-%m-%d %H:%M}"
+        print(f"archived: {described(rows)}, {hours}: {written}")
     return 0
 
 

@@ -119,12 +119,15 @@ def run_lengths(missing: np.ndarray) -> np.ndarray:
 def fill_short_gaps(hourly: pd.DataFrame, max_fill_hours: int) -> tuple[pd.DataFrame, dict]:
     """Interpolate runs of at most `max_fill_hours` missing hours, per column; longer runs stay NaN."""
     filled = hourly.copy()
-    direction = np.deg2rad(hourly[schema.WIND_DIRECTION])
-    # Wind direction is interpolated on its vector components so 350 -> 10 passes through 0.
-    vector = pd.DataFrame({"x": np.cos(direction), "y": np.sin(direction)}).interpolate(limit_area="inside")
     for name in schema.MEASUREMENTS:
-        short = (run_lengths(hourly[name].isna().to_numpy()) <= max_fill_hours) & hourly[name].isna().to_numpy()
+        missing = hourly[name].isna().to_numpy()
+        short = (run_lengths(missing) <= max_fill_hours) & missing
+        if not short.any():  # most columns of most hours: the hourly forecast prepares a few days every hour
+            continue
         if name == schema.WIND_DIRECTION:
+            # interpolated on its vector components so that 350 -> 10 passes through 0
+            direction = np.deg2rad(hourly[name])
+            vector = pd.DataFrame({"x": np.cos(direction), "y": np.sin(direction)}).interpolate(limit_area="inside")
             interpolated = np.rad2deg(np.arctan2(vector["y"], vector["x"])).to_numpy() % 360.0
         else:
             interpolated = hourly[name].interpolate(limit_area="inside").to_numpy()

@@ -154,7 +154,7 @@ def test_a_writer_that_finds_the_file_written_meanwhile_keeps_the_first(tmp_path
     root = tmp_path / "archive"
     first = archive.append(root, rows())
     before = open(first, "rb").read()
-    monkeypatch.setattr(archive.LocalArchive, "names", lambda self: [])
+    monkeypatch.setattr(archive.LocalArchive, "names", lambda self, under="": [])
     assert archive.append(root, rows(offset=9.0)) is None
     assert open(first, "rb").read() == before
     assert files_under(root) == ["issue_date=2026-03-01/jena_temperature-3-20260301T050000Z.parquet"]
@@ -187,6 +187,11 @@ def test_in_object_storage_a_forecast_is_one_put_read_back_by_issue_time(object_
         "issue_date=2026-03-01/jena_temperature-3-20260301T050000Z.parquet",
         "issue_date=2026-03-02/jena_temperature-3-20260302T010000Z.parquet",
     ]
+    # an append on a day of its own is checked against the nearest day: another model's archive is refused
+    with pytest.raises(
+        ArchiveError, match=r"20260302T010000Z\.parquet: a forecast of model jena_temperature, not of x"
+    ):
+        archive.append(root, rows(ISSUED + pd.Timedelta(days=5), asked=ISSUED, model_name="x"))
 
 
 def test_in_s3_a_writer_that_listed_before_anothers_put_keeps_the_first(s3_server, monkeypatch):
@@ -194,7 +199,7 @@ def test_in_s3_a_writer_that_listed_before_anothers_put_keeps_the_first(s3_serve
     (tests/serving/test_store_remote.py shows it), which real GCS honours the same way."""
     root = s3_server.create_bucket("forecasts") + "/archive"
     archive.append(root, rows())
-    monkeypatch.setattr(archive.RemoteArchive, "names", lambda self: [])
+    monkeypatch.setattr(archive.RemoteArchive, "names", lambda self, under="": [])
     assert archive.append(root, rows(offset=9.0)) is None
     monkeypatch.undo()
     assert archive.read(root)["median"].iloc[0] == 0.0
@@ -237,6 +242,47 @@ def test_another_models_archive_is_refused_naming_the_file(tmp_path):
         archive.read(root / "mixed")
 
 
+def test_an_append_lists_its_day_and_the_nearest_other_not_the_whole_archive(tmp_path, monkeypatch):
+    """Every append is checked against its day's partition, or when that is empty the nearest other one that holds
+    files, so an hourly append costs the same however many days the archive holds; another model's archive is still
+    refused."""
+    root = tmp_path / "archive"
+    days = [ISSUED + pd.Timedelta(days=day) for day in (0, 1, 2, 9)]
+    for issued in days:
+        archive.append(root, rows(issued, asked=issued))
+    listed = []
+    names = archive.LocalArchive.names
+    monkeypatch.setattr(
+        archive.LocalArchive, "names", lambda self, under="": listed.append(under) or names(self, under)
+    )
+    archive.append(root, rows(ISSUED + pd.Timedelta(days=8), asked=ISSUED))
+    assert listed == ["issue_date=2026-03-10"]  # no partition for 9 March yet: the 10th is the nearest
+    listed.clear()
+    assert archive.append(root, rows(days[1], asked=days[1])) is None  # the file is found in its own day
+    assert listed == ["issue_date=2026-03-02"]
+    monkeypatch.undo()
+
+    other = rows(ISSUED + pd.Timedelta(days=20), asked=ISSUED, model_name="other-model")
+    with pytest.raises(
+        ArchiveError,
+        match=r"^\S+/issue_date=2026-03-10/jena_temperature-3-20260310T050000Z\.parquet: a "
+        r"forecast of model jena_temperature, not of other-model: another model's archive$",
+    ):
+        archive.append(root, other)
+    assert not (root / "issue_date=2026-03-21").exists()
+    (root / "notes.txt").write_text("x")
+    with pytest.raises(ArchiveError, match=rf"^{root}/notes.txt: not a forecast archive file"):
+        archive.append(root, rows(ISSUED + pd.Timedelta(days=3), asked=ISSUED))
+
+
+def test_a_file_named_with_an_impossible_time_is_named(tmp_path):
+    root = tmp_path / "archive"
+    relative = "issue_date=2026-13-01/jena_temperature-3-20261301T050000Z.parquet"
+    write_parquet(root, relative, archived_table())
+    with pytest.raises(ArchiveError, match=rf"^{root}/{relative}: 20261301T050000Z is not a time"):
+        archive.read(root)
+
+
 def write_parquet(root, relative: str, table: pa.Table) -> str:
     path = root / relative
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -275,6 +321,22 @@ def test_a_file_with_other_columns_is_named(tmp_path, change, problem):
         root, "issue_date=2026-03-01/jena_temperature-3-20260301T050000Z.parquet", change(archived_table())
     )
     with pytest.raises(ArchiveError, match=rf"^{path}: {problem}"):
+        archive.read(root)
+
+
+def test_a_file_whose_values_do_not_convert_is_named_among_many(tmp_path):
+    """The files are cast to the archive's types all at once; when that fails, the file at fault is named."""
+    root = tmp_path / "archive"
+    for hour in range(3):
+        archive.append(root, rows(ISSUED + pd.Timedelta(hours=hour), asked=ISSUED))
+    table = archived_table()
+    asked = pa.array([ASKED.value // 10**6] * table.num_rows, pa.timestamp("ms", tz="UTC"))  # 05:07:31.600
+    path = write_parquet(
+        root,
+        "issue_date=2026-03-01/jena_temperature-3-20260301T050000Z.parquet",
+        table.set_column(3, "requested_at", asked),
+    )
+    with pytest.raises(ArchiveError, match=rf"^{path}: Casting from timestamp\[ms, tz=UTC\] to timestamp\[s, tz=UTC\]"):
         archive.read(root)
 
 

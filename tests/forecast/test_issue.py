@@ -11,7 +11,9 @@ import pytest
 import requests
 
 from forecast import archive, issue
-from pipeline import schema
+from forecast.client import ForecastError, latest_window
+from pipeline import schema, synthetic
+from pipeline.prepare import prepare
 from pipeline.serving_check import free_port
 from tests.helpers.commands import run_main
 from tests.helpers.readings import make_readings, to_csv_text
@@ -263,3 +265,44 @@ def test_options_are_checked_before_anything_runs(tmp_path, capsys):
         with pytest.raises(SystemExit) as exited:
             issue.main(arguments)
         assert exited.value.code == 2 and wording in capsys.readouterr().err
+
+
+def whole_record_window(readings, lookback_hours: int, max_fill_hours: int):
+    """The last `lookback_hours` hours of the whole record prepared, or None when one of them is incomplete."""
+    hourly, _ = prepare(readings, max_fill_hours)
+    window = hourly.iloc[-lookback_hours:]
+    return None if window.isna().any().any() else window.to_numpy(np.float32)
+
+
+def test_the_window_of_a_growing_record_is_the_whole_records_last_hours():
+    """latest_window prepares only the record's last hours: cut after readings all around gaps of 1 to 5 hours and a
+    wind sensor failing for 2 to 4 hours, the window is the whole record's, or both are incomplete."""
+    readings = synthetic.generate_readings("2020-01-01", "2020-01-08", seed=1)
+
+    def hours_from(start: str, hours: int) -> pd.Series:
+        times = readings[schema.DATE_COLUMN]
+        return (times > pd.Timestamp(start)) & (times <= pd.Timestamp(start) + pd.Timedelta(hours=hours))
+
+    for start, hours in (
+        ("2020-01-03 02:00", 5),
+        ("2020-01-04 12:00", 1),
+        ("2020-01-04 20:00", 3),
+        ("2020-01-05 06:00", 4),
+    ):
+        readings = readings[~hours_from(start, hours)]
+    for start, hours in (("2020-01-05 20:00", 2), ("2020-01-06 14:00", 3), ("2020-01-06 22:00", 4)):
+        readings.loc[hours_from(start, hours), schema.SENTINEL_COLUMNS] = schema.SENTINEL
+    readings = readings.reset_index(drop=True)
+    cuts = np.flatnonzero(readings[schema.DATE_COLUMN] >= pd.Timestamp("2020-01-03 00:00"))[::7]  # every 70 minutes
+    outcomes = {"complete": 0, "incomplete": 0}
+    for cut in cuts[cuts < len(readings) - 6 * 12]:
+        arrived = readings.iloc[: cut + 1]
+        expected = whole_record_window(arrived, 24, 3)
+        if expected is None:
+            with pytest.raises(ForecastError, match="must be complete"):
+                latest_window(arrived, 24, 3)
+            outcomes["incomplete"] += 1
+        else:
+            np.testing.assert_array_equal(latest_window(arrived, 24, 3)[0], expected)
+            outcomes["complete"] += 1
+    assert outcomes["complete"] > 25 and outcomes["incomplete"] > 25, outcomes
