@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import fsspec
+import pytest
 
 from tests.helpers.object_storage import delete_version, forget_clients, os_environment_with, upload_version
 from tests.helpers.repository import REPO_ROOT
@@ -144,6 +145,7 @@ def test_exit_codes_name_the_problem(s3_server, tmp_path):
     assert not dest.exists() or os.listdir(dest) == []
 
 
+@pytest.mark.slow  # a long-running sync process through a store outage: a server's test
 def test_loop_is_atomic_survives_an_outage_and_stops_on_sigterm(s3_server, tmp_path):
     """DEST never shows a version number without all of its files, while a many-file version arrives."""
     base = s3_server.create_bucket("models") + "/jena"
