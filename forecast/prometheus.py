@@ -3,9 +3,9 @@
 In:  a verification summary (forecast.verify.verification): scores per
      version, window and hour ahead, each version's blessing figures, the
      drift statistics and alarms.
-Out: `exposition`, the Prometheus text exposition format (version 0.0.4);
-     `write_textfile`, that text written atomically for node-exporter's
-     textfile collector (`--collector.textfile.directory`, files `*.prom`).
+Out: `exposition`, the Prometheus text exposition format (version 0.0.4), which
+     forecast.verify writes atomically for node-exporter's textfile collector
+     (`--collector.textfile.directory`, files `*.prom`) and serves under --serve.
 
 TF Serving exports `/tensorflow/serving/request_count` as
 `:tensorflow:serving:request_count` (serving/monitoring.py); these follow
@@ -33,8 +33,6 @@ import math
 import re
 
 import pandas as pd
-
-from pipeline.atomic import atomic_path
 
 VERIFICATION = ":wetterfrosch:verification:"
 DRIFT = ":wetterfrosch:drift:"
@@ -147,9 +145,3 @@ def exposition(summary: dict) -> str:
         lines += [f"# HELP {name} {HELP[name]}", f"# TYPE {name} gauge"]
         lines += [sample(name, labels, value) for labels, value in found]
     return "\n".join(lines) + "\n"
-
-
-def write_textfile(path, text: str) -> None:
-    """Write the exposition atomically (node-exporter must never read half a file)."""
-    with atomic_path(path, suffix=".prom.tmp") as temporary:
-        temporary.write_text(text, encoding="utf-8")

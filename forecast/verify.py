@@ -53,7 +53,7 @@ import pandas as pd
 
 from forecast import archive, drift, prometheus, report, scores
 from pipeline import schema
-from pipeline.atomic import atomic_path
+from pipeline.atomic import write_text
 from pipeline.config import load_params
 from pipeline.prepare import InvalidData, prepare, read_raw_csv
 from pipeline.published import model_directory
@@ -240,8 +240,7 @@ def outputs(summary: dict, args) -> dict[Path, str]:
 
 def write_all(texts: dict[Path, str]) -> None:
     for path, text in texts.items():
-        with atomic_path(path, suffix=".tmp") as temporary:
-            temporary.write_text(text, encoding="utf-8")
+        write_text(path, text)
 
 
 def run(args) -> dict:

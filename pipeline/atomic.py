@@ -52,7 +52,12 @@ def atomic_directory(destination: Path):
         shutil.rmtree(temporary, ignore_errors=True)
 
 
+def write_text(destination: Path, text: str, suffix: str = ".tmp") -> None:
+    """Atomically write `text` (UTF-8); the temporary file's name ends in `suffix`."""
+    with atomic_path(destination, suffix=suffix) as temporary:
+        temporary.write_text(text, encoding="utf-8")
+
+
 def write_json(destination: Path, data) -> None:
     """Atomically write `data` as indented JSON."""
-    with atomic_path(destination, suffix=".json") as temporary:
-        temporary.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    write_text(destination, json.dumps(data, indent=2, sort_keys=True) + "\n", suffix=".json")
