@@ -32,7 +32,7 @@ from serving.store import fingerprint, publish
 from tests.helpers.commands import run_main
 from tests.helpers.exports import BLESSED_METRICS
 from tests.helpers.repository import REPO_ROOT
-from tests.helpers.training import TINY_MODEL, small_windows, tiny_params, write_windows
+from tests.helpers.training import TINY_MODEL, small_windows, tiny_params
 
 LOOKBACK, HORIZON = 24, 6
 LAYER_CLASSES = ("JenaFeatures", "GRU", "Dense", "QuantileHead")
@@ -244,40 +244,30 @@ def test_without_graphviz_plot_says_how_to_install_it_in_one_line(forms, tmp_pat
     assert not (tmp_path / "model.png").exists()
 
 
-def stage_workspace(tmp_path: Path, monkeypatch, windows) -> Path:
-    monkeypatch.chdir(tmp_path)
-    write_windows(windows, tmp_path / "data" / "windows")
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_params()))
-    return tmp_path / "models" / "architecture"
-
-
 @needs_graphviz
-def test_the_train_stage_writes_the_summary_and_the_diagram(windows, tmp_path, monkeypatch, capsys):
-    directory = stage_workspace(tmp_path, monkeypatch, windows)
-    directory.mkdir(parents=True)
+def test_the_architecture_directory_is_replaced_by_the_summary_and_the_diagram(model, tmp_path):
+    """What the train stage writes into models/architecture/."""
+    directory = tmp_path / "architecture"
+    directory.mkdir()
     (directory / "stale.txt").write_text("from an earlier run")
-    train_stage.main()
+    said = architecture.write_architecture(model, directory)
+    assert said == f"wrote {directory / 'summary.txt'} and model.png"
     assert sorted(entry.name for entry in directory.iterdir()) == ["model.png", "summary.txt"]
     png_size(directory / "model.png")
-    trained = keras.saving.load_model(tmp_path / "models" / "model.keras", compile=False)
     summary = (directory / "summary.txt").read_text()
-    trainable = sum(int(np.prod(weight.shape)) for weight in trained.trainable_weights)
-    calibration = sum(int(np.prod(weight.shape)) for weight in trained.non_trainable_weights)
+    trainable = sum(int(np.prod(weight.shape)) for weight in model.trainable_weights)
+    calibration = sum(int(np.prod(weight.shape)) for weight in model.non_trainable_weights)
     assert summary.startswith('Model: "wetterfrosch"') and f"Trainable params: {trainable:,}" in summary
     assert f"Non-trainable params: {calibration:,}" in summary  # the band's calibration factors
     assert all(f"({layer_class})" in summary for layer_class in LAYER_CLASSES)
-    out = capsys.readouterr().out
-    assert "train: wrote models/architecture/summary.txt and model.png\n" in out
 
 
-def test_without_graphviz_the_train_stage_says_so_in_one_line_and_succeeds(windows, tmp_path, monkeypatch, capsys):
-    directory = stage_workspace(tmp_path, monkeypatch, windows)
+def test_without_graphviz_the_architecture_is_the_summary_and_a_one_line_note(model, tmp_path, monkeypatch):
     without_dot(monkeypatch, tmp_path)
-    train_stage.main()
-    assert (tmp_path / "models" / "model.keras").is_file() and (tmp_path / "dvclive" / "metrics.json").is_file()
+    directory = tmp_path / "architecture"
+    said = architecture.write_architecture(model, directory)
+    assert said == f"wrote {directory / 'summary.txt'} but not model.png: {architecture.INSTALL_GRAPHVIZ}"
     assert [entry.name for entry in directory.iterdir()] == ["summary.txt"]
-    notes = [line for line in capsys.readouterr().out.splitlines() if "model.png" in line]
-    assert notes == [f"train: wrote models/architecture/summary.txt but not model.png: {architecture.INSTALL_GRAPHVIZ}"]
 
 
 def test_the_console_script_and_the_module_run_the_command(forms, tmp_path):

@@ -30,17 +30,17 @@ def windows():
     return small_windows(days=90)
 
 
+def default_shape_params(epochs: int) -> dict:
+    """The tiny model in the default configuration's shape: a strided convolution, dropout, the cosine schedule."""
+    params = tiny_params(epochs=epochs, **CONVOLUTION, dropout=0.1, recurrent_dropout=0.1)
+    params["train"].update(schedule="cosine", warmup_share=0.2)
+    return params
+
+
 @pytest.fixture(scope="module")
 def trained(windows):
-    """(model, history) of the tiny GRU trained for 4 epochs at a constant rate; tests only read them."""
-    return train(windows, tiny_params(epochs=4), verbose=0)
-
-
-@pytest.fixture(scope="module")
-def same_seed_pair(windows):
-    """Two models trained alike, with the default configuration's shape and dropout, from the same seed."""
-    params = strided_cosine_params(epochs=2, dropout=0.1, recurrent_dropout=0.1)
-    return [train(windows, params, verbose=0)[0] for _ in range(2)]
+    """(model, history) of the tiny model in the default shape, trained for 4 epochs; tests only read them."""
+    return train(windows, default_shape_params(epochs=4), verbose=0)
 
 
 # y_true [1 sample, 2 hours], forecasts of levels 0.1, 0.5, 0.9. By hand, for e = observed - forecast:
@@ -107,13 +107,6 @@ def test_bad_schedule_is_an_error_that_names_the_param(windows, overrides, named
         compile_model(model, TINY_MODEL["quantiles"], windows.horizon, {**TINY_TRAIN, **overrides}, epochs=4)
 
 
-def strided_cosine_params(epochs: int, **model_overrides) -> dict:
-    """The shape of the default configuration: the convolution and the cosine schedule."""
-    params = tiny_params(epochs=epochs, **CONVOLUTION, **model_overrides)
-    params["train"].update(schedule="cosine", warmup_share=0.2)
-    return params
-
-
 def assert_the_loss_falls(history) -> None:
     losses = history.history["loss"]
     assert losses[-1] < losses[0] * 0.9, losses
@@ -124,10 +117,15 @@ def test_the_model_trains_and_its_loss_falls(trained):
     assert_the_loss_falls(trained[1])
 
 
-@pytest.mark.parametrize("cell,layers,strided", [("lstm", 2, False), ("gru", 1, True)])
-def test_other_cells_and_the_convolution_train_and_their_loss_falls(windows, cell, layers, strided):
-    params = (strided_cosine_params if strided else tiny_params)(epochs=4, cell=cell, layers=layers)
-    assert_the_loss_falls(train(windows, params, verbose=0)[1])
+def test_a_two_layer_lstm_with_balanced_hours_trains_and_weighs_each_hour_by_its_error(windows, trained):
+    assert trained[0].loss.weights == pytest.approx(hour_weights(windows.horizon, 0.5))  # not balanced: equal
+    params = tiny_params(epochs=4, cell="lstm", layers=2)
+    params["train"]["balance_hours"] = True
+    model, history = train(windows, params, verbose=0)
+    assert_the_loss_falls(history)
+    errors = train_stage.persistence_errors(windows, windows.starts["train"])
+    assert model.loss.weights == pytest.approx(hour_weights(windows.horizon, 0.5, errors))
+    assert model.loss.weights[0] > model.loss.weights[-2]
 
 
 def test_validation_mae_is_the_restored_models_final_hour_median_error_in_degc(windows, trained):
@@ -139,7 +137,7 @@ def test_validation_mae_is_the_restored_models_final_hour_median_error_in_degc(w
 
 
 def test_the_single_output_configuration_is_a_median_at_the_last_hour(windows):
-    """quantiles [0.5] and final_hour_share 1: the forecaster as before it forecast every hour."""
+    """quantiles [0.5] and final_hour_share 1: one median forecast per hour, the loss on the last hour only."""
     params = tiny_params(epochs=1, quantiles=[0.5])
     params["train"]["final_hour_share"] = 1.0
     model, history = train(windows, params, verbose=0)
@@ -148,16 +146,16 @@ def test_the_single_output_configuration_is_a_median_at_the_last_hour(windows):
     assert np.isfinite(history.history["val_mae"]).all()
 
 
-def test_same_seed_gives_the_same_weights(same_seed_pair):
-    first, second = same_seed_pair
-    for mine, theirs in zip(first.get_weights(), second.get_weights(), strict=True):
+def test_same_seed_gives_the_same_weights(windows, trained):
+    """Dropout, the shuffled order and the initial weights all follow the seed."""
+    again, _ = train(windows, default_shape_params(epochs=4), verbose=0)
+    for mine, theirs in zip(trained[0].get_weights(), again.get_weights(), strict=True):
         np.testing.assert_array_equal(mine, theirs)
 
 
-@pytest.mark.parametrize("strided", [False, True])
-def test_saved_model_loads_and_predicts_identically(windows, trained, same_seed_pair, tmp_path, strided):
-    """Also with the convolution and the cosine schedule (its optimizer config travels in the file)."""
-    model = same_seed_pair[0] if strided else trained[0]
+def test_saved_model_loads_and_predicts_identically(windows, trained, tmp_path):
+    """The convolution and the cosine schedule's optimizer config travel in the file."""
+    model = trained[0]
     path = tmp_path / "models" / "model.keras"
     save_model(model, path)
     assert [entry.name for entry in path.parent.iterdir()] == ["model.keras"]  # no temporary left behind
@@ -170,12 +168,15 @@ def test_saved_model_loads_and_predicts_identically(windows, trained, same_seed_
     assert features["mean"] == pytest.approx(mean) and features["std"] == pytest.approx(std)
 
 
-def test_main_writes_the_model_and_the_dvclive_logs(windows, tmp_path, monkeypatch):
+def test_main_writes_the_model_its_architecture_and_the_dvclive_logs(windows, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     write_windows(windows, tmp_path / "data" / "windows")
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_params(epochs=2)))
     train_stage.main()
     assert (tmp_path / "models" / "model.keras").is_file()
+    said = capsys.readouterr().out.splitlines()
+    assert said[-1].startswith("train: wrote models/architecture/summary.txt "), said  # with model.png where dot is
+    assert (tmp_path / "models" / "architecture" / "summary.txt").is_file()
     summary = json.loads((tmp_path / "dvclive" / "metrics.json").read_text())
     assert set(summary) >= {"train", "eval", "best"}
     assert set(summary["eval"]) == {"loss", "mae"} and summary["best"]["epoch"] in (1, 2)
@@ -208,14 +209,3 @@ def test_persistence_errors_are_each_hours_mean_absolute_change(windows):
     errors = train_stage.persistence_errors(windows, starts)
     np.testing.assert_allclose(errors, expected, rtol=1e-6)
     assert errors[0] < errors[-1]  # the weather drifts away from the last reading
-
-
-def test_balanced_training_weighs_the_loss_by_the_training_splits_hour_errors(windows, trained):
-    model, _ = trained  # no balance_hours: equal weights
-    assert model.loss.weights == pytest.approx(hour_weights(windows.horizon, 0.5))
-    params = tiny_params(epochs=1)
-    params["train"]["balance_hours"] = True
-    model, _ = train(windows, params, verbose=0)
-    errors = train_stage.persistence_errors(windows, windows.starts["train"])
-    assert model.loss.weights == pytest.approx(hour_weights(windows.horizon, 0.5, errors))
-    assert model.loss.weights[0] > model.loss.weights[-2]
