@@ -54,12 +54,11 @@ def gcs_session_server():
 
 
 def _store_for_one_test(server, monkeypatch):
-    from tests.helpers.object_storage import apply_environment, forget_clients
+    from tests.helpers.object_storage import after_test, apply_environment
 
     apply_environment(monkeypatch, server)
     yield server
-    server.reset()
-    forget_clients()
+    after_test(server)
 
 
 @pytest.fixture

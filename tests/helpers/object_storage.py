@@ -21,13 +21,30 @@ from pipeline.serving_check import free_port
 LOOPBACK = "127.0.0.1"
 
 
+STORE_VARIABLES = ("AWS_", "STORAGE_EMULATOR_HOST", "GOOGLE_")
+
+
+def store_environment() -> dict[str, str]:
+    """The variables the S3 and GCS clients read when they are made."""
+    return {name: value for name, value in os.environ.items() if name.startswith(STORE_VARIABLES)}
+
+
 def forget_clients() -> None:
-    """fsspec caches file systems per arguments; a new server on a new port needs new clients."""
+    """fsspec caches file systems per arguments: after a restart, or in another environment, new clients."""
     import gcsfs
     import s3fs
 
     s3fs.S3FileSystem.clear_instance_cache()
     gcsfs.GCSFileSystem.clear_instance_cache()
+
+
+def forget_listings() -> None:
+    """The clients stay (making an S3 client costs a second of CPU), what they cached of the objects goes."""
+    import gcsfs
+    import s3fs
+
+    for file_system in (*s3fs.S3FileSystem._cache.values(), *gcsfs.GCSFileSystem._cache.values()):
+        file_system.invalidate_cache()
 
 
 class LoopbackStore:
@@ -46,11 +63,13 @@ class LoopbackStore:
             self._server.stop()
             self._server = None
 
-    def reset(self) -> None:
-        """Running again (a fault test may have stopped it), with no bucket."""
-        if self._server is None:
+    def reset(self) -> bool:
+        """Running again (a fault test may have stopped it), with no bucket; whether it had to start again."""
+        stopped = self._server is None
+        if stopped:
             self.start()
         self._empty()
+        return stopped
 
 
 class S3Server(LoopbackStore):
@@ -138,10 +157,31 @@ class GcsServer(LoopbackStore):
 
 
 def apply_environment(monkeypatch, server) -> None:
-    """Point this process's clients at `server`, as the standard variables do in production."""
+    """Point this process's clients at `server`, as the standard variables do in production.
+
+    Clients made in this environment before (by an earlier test on the same server) are kept.
+    """
+    global _clients_environment
     for name, value in server.environment.items():
         monkeypatch.setenv(name, value)
-    forget_clients()
+    if store_environment() != _clients_environment:
+        forget_clients()
+        _clients_environment = store_environment()
+
+
+def after_test(server) -> None:
+    """Empty `server` for the next test; keep this process's clients unless the test restarted the server
+    or changed the environment they were made in."""
+    global _clients_environment
+    restarted = server.reset()
+    if restarted or store_environment() != _clients_environment:
+        forget_clients()
+        _clients_environment = None
+    else:
+        forget_listings()
+
+
+_clients_environment = None  # what the cached clients were made in
 
 
 def os_environment_with(server) -> dict[str, str]:
