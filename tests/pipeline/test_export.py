@@ -26,7 +26,7 @@ from tests.helpers.repository import REPO_ROOT
 from tests.helpers.training import EVALUATE_PARAMS, TINY_MODEL, small_windows
 
 LOOKBACK = 24
-# Dropout on: its seed generators must export too (they once broke tf.saved_model.save).
+# Dropout on: its seed generators hold state variables that tf.saved_model.save must export too.
 DROPOUT_MODEL = {**TINY_MODEL, "dropout": 0.2, "recurrent_dropout": 0.1}
 HORIZON = 6
 
