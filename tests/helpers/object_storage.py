@@ -21,30 +21,34 @@ from pipeline.serving_check import free_port
 LOOPBACK = "127.0.0.1"
 
 
-STORE_VARIABLES = ("AWS_", "STORAGE_EMULATOR_HOST", "GOOGLE_")
+# What each kind of client reads from the environment when it is made.
+CLIENT_VARIABLES = {"s3": ("AWS_",), "gs": ("STORAGE_EMULATOR_HOST", "GOOGLE_")}
 
 
-def store_environment() -> dict[str, str]:
-    """The variables the S3 and GCS clients read when they are made."""
-    return {name: value for name, value in os.environ.items() if name.startswith(STORE_VARIABLES)}
+def client_environment(scheme: str) -> dict[str, str]:
+    return {name: value for name, value in os.environ.items() if name.startswith(CLIENT_VARIABLES[scheme])}
 
 
-def forget_clients() -> None:
+def client_classes(scheme: str | None) -> list:
+    """The fsspec client class of `scheme`, or of both kinds."""
+    import gcsfs
+    import s3fs
+
+    classes = {"s3": s3fs.S3FileSystem, "gs": gcsfs.GCSFileSystem}
+    return list(classes.values()) if scheme is None else [classes[scheme]]
+
+
+def forget_clients(scheme: str | None = None) -> None:
     """fsspec caches file systems per arguments: after a restart, or in another environment, new clients."""
-    import gcsfs
-    import s3fs
-
-    s3fs.S3FileSystem.clear_instance_cache()
-    gcsfs.GCSFileSystem.clear_instance_cache()
+    for client_class in client_classes(scheme):
+        client_class.clear_instance_cache()
 
 
-def forget_listings() -> None:
+def forget_listings(scheme: str) -> None:
     """The clients stay (making an S3 client costs a second of CPU), what they cached of the objects goes."""
-    import gcsfs
-    import s3fs
-
-    for file_system in (*s3fs.S3FileSystem._cache.values(), *gcsfs.GCSFileSystem._cache.values()):
-        file_system.invalidate_cache()
+    for client_class in client_classes(scheme):
+        for file_system in client_class._cache.values():
+            file_system.invalidate_cache()
 
 
 class LoopbackStore:
@@ -159,29 +163,27 @@ class GcsServer(LoopbackStore):
 def apply_environment(monkeypatch, server) -> None:
     """Point this process's clients at `server`, as the standard variables do in production.
 
-    Clients made in this environment before (by an earlier test on the same server) are kept.
+    Clients of the server's kind made in this environment before (by an earlier test) are kept.
     """
-    global _clients_environment
     for name, value in server.environment.items():
         monkeypatch.setenv(name, value)
-    if store_environment() != _clients_environment:
-        forget_clients()
-        _clients_environment = store_environment()
+    if client_environment(server.scheme) != _clients_made_in.get(server.scheme):
+        forget_clients(server.scheme)
+        _clients_made_in[server.scheme] = client_environment(server.scheme)
 
 
 def after_test(server) -> None:
-    """Empty `server` for the next test; keep this process's clients unless the test restarted the server
-    or changed the environment they were made in."""
-    global _clients_environment
+    """Empty `server` for the next test; keep this process's clients of its kind unless the test restarted
+    the server or changed the environment they were made in."""
     restarted = server.reset()
-    if restarted or store_environment() != _clients_environment:
-        forget_clients()
-        _clients_environment = None
+    if restarted or client_environment(server.scheme) != _clients_made_in.get(server.scheme):
+        forget_clients(server.scheme)
+        _clients_made_in.pop(server.scheme, None)
     else:
-        forget_listings()
+        forget_listings(server.scheme)
 
 
-_clients_environment = None  # what the cached clients were made in
+_clients_made_in: dict[str, dict[str, str]] = {}  # scheme -> the environment its cached clients were made in
 
 
 def os_environment_with(server) -> dict[str, str]:
