@@ -207,7 +207,9 @@ print(export.write_export(model, windows, {"model_name": "jena_temperature"}, Pa
 
 
 def test_exporting_the_same_model_again_reproduces_its_fingerprint(model, tmp_path):
-    """What keeps an unchanged model from becoming a new version: each export runs in a new process."""
+    """What keeps an unchanged model from becoming a new version: each export runs in a new process, as the
+    stage does (TensorFlow numbers traced functions per process, so an export in a process that traced
+    other functions first differs)."""
     model.save(tmp_path / "model.keras")
     fingerprints = []
     for hash_seed in ("1", "2"):
