@@ -116,12 +116,14 @@ def judged_window(rows: pd.DataFrame, values_of, outside, now, settings: dict, s
     """The drift window's statistic at `now` (`windowed_interval`) and the first day of the current run of
     days on which `outside(interval)` held (None if it does not hold now)."""
 
+    statistic = windowed_interval(rows, values_of, now, settings, seed)
+
     def crossed(end):
-        result = windowed_interval(rows, values_of, end, settings, seed)
+        result = statistic if end == now else windowed_interval(rows, values_of, end, settings, seed)
         return result is not None and outside(result["interval"])
 
     points = judgement_points(now, rows["valid_time"].min()) if len(rows) else [now]
-    return windowed_interval(rows, values_of, now, settings, seed), crossing_since(points, crossed)
+    return statistic, crossing_since(points, crossed)
 
 
 def absolute_errors(rows: pd.DataFrame) -> np.ndarray:
