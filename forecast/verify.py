@@ -105,13 +105,14 @@ def hourly_readings(readings: pd.DataFrame, max_fill_hours: int) -> pd.DataFrame
     return hourly.tz_localize("UTC")
 
 
-def latest_forecast(forecasts: pd.DataFrame, hourly: pd.DataFrame, now: pd.Timestamp) -> dict | None:
-    """The newest forecast issued by `now`, each hour with what was observed, and the readings before it."""
-    issued = forecasts[forecasts["issue_time"] <= now]
-    if issued.empty:
-        return None
-    newest = issued[issued["issue_time"] == issued["issue_time"].max()]
-    newest = newest[newest["model_version"] == newest["model_version"].max()]
+def newest_forecast(forecasts: pd.DataFrame) -> pd.DataFrame:
+    """The rows of the newest forecast: the latest issue time's, of the highest version issued then."""
+    newest = forecasts[forecasts["issue_time"] == forecasts["issue_time"].max()]
+    return newest[newest["model_version"] == newest["model_version"].max()]
+
+
+def latest_forecast(newest: pd.DataFrame, hourly: pd.DataFrame, now: pd.Timestamp) -> dict:
+    """The newest forecast (`newest_forecast`'s rows) hour by hour, and the readings before it up to `now`."""
     quantiles, levels = scores.quantile_columns(newest)
     issue_time = newest["issue_time"].iloc[0]
     temperature = hourly[schema.TEMPERATURE]
@@ -168,8 +169,8 @@ def verification(forecasts: pd.DataFrame, hourly: pd.DataFrame, cards: dict, now
     observed = scores.observed_temperatures(hourly, schema.TEMPERATURE)
     matured = scores.matured(forecasts, observed, now)
     table = scores.score_table(matured, now, params["verify"]["windows_days"])
-    newest = forecasts[forecasts["issue_time"] == forecasts["issue_time"].max()]
-    served = int(newest["model_version"].max())
+    newest = newest_forecast(forecasts)
+    served = int(newest["model_version"].iloc[0])
     return {
         "model_name": str(forecasts["model_name"].iloc[0]),
         "now": now.isoformat(),
@@ -187,7 +188,7 @@ def verification(forecasts: pd.DataFrame, hourly: pd.DataFrame, cards: dict, now
         "scores": table.to_dict("records"),
         "daily": scores.daily_scores(matured).to_dict("records") if len(matured) else [],
         "drift": drift_summary(matured, hourly, served, cards[served], now, params),
-        "latest_forecast": latest_forecast(forecasts, hourly, now),
+        "latest_forecast": latest_forecast(newest, hourly, now),
     }
 
 
@@ -251,7 +252,7 @@ def run(args) -> dict:
         raise VerifyError(f"{args.archive}: no forecasts of {args.model_name} archived yet")
     directory = model_directory({"base_path": args.model_base_path, "model_name": args.model_name})
     cards = {int(version): model_card(directory, int(version)) for version in forecasts["model_version"].unique()}
-    served = int(forecasts.loc[forecasts["issue_time"] == forecasts["issue_time"].max(), "model_version"].max())
+    served = int(newest_forecast(forecasts)["model_version"].iloc[0])
     # observations prepared as the served version's training data was (its card), else as params.yaml says
     made_with = (cards[served] or {}).get("params", {}).get("prepare", {})
     max_fill_hours = made_with.get("max_fill_hours", params["prepare"]["max_fill_hours"])
