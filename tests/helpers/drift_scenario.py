@@ -14,9 +14,9 @@ import numpy as np
 import pandas as pd
 
 from forecast import drift, scores
+from forecast.verify import hourly_readings
 from pipeline import schema, synthetic
 from pipeline.input_statistics import measurement_statistics
-from pipeline.prepare import prepare
 
 LEVELS = (0.1, 0.5, 0.9)
 QUANTILE_NAMES = [f"q{round(level * 100)}" for level in LEVELS]
@@ -41,9 +41,8 @@ def station_record(start: str, end: str, seed: int, fault_from=None, fault: str 
 
 
 def hourly(readings: pd.DataFrame, max_fill_hours: int = 3) -> pd.DataFrame:
-    """The record prepared to hours as the pipeline does, indexed by UTC hour."""
-    table, _ = prepare(readings, max_fill_hours)
-    return table.tz_localize("UTC")
+    """The record prepared to hours as verification prepares it, indexed by UTC hour."""
+    return hourly_readings(readings, max_fill_hours)
 
 
 def predictors(temperature: np.ndarray, issue_rows: np.ndarray, hour: int) -> np.ndarray:
