@@ -167,7 +167,7 @@ def apply_environment(monkeypatch, server) -> None:
     """
     for name, value in server.environment.items():
         monkeypatch.setenv(name, value)
-    if client_environment(server.scheme) != _clients_made_in.get(server.scheme):
+    if clients_outdated(server.scheme):
         forget_clients(server.scheme)
         _clients_made_in[server.scheme] = client_environment(server.scheme)
 
@@ -176,11 +176,16 @@ def after_test(server) -> None:
     """Empty `server` for the next test; keep this process's clients of its kind unless the test restarted
     the server or changed the environment they were made in."""
     restarted = server.reset()
-    if restarted or client_environment(server.scheme) != _clients_made_in.get(server.scheme):
+    if restarted or clients_outdated(server.scheme):
         forget_clients(server.scheme)
         _clients_made_in.pop(server.scheme, None)
     else:
         forget_listings(server.scheme)
+
+
+def clients_outdated(scheme: str) -> bool:
+    """Whether this process's cached clients of `scheme` were made in another environment than the current."""
+    return client_environment(scheme) != _clients_made_in.get(scheme)
 
 
 _clients_made_in: dict[str, dict[str, str]] = {}  # scheme -> the environment its cached clients were made in
