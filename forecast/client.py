@@ -259,9 +259,6 @@ class GrpcForecaster:
         dims = signature.inputs[HISTORY].tensor_shape.dim
         return ServedModel(served_version, history_shape(dims[1].size, dims[2].size))
 
-    def lookback_hours(self, version=None, label=None) -> int:
-        return self.served_model(version, label).lookback_hours
-
     def predict(self, history, timestamps, version=None, label=None) -> Forecast:
         """history [batch, lookback, 14] float32 and timestamps [batch, lookback] int64 -> forecasts."""
         request = predict_request(self.model_name, history, timestamps, version, label)
@@ -311,9 +308,6 @@ class RestForecaster:
         return ServedModel(
             int(served_version) if served_version else None, history_shape(int(dims[1]["size"]), int(dims[2]["size"]))
         )
-
-    def lookback_hours(self, version=None, label=None) -> int:
-        return self.served_model(version, label).lookback_hours
 
     def predict(self, history, timestamps, version=None, label=None) -> Forecast:
         body = {
@@ -504,7 +498,7 @@ def main(argv=None) -> int:
         return 2
     try:
         readings = read_raw_csv(args.csv)
-        lookback = forecaster.lookback_hours(args.version, args.label)
+        lookback = forecaster.served_model(args.version, args.label).lookback_hours
         history, timestamps = latest_window(readings, lookback, card.max_fill_hours, card.measurements)
         forecast = forecaster.predict(history[None], timestamps[None], args.version, args.label)
     except FileNotFoundError:
