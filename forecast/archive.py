@@ -110,6 +110,12 @@ def location(root, model_name: str, version: int, issue_time) -> str:
     return f"{str(root).rstrip('/')}/{relative_path(model_name, version, issue_time)}"
 
 
+def levels_differ(served, expected) -> bool:
+    """Whether a forecast's quantile levels are not `expected` (another count, or other values)."""
+    served, expected = np.asarray(served, np.float64), np.asarray(expected, np.float64)
+    return served.shape != expected.shape or not np.allclose(served, expected, atol=1e-6)
+
+
 def forecast_rows(forecast, issue_time, requested_at, levels) -> pd.DataFrame:
     """The archive's rows of the first forecast in a client `Forecast`: one per hour +1 .. +horizon.
 
@@ -128,7 +134,7 @@ def forecast_rows(forecast, issue_time, requested_at, levels) -> pd.DataFrame:
     if not forecast.version:
         raise ArchiveError(f"the answer of model {forecast.model_name} does not say which version gave it")
     levels = [float(level) for level in levels]
-    if forecast.levels is not None and not np.allclose(forecast.levels[0], levels, atol=1e-6):
+    if forecast.levels is not None and levels_differ(forecast.levels[0], levels):
         raise ArchiveError(
             f"model {forecast.model_name} version {forecast.version} serves the quantile levels "
             f"{[round(float(level), 4) for level in forecast.levels[0]]}, not {levels}"

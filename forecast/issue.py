@@ -37,7 +37,6 @@ import time
 from collections.abc import Callable
 
 import grpc
-import numpy as np
 import pandas as pd
 import requests
 
@@ -85,7 +84,7 @@ def check_card(card: ModelCard, card_path: str, forecast: Forecast) -> None:
     """ForecastError if the served version does not forecast what its model card promises."""
     if card.quantile_levels is not None and forecast.levels is not None:
         served = [round(float(level), 4) for level in forecast.levels[0]]
-        if not np.allclose(served, card.quantile_levels, atol=1e-6):
+        if archive.levels_differ(served, card.quantile_levels):
             raise ForecastError(
                 f"{card_path}: the card's quantile levels are {card.quantile_levels}, "
                 f"version {forecast.version} serves {served}"

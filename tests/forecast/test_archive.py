@@ -391,6 +391,8 @@ def test_a_forecast_that_cannot_be_archived_says_why():
         archive.forecast_rows(old_style, ISSUED, ASKED, LEVELS)
     with pytest.raises(ArchiveError, match=r"serves the quantile levels \[0.1, 0.5, 0.9\], not \[0.05, 0.5, 0.95\]"):
         archive.forecast_rows(answer(), ISSUED, ASKED, [0.05, 0.5, 0.95])
+    with pytest.raises(ArchiveError, match=r"serves the quantile levels \[0.1, 0.5, 0.9\], not \[0.1, 0.9\]"):
+        archive.forecast_rows(answer(), ISSUED, ASKED, [0.1, 0.9])  # another count of levels
     with pytest.raises(ArchiveError, match="does not say which version"):
         archive.forecast_rows(answer(version=None), ISSUED, ASKED, LEVELS)
     with pytest.raises(ArchiveError, match="last hour is valid at 2026-03-02 05:00, but 24 hours after"):
