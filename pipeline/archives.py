@@ -27,7 +27,8 @@ from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
 PAGES = ("https://www.bgc-jena.mpg.de/wetter/weather_data.html", "https://weather.bgc-jena.mpg.de/weather_data.html")
-ARCHIVE_LINK = re.compile(r"""href\s*=\s*["']?([^"'\s>]*mpi_roof_(\d{4})([ab]?)\.zip)""", re.IGNORECASE)
+ARCHIVE_NAME = re.compile(r"mpi_roof_(\d{4})([ab]?)\.zip", re.IGNORECASE)  # year, half (a, b or none)
+ARCHIVE_LINK = re.compile(r"""href\s*=\s*["']?([^"'\s>]*""" + ARCHIVE_NAME.pattern + ")", re.IGNORECASE)
 TIMEOUT_SECONDS = 30
 RETRIES = 3
 
@@ -42,7 +43,7 @@ def archive_links(page: str, page_url: str) -> dict[str, str]:
 
 def period(name: str) -> tuple[int, int]:
     """Sort key of an archive name: its year, then the half (a whole year sorts before its halves)."""
-    year, half = re.search(r"mpi_roof_(\d{4})([ab]?)\.zip", name).groups()
+    year, half = ARCHIVE_NAME.search(name).groups()
     return int(year), " ab".index(half or " ")
 
 
