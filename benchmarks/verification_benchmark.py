@@ -27,12 +27,12 @@ import argparse
 import contextlib
 import io
 import json
-import logging
 import os
 import shutil
 import sys
 import tempfile
 import time
+import unittest.mock
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -51,9 +51,10 @@ from forecast.client import Forecast, ForecastError, GrpcForecaster, read_model_
 from pipeline import schema, synthetic  # noqa: E402
 from pipeline.dataset import Windows  # noqa: E402
 from pipeline.prepare import prepare  # noqa: E402
-from pipeline.serving_check import free_port, server_command, started_server, wait_until_available  # noqa: E402
+from pipeline.serving_check import served_by, wait_until_available  # noqa: E402
 from pipeline.window import make_windows  # noqa: E402
 from serving.store import publish  # noqa: E402
+from tests.helpers.object_storage import S3Server  # noqa: E402
 
 HOUR = pd.Timedelta(hours=1)
 BATCH = 256  # windows per Predict request when filling the archive
@@ -198,35 +199,19 @@ def verified(root, readings_csv: Path, models: Path, now: pd.Timestamp, out: Pat
 @contextlib.contextmanager
 def moto_s3():
     """moto's S3 server on 127.0.0.1 with a bucket, this process's clients pointed at it by the standard variables."""
-    from moto.server import ThreadedMotoServer
-
-    from serving.store.client import file_system
-
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # a line per request otherwise
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    names = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
-    saved = {name: os.environ.get(name) for name in names}
-    os.environ.update(dict(zip(names, (f"http://127.0.0.1:{port}", "benchmark", "benchmark", "us-east-1"))))
+    server = S3Server().start()
     try:
-        file_system("s3").mkdir(BUCKET)
-        yield
+        with unittest.mock.patch.dict(os.environ, server.environment):
+            server.create_bucket(BUCKET)
+            yield
     finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-        server.stop()
+        server.close()
 
 
 @contextlib.contextmanager
 def served(models: Path):
     """Our ModelServer on 127.0.0.1 serving version 1 from `models`, and a gRPC forecaster asking it."""
-    grpc_port, rest_port = free_port(), free_port()
-    target = f"127.0.0.1:{grpc_port}"
-    with started_server(server_command("embedded", grpc_port, rest_port, MODEL_NAME, models / MODEL_NAME)) as server:
+    with served_by("embedded", MODEL_NAME, models / MODEL_NAME) as (target, _, server):
         with grpc.insecure_channel(target) as channel:
             wait_until_available(channel, MODEL_NAME, 1, 120, server)
         forecaster = GrpcForecaster(target, MODEL_NAME, timeout=30)

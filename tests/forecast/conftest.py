@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from pipeline.published import MODEL_CARD
-from pipeline.serving_check import free_port, server_command, started_server, wait_until_available
+from pipeline.serving_check import served_by, wait_until_available
 from tests.helpers.repository import REPO_ROOT
 from tests.helpers.served_forecaster import MODEL_NAME, Served, write_hourly_model
 
@@ -20,11 +20,10 @@ def served_model(tmp_path_factory):
     """Our ModelServer serving the small model as version 1 of MODEL_NAME, on 127.0.0.1, for the whole session."""
     base_path = tmp_path_factory.mktemp("models") / MODEL_NAME
     version_dir = write_hourly_model(base_path / "1")
-    grpc_port, rest_port = free_port(), free_port()
-    with started_server(server_command("embedded", grpc_port, rest_port, MODEL_NAME, base_path)) as server:
-        with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+    with served_by("embedded", MODEL_NAME, base_path) as (grpc_target, rest_target, server):
+        with grpc.insecure_channel(grpc_target) as channel:
             wait_until_available(channel, MODEL_NAME, 1, 120, server)
-        yield Served(f"127.0.0.1:{grpc_port}", f"127.0.0.1:{rest_port}", version_dir)
+        yield Served(grpc_target, rest_target, version_dir)
 
 
 @pytest.fixture
