@@ -76,7 +76,7 @@ def regression_forecasts(
     horizon = len(fitted)
     values = temperature.to_numpy(np.float64)
     rows = temperature.index.get_indexer(issue_times)
-    rows = rows[(rows >= 24) & (rows >= 0)]
+    rows = rows[rows >= 24]  # a day of predictors before each (a missing time is -1)
     medians = np.column_stack([predictors(values, rows, hour) @ c for hour, (c, _) in enumerate(fitted, start=1)])
     spread = np.array([quantiles - quantiles[1] for _, quantiles in fitted])  # [horizon, 3]
     keep = ~np.isnan(medians).any(axis=1)
